@@ -1,0 +1,1 @@
+"""RoBERTa in JAX/Flax: pretraining, fine-tuning and HF `transformers` interop."""
