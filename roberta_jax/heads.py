@@ -1,0 +1,206 @@
+"""RoBERTa task heads on top of `layers.RobertaModel`, named as HF `transformers` names them.
+
+Each head is a linen module whose parameter tree is `{"roberta": ..., <head>: ...}`, matching
+the PyTorch state-dict prefixes (`roberta.`, `lm_head.`, `classifier.`, `qa_outputs.`).
+All heads take `input_ids` int [B, L] (MultipleChoice: [B, C, L]) with optional
+`attention_mask`, `token_type_ids`, `position_ids` of the same shape, and return float32 logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from roberta_jax.config import RobertaConfig
+from roberta_jax.layers import ACTIVATIONS, RobertaModel, dense, layer_norm
+
+Dtype = Any
+
+
+class _Head(nn.Module):
+    """Shared attributes: the architecture config and the training knobs beside it."""
+
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    implementation: str | None = None
+    remat: bool = False
+
+    def encoder(self, add_pooling_layer: bool) -> RobertaModel:
+        return RobertaModel(
+            self.config,
+            self.dtype,
+            self.param_dtype,
+            add_pooling_layer=add_pooling_layer,
+            implementation=self.implementation,
+            remat=self.remat,
+            name="roberta",
+        )
+
+    @property
+    def classifier_dropout(self) -> float:
+        c = self.config
+        return c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
+
+
+class RobertaLMHead(nn.Module):
+    """dense -> gelu -> layer_norm -> vocabulary logits (tied to the word embeddings) + own bias."""
+
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, attend):
+        """x [..., H], `attend` maps [..., H] to [..., vocab] with the word embeddings."""
+        c = self.config
+        x = dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype, "dense")(x)
+        x = ACTIVATIONS["gelu"](x)
+        x = layer_norm(c, self.dtype, self.param_dtype, "layer_norm")(x)
+        if c.tie_word_embeddings:
+            logits = attend(x)
+        else:
+            logits = nn.DenseGeneral(
+                c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.normal(c.initializer_range), ("embed", "vocab")
+                ),
+                name="decoder",
+            )(x)
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+            (c.vocab_size,), self.param_dtype,
+        )
+        return logits.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+class RobertaForMaskedLM(_Head):
+    """Masked LM. With `masked_positions` int [B, K] only those positions are projected onto the
+    vocabulary (logits [B, K, V]); otherwise every position is (logits [B, L, V])."""
+
+    @nn.compact
+    def __call__(
+        self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+        masked_positions=None, deterministic: bool = True,
+    ):
+        if isinstance(self, RobertaForCausalLM) != self.config.is_decoder:
+            raise ValueError(
+                f"{type(self).__name__} needs config.is_decoder={not self.config.is_decoder} "
+                "(causal attention is what separates the causal LM from the masked LM)."
+            )
+        roberta = self.encoder(add_pooling_layer=False)
+        x, _ = roberta(input_ids, attention_mask, token_type_ids, position_ids, deterministic)
+        if masked_positions is not None:
+            x = jnp.take_along_axis(x, masked_positions[..., None], axis=1)
+        return RobertaLMHead(self.config, self.dtype, self.param_dtype, name="lm_head")(x, roberta.attend)
+
+
+class RobertaForCausalLM(RobertaForMaskedLM):
+    """Left-to-right LM (`config.is_decoder=True`): causal attention, the same LM head."""
+
+
+class RobertaClassificationHead(nn.Module):
+    """The RoBERTa sentence head on `<s>`: dropout -> dense -> tanh -> dropout -> out_proj."""
+
+    config: RobertaConfig
+    dropout: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic=True):
+        c = self.config
+        x = nn.Dropout(self.dropout)(x[:, 0], deterministic=deterministic)
+        x = jnp.tanh(dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype, "dense")(x))
+        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        return dense(c, c.num_labels, ("mlp", None), self.dtype, self.param_dtype, "out_proj")(x)
+
+
+class RobertaForSequenceClassification(_Head):
+    """[B, L] -> logits [B, num_labels]; `num_labels == 1` is regression (see `losses`)."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True):
+        x, _ = self.encoder(add_pooling_layer=False)(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic
+        )
+        head = RobertaClassificationHead(
+            self.config, self.classifier_dropout, self.dtype, self.param_dtype, name="classifier"
+        )
+        return head(x, deterministic).astype(jnp.float32)
+
+
+class RobertaForMultipleChoice(_Head):
+    """[B, C, L] -> logits [B, C]: the pooled `<s>` of each choice -> dropout -> one logit."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True):
+        batch, choices, length = input_ids.shape
+
+        def flat(a):
+            return None if a is None else a.reshape(batch * choices, length)
+
+        _, pooled = self.encoder(add_pooling_layer=True)(
+            flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), deterministic
+        )
+        pooled = nn.Dropout(self.config.hidden_dropout_prob)(pooled, deterministic=deterministic)
+        c = self.config
+        logits = dense(c, 1, ("embed", None), self.dtype, self.param_dtype, "classifier")(pooled)
+        return logits.reshape(batch, choices).astype(jnp.float32)
+
+
+class RobertaForTokenClassification(_Head):
+    """[B, L] -> logits [B, L, num_labels]."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True):
+        x, _ = self.encoder(add_pooling_layer=False)(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic
+        )
+        x = nn.Dropout(self.classifier_dropout)(x, deterministic=deterministic)
+        c = self.config
+        return dense(c, c.num_labels, ("embed", None), self.dtype, self.param_dtype, "classifier")(x).astype(
+            jnp.float32
+        )
+
+
+class RobertaForQuestionAnswering(_Head):
+    """[B, L] -> (start_logits [B, L], end_logits [B, L])."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+        x, _ = self.encoder(add_pooling_layer=False)(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic
+        )
+        c = self.config
+        if c.num_labels != 2:
+            raise ValueError(f"question answering predicts start and end: num_labels must be 2, not {c.num_labels}.")
+        logits = dense(c, 2, ("embed", None), self.dtype, self.param_dtype, "qa_outputs")(x).astype(jnp.float32)
+        return logits[..., 0], logits[..., 1]
+
+
+# HF `architectures` names -> module classes. `RobertaModel` itself is the headless encoder.
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "RobertaModel": RobertaModel,
+    "RobertaForMaskedLM": RobertaForMaskedLM,
+    "RobertaForCausalLM": RobertaForCausalLM,
+    "RobertaForSequenceClassification": RobertaForSequenceClassification,
+    "RobertaForMultipleChoice": RobertaForMultipleChoice,
+    "RobertaForTokenClassification": RobertaForTokenClassification,
+    "RobertaForQuestionAnswering": RobertaForQuestionAnswering,
+}
+
+
+def architecture_name(model: nn.Module) -> str:
+    """The HF `architectures` entry of a module instance."""
+    for name, cls in ARCHITECTURES.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"{type(model).__name__} is not one of {list(ARCHITECTURES)}.")

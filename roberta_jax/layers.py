@@ -1,0 +1,302 @@
+"""The RoBERTa encoder in Flax linen: embeddings, self-attention, feed-forward, post-LN layers.
+
+Module and parameter names follow HF `transformers` (`embeddings/word_embeddings`,
+`encoder/layer_3/attention/self/query`, `LayerNorm`, ...) so that `hf_io` maps them to PyTorch
+names with a rule instead of a table. Every kernel carries logical axis names
+(`vocab`, `embed`, `heads`, `mlp`) that `sharding` maps onto the device mesh.
+
+Shapes: B batch, L length, H hidden size, N heads, D head size.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from roberta_jax.config import RobertaConfig
+
+Dtype = Any
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    # HF "gelu" is the exact erf form; "gelu_new" is the tanh approximation.
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def dense(config: RobertaConfig, features: int, axes: tuple[str, str], dtype, param_dtype, name):
+    """`nn.Dense` initialised as HF does (normal(initializer_range), zero bias), with logical axes."""
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.normal(config.initializer_range), axes
+        ),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
+        name=name,
+    )
+
+
+def layer_norm(config: RobertaConfig, dtype, param_dtype, name):
+    """LayerNorm whose statistics are computed in float32 whatever `dtype` is."""
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+        name=name,
+    )
+
+
+def position_ids_from_input_ids(input_ids: jax.Array, pad_token_id: int) -> jax.Array:
+    """RoBERTa positions: real tokens count up from `pad_token_id + 1`, padding stays at `pad_token_id`.
+
+    Args:
+      input_ids: int [B, L].
+    Returns:
+      int32 [B, L]; for pad id 1 and `a b <pad>`: `2 3 1`.
+    """
+    not_pad = (input_ids != pad_token_id).astype(jnp.int32)
+    return jnp.cumsum(not_pad, axis=-1) * not_pad + pad_token_id
+
+
+class RobertaEmbeddings(nn.Module):
+    """Word + learned absolute position + token type embeddings, then LayerNorm and dropout."""
+
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        c = self.config
+
+        def embed(num, name):
+            return nn.Embed(
+                num,
+                c.hidden_size,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                embedding_init=nn.with_logical_partitioning(
+                    nn.initializers.normal(c.initializer_range), ("vocab", "embed")
+                ),
+                name=name,
+            )
+
+        self.word_embeddings = embed(c.vocab_size, "word_embeddings")
+        self.position_embeddings = embed(c.max_position_embeddings, "position_embeddings")
+        self.token_type_embeddings = embed(c.type_vocab_size, "token_type_embeddings")
+        self.LayerNorm = layer_norm(c, self.dtype, self.param_dtype, "LayerNorm")
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def __call__(self, input_ids, token_type_ids=None, position_ids=None, deterministic=True):
+        """int [B, L] ids (and optional token types / positions) -> [B, L, H]."""
+        if position_ids is None:
+            position_ids = position_ids_from_input_ids(input_ids, self.config.pad_token_id)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_type_ids)
+            + self.position_embeddings(position_ids)
+        )
+        x = self.LayerNorm(x)
+        return self.dropout(x, deterministic=deterministic)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """[..., H] -> [..., vocab] logits against the word embeddings (the tied MLM decoder)."""
+        return self.word_embeddings.attend(x)
+
+
+class RobertaSelfAttention(nn.Module):
+    """Multi-head attention: q/k/v projections and `jax.nn.dot_product_attention`.
+
+    `implementation` is passed to `jax.nn.dot_product_attention` (None lets JAX choose; "cudnn"
+    asks for flash attention on GPU). Attention-probability dropout needs the probabilities, so
+    while it is active (training with `attention_probs_dropout_prob > 0`) the softmax is written
+    out; the same happens when the `intermediates` collection is mutable, which records the
+    attention weights [B, N, L, L] for inspection.
+    """
+
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    implementation: str | None = None
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic=True):
+        """x [B, L, H], mask bool [B, 1, L or 1, L] (True = may attend) -> [B, L, H]."""
+        c = self.config
+        b, length, _ = x.shape
+        proj = functools.partial(dense, c, c.hidden_size, ("embed", "heads"), self.dtype, self.param_dtype)
+        q, k, v = (
+            proj(name=n)(x).reshape(b, length, c.num_attention_heads, c.head_dim)
+            for n in ("query", "key", "value")
+        )
+        dropout = 0.0 if deterministic else c.attention_probs_dropout_prob
+        if dropout > 0.0 or self.is_mutable_collection("intermediates"):
+            scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / jnp.sqrt(c.head_dim)
+            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+            weights = jax.nn.softmax(scores, axis=-1)
+            self.sow("intermediates", "attention_weights", weights)
+            weights = nn.Dropout(dropout)(weights, deterministic=deterministic)
+            out = jnp.einsum("bnqk,bknd->bqnd", weights.astype(self.dtype), v)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+        return out.reshape(b, length, c.hidden_size)
+
+
+class RobertaAttention(nn.Module):
+    """Self-attention, output projection, dropout, residual and post-LayerNorm."""
+
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    implementation: str | None = None
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic=True):
+        c = self.config
+        h = RobertaSelfAttention(c, self.dtype, self.param_dtype, self.implementation, name="self")(
+            x, mask, deterministic
+        )
+        return RobertaSelfOutput(c, self.dtype, self.param_dtype, "heads", name="output")(x, h, deterministic)
+
+
+class RobertaSelfOutput(nn.Module):
+    """dense -> dropout -> LayerNorm(residual + .): the sub-layer output shared by attention and FFN."""
+
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    in_axis: str = "heads"
+
+    @nn.compact
+    def __call__(self, residual, h, deterministic=True):
+        c = self.config
+        h = dense(c, c.hidden_size, (self.in_axis, "embed"), self.dtype, self.param_dtype, "dense")(h)
+        h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        out = layer_norm(c, self.dtype, self.param_dtype, "LayerNorm")(h + residual)
+        return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+
+class RobertaIntermediate(nn.Module):
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        h = dense(c, c.intermediate_size, ("embed", "mlp"), self.dtype, self.param_dtype, "dense")(x)
+        h = ACTIVATIONS[c.hidden_act](h)
+        return nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+
+
+class RobertaLayer(nn.Module):
+    """One post-LN transformer layer: attention block then feed-forward block."""
+
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    implementation: str | None = None
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic=True):
+        c = self.config
+        x = RobertaAttention(c, self.dtype, self.param_dtype, self.implementation, name="attention")(
+            x, mask, deterministic
+        )
+        h = RobertaIntermediate(c, self.dtype, self.param_dtype, name="intermediate")(x)
+        return RobertaSelfOutput(c, self.dtype, self.param_dtype, "mlp", name="output")(x, h, deterministic)
+
+
+class RobertaEncoder(nn.Module):
+    """`num_hidden_layers` layers named `layer_0`, `layer_1`, ...; `remat` recomputes each in backward."""
+
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    implementation: str | None = None
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic=True):
+        # `deterministic` (argument 3, counting self) switches dropout: it must stay a Python bool.
+        layer_cls = nn.remat(RobertaLayer, static_argnums=(3,)) if self.remat else RobertaLayer
+        for i in range(self.config.num_hidden_layers):
+            x = layer_cls(self.config, self.dtype, self.param_dtype, self.implementation, name=f"layer_{i}")(
+                x, mask, deterministic
+            )
+        return x
+
+
+class RobertaPooler(nn.Module):
+    """tanh(dense(hidden of the first token)): [B, L, H] -> [B, H]."""
+
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        return jnp.tanh(dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype, "dense")(x[:, 0]))
+
+
+def attention_mask_4d(attention_mask: jax.Array, causal: bool) -> jax.Array:
+    """[B, L] 1/0 padding mask -> bool [B, 1, L or 1, L]; lower-triangular as well when `causal`."""
+    mask = attention_mask.astype(bool)[:, None, None, :]
+    if causal:
+        length = attention_mask.shape[-1]
+        mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
+    return mask
+
+
+class RobertaModel(nn.Module):
+    """The RoBERTa encoder: embeddings -> layers (-> pooler).
+
+    Returns (sequence_output [B, L, H], pooled_output [B, H] or None).
+    """
+
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    add_pooling_layer: bool = True
+    implementation: str | None = None
+    remat: bool = False
+
+    def setup(self):
+        c = self.config
+        self.embeddings = RobertaEmbeddings(c, self.dtype, self.param_dtype)
+        self.encoder = RobertaEncoder(c, self.dtype, self.param_dtype, self.implementation, self.remat)
+        self.pooler = RobertaPooler(c, self.dtype, self.param_dtype) if self.add_pooling_layer else None
+
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        deterministic: bool = True,
+    ):
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.pad_token_id).astype(jnp.int32)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = self.encoder(x, attention_mask_4d(attention_mask, self.config.is_decoder), deterministic)
+        pooled = self.pooler(x) if self.pooler is not None else None
+        return x, pooled
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return self.embeddings.attend(x)
