@@ -36,7 +36,8 @@ class RobertaConfig:
     pad_token_id: int = 1
     bos_token_id: int = 0
     eos_token_id: int = 2
-    position_embedding_type: str = "absolute"
+    # None: not given (transformers 5 no longer writes it); learned absolute positions either way.
+    position_embedding_type: str | None = None
     classifier_dropout: float | None = None
     is_decoder: bool = False
     tie_word_embeddings: bool = True
@@ -50,7 +51,7 @@ class RobertaConfig:
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
-        if self.position_embedding_type != "absolute":
+        if self.position_embedding_type not in (None, "absolute"):
             raise ValueError(
                 f"position_embedding_type={self.position_embedding_type!r} is not implemented; "
                 "only 'absolute' (RoBERTa's learned positions) is supported."
@@ -109,6 +110,8 @@ class RobertaConfig:
         d["id2label"] = {str(k): v for k, v in self.id2label.items()}
         d["label2id"] = dict(self.label2id)
         d["architectures"] = list(self.architectures) if self.architectures is not None else None
+        if self.position_embedding_type is None:
+            del d["position_embedding_type"]
         d.update(self.extra)
         return d
 
