@@ -1,0 +1,87 @@
+"""Command line: convert between HF-format directories and Orbax parameter checkpoints.
+
+    python -m roberta_jax.convert from-hf HF_DIR PARAMS_DIR [--architecture RobertaForMaskedLM]
+    python -m roberta_jax.convert to-hf PARAMS_DIR HF_DIR
+
+A parameter checkpoint is a directory holding `config.json` (with `architectures`) and an Orbax
+`params/` tree; `to-hf` also accepts a training workdir's checkpoint (see `checkpoint.py`).
+Tokenizer files found beside the source are copied along.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+
+import jax
+import orbax.checkpoint as ocp
+
+from roberta_jax import hf_io
+from roberta_jax.config import RobertaConfig
+from roberta_jax.heads import ARCHITECTURES
+
+TOKENIZER_FILES = (
+    "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+)
+
+
+def save_params(directory: str, model, params) -> None:
+    """Writes `config.json` and the Orbax `params/` tree of `model` into `directory`."""
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    model.config.replace(architectures=(hf_io.architecture_name(model),)).to_json_file(directory)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.join(directory, "params"), params, force=True)
+
+
+def load_params(directory: str, **model_kwargs):
+    """Reads a directory written by `save_params`: returns (params, model)."""
+    directory = os.path.abspath(directory)
+    config = RobertaConfig.from_json_file(directory)
+    architecture = (config.architectures or ("RobertaForMaskedLM",))[0]
+    model = ARCHITECTURES[architecture](config, **model_kwargs)
+    template = jax.eval_shape(lambda: hf_io.init_params(model, jax.random.key(0)))
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(os.path.join(directory, "params"), template)
+    return params, model
+
+
+def copy_tokenizer_files(src: str, dst: str) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+            copied.append(name)
+    return copied
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m roberta_jax.convert", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    from_hf = sub.add_parser("from-hf", help="HF directory -> Orbax parameter checkpoint")
+    from_hf.add_argument("src")
+    from_hf.add_argument("dst")
+    from_hf.add_argument("--architecture", choices=sorted(ARCHITECTURES),
+                         help="head to build (default: the config's `architectures`)")
+    to_hf = sub.add_parser("to-hf", help="Orbax parameter checkpoint -> HF directory")
+    to_hf.add_argument("src")
+    to_hf.add_argument("dst")
+    args = parser.parse_args(argv)
+
+    if args.command == "from-hf":
+        architecture = args.architecture or (RobertaConfig.from_json_file(args.src).architectures or (None,))[0]
+        if architecture is None:
+            parser.error(f"{args.src}/config.json names no architectures; pass --architecture.")
+        params, model, report = hf_io.load_hf(args.src, architecture)
+        print(f"loaded {args.src} as {architecture}: {report}")
+        save_params(args.dst, model, params)
+    else:
+        params, model = load_params(args.src)
+        hf_io.save_hf(args.dst, model, params)
+    copied = copy_tokenizer_files(args.src, args.dst)
+    print(f"wrote {args.dst}" + (f" (with {', '.join(copied)})" if copied else ""))
+
+
+if __name__ == "__main__":
+    main()
