@@ -15,11 +15,9 @@ All batch encoding runs in the Rust `encode_batch`, which is parallel over the b
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import json
 import os
-import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Sequence
@@ -33,10 +31,9 @@ from tokenizers.models import BPE
 BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
 # Ids 0..3 in this order; <mask> is added after training so that it takes the last id.
 LEADING_SPECIAL_TOKENS = (BOS, PAD, EOS, UNK)
-MODEL_MAX_LENGTH = 512
+MODEL_MAX_LENGTH = 512  # roberta-base's 514 position embeddings, less the padding offset of 2
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
 PADDING_STRATEGIES = ("longest", "max_length")
-VOCAB_FILES = ("vocab.json", "merges.txt")
 
 PathLike = str | os.PathLike
 
@@ -126,7 +123,7 @@ class RobertaTokenizer:
         self, tokenizer: Tokenizer, add_prefix_space: bool | None = None, model_max_length: int = MODEL_MAX_LENGTH
     ):
         """Wrap a `tokenizers.Tokenizer` with a ByteLevel pre-tokenizer. `add_prefix_space` (None: as the
-        tokenizer has it) encodes "Hello" like " Hello"; needed for words with `is_split_into_words`."""
+        tokenizer has it; else set on it) encodes "Hello" like " Hello", as `is_split_into_words` words need."""
         if not isinstance(tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel):
             raise ValueError(
                 f"expected a ByteLevel pre-tokenizer, got {tokenizer.pre_tokenizer!r}; this is not a RoBERTa tokenizer"
@@ -155,17 +152,18 @@ class RobertaTokenizer:
     @classmethod
     def from_pretrained(cls, directory: PathLike, add_prefix_space: bool | None = None) -> RobertaTokenizer:
         """From a directory written by `save` or HF `save_pretrained`: `tokenizer.json` if present, else
-        `vocab.json` + `merges.txt`; `model_max_length` from `tokenizer_config.json` if present."""
+        `vocab.json` + `merges.txt`; `model_max_length` from `tokenizer_config.json` where it sets one."""
         directory = Path(directory)
         if (directory / "tokenizer.json").exists():
             tok = cls(Tokenizer.from_file(str(directory / "tokenizer.json")), add_prefix_space)
-        elif all((directory / name).exists() for name in VOCAB_FILES):
-            tok = cls.from_files(directory / VOCAB_FILES[0], directory / VOCAB_FILES[1], bool(add_prefix_space))
+        elif (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
+            tok = cls.from_files(directory / "vocab.json", directory / "merges.txt", bool(add_prefix_space))
         else:
             raise FileNotFoundError(f"{directory}: has neither tokenizer.json nor vocab.json + merges.txt")
         if (directory / "tokenizer_config.json").exists():
             config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
-            tok.model_max_length = int(config.get("model_max_length", tok.model_max_length))
+            length = config.get("model_max_length", tok.model_max_length)
+            tok.model_max_length = length if length < 2**31 else tok.model_max_length  # HF writes 1e30 for "unset"
         return tok
 
     @classmethod
@@ -369,7 +367,10 @@ class RobertaTokenizer:
         which HF `RobertaTokenizerFast`/`AutoTokenizer.from_pretrained(directory)` load; returns the paths."""
         directory = Path(directory)
         paths = list(self.save_vocabulary(directory))
-        self._tokenizer.save(str(directory / "tokenizer.json"))
+        with self._lock:  # without the last call's truncation and padding, which the Rust object holds
+            self._tokenizer.no_truncation()
+            self._tokenizer.no_padding()
+            self._tokenizer.save(str(directory / "tokenizer.json"))
         paths.append(str(directory / "tokenizer.json"))
         tokens = dict(bos_token=BOS, eos_token=EOS, unk_token=UNK, sep_token=EOS, pad_token=PAD, cls_token=BOS)
         config = {
@@ -393,23 +394,7 @@ class RobertaTokenizer:
         return paths
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m roberta_jax.tokenizer train --files a.txt b.txt --vocab-size 50265 --min-frequency 2 --out DIR`."""
-    parser = argparse.ArgumentParser(prog="python -m roberta_jax.tokenizer", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train byte-level BPE on UTF-8 text files and save it to --out")
-    train.add_argument("--files", nargs="+", required=True, help="UTF-8 text files")
-    train.add_argument("--vocab-size", type=int, default=50265, help="ids in all, <mask> (the last) included")
-    train.add_argument("--min-frequency", type=int, default=2, help="least count of a pair for it to be merged")
-    train.add_argument("--out", required=True, help="directory for vocab.json, merges.txt, tokenizer.json, ...")
-    args = parser.parse_args(argv)
-    try:
-        tok = RobertaTokenizer.train(args.files, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-    tok.save(args.out)
-    print(f"{args.out}: {tok.vocab_size} tokens, <mask> = {tok.mask_token_id}")
-
-
 if __name__ == "__main__":
+    from roberta_jax.tokenizer_cli import main
+
     main()

@@ -1,0 +1,34 @@
+"""Command line for the tokenizer: train byte-level BPE on text files and save it for HF and `RobertaTokenizer`.
+
+python -m roberta_jax.tokenizer train --files a.txt b.txt --vocab-size 50265 --min-frequency 2 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from roberta_jax.tokenizer import RobertaTokenizer
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m roberta_jax.tokenizer train --files a.txt b.txt --vocab-size 50265 --min-frequency 2 --out DIR`."""
+    parser = argparse.ArgumentParser(prog="python -m roberta_jax.tokenizer", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train byte-level BPE on UTF-8 text files and save it to --out")
+    train.add_argument("--files", nargs="+", required=True, help="UTF-8 text files")
+    train.add_argument("--vocab-size", type=int, default=50265, help="ids in all, <mask> (the last) included")
+    train.add_argument("--min-frequency", type=int, default=2, help="least count of a pair for it to be merged")
+    train.add_argument("--out", required=True, help="directory for vocab.json, merges.txt, tokenizer.json, ...")
+    args = parser.parse_args(argv)
+    try:
+        tok = RobertaTokenizer.train(args.files, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    tok.save(args.out)
+    print(f"{args.out}: {tok.vocab_size} tokens, <mask> = {tok.mask_token_id}")
+
+
+if __name__ == "__main__":
+    main()
