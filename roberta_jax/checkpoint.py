@@ -1,0 +1,77 @@
+"""Orbax checkpoints of the train state and the data iterator's position, side by side.
+
+Saves are asynchronous (training goes on while the arrays are written) and atomic: Orbax writes
+into a temporary directory and renames it when complete, so a run killed mid-save leaves the
+previous checkpoint as the newest one. A newest checkpoint that is complete but unreadable is
+skipped with a warning and the one before is restored. Restoring takes the shardings of the
+target state, so a checkpoint written on one mesh restores onto another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Keeps the last `keep` checkpoints of `directory`, one every `every_steps` steps."""
+
+    def __init__(self, directory: str, every_steps: int, keep: int = 3, asynchronous: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                save_interval_steps=every_steps,
+                enable_async_checkpointing=asynchronous,
+            ),
+        )
+
+    def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
+        """Saves when `step` is on the interval (or `force`); returns whether it saved."""
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+            force=force,
+        )
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
+        """(state, data_state, step) of the newest readable checkpoint, or None if there is none.
+
+        `abstract_state`: a tree of `jax.ShapeDtypeStruct` with the target shardings.
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                    ),
+                )
+            except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way
+                log.warning("checkpoint %d in %s is unreadable (%s: %s); trying the one before",
+                            step, self.directory, type(err).__name__, err)
+                continue
+            return restored.state, dict(restored.data), step
+        return None
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a tree of arrays: the restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

@@ -1,0 +1,116 @@
+"""Training metrics: FLOPs and MFU from the config, a TensorBoard + JSON-lines writer, a progress line.
+
+FLOPs follow PaLM (Chowdhery et al. 2022, appendix B): per token, 6 x the matmul parameters
+(every layer's q/k/v/out and FFN, the LM head's dense and the full vocabulary projection) plus
+the attention term 12 x layers x hidden x length. Counting the full vocabulary projection even
+when only masked positions are projected keeps MFU comparable across implementations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Mapping
+
+import jax
+
+from roberta_jax.config import RobertaConfig
+
+# Dense bf16 peak FLOP/s per device, by `jax.Device.device_kind` prefix.
+PEAK_FLOPS = {
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6": 918e12,
+}
+
+
+def flops_per_token(config: RobertaConfig, length: int) -> float:
+    """Training FLOPs (forward + backward) per token of an MLM step at sequence `length`."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    per_layer = 4 * h * h + 2 * h * config.intermediate_size
+    matmul_params = layers * per_layer + h * h + h * config.vocab_size
+    return 6.0 * matmul_params + 12.0 * layers * h * length
+
+
+def peak_flops(device: jax.Device | None = None) -> float | None:
+    """Peak bf16 FLOP/s of one device, or None where unknown (e.g. CPU)."""
+    kind = (device or jax.devices()[0]).device_kind
+    return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
+
+
+class MetricWriter:
+    """TensorBoard events and `metrics.jsonl` in `logdir`, written by process 0 only."""
+
+    def __init__(self, logdir: str, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._tb = self._jsonl = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            os.makedirs(logdir, exist_ok=True)
+            self._tb = SummaryWriter(logdir)
+            self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+    def write(self, step: int, scalars: Mapping[str, float], to_tensorboard: bool = True) -> None:
+        if not self.enabled:
+            return
+        scalars = {k: float(v) for k, v in scalars.items()}
+        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        if to_tensorboard:
+            for name, value in scalars.items():
+                self._tb.add_scalar(name, value, step)
+
+    def flush(self) -> None:
+        if self.enabled:
+            self._jsonl.flush()
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def read_metrics(logdir: str) -> dict[int, dict[str, float]]:
+    """`metrics.jsonl` as {step: scalars}; after a resume the later record of a step wins."""
+    out: dict[int, dict[str, float]] = {}
+    with open(os.path.join(logdir, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            out.setdefault(record.pop("step"), {}).update(record)
+    return out
+
+
+class Progress:
+    """One refreshed line: step, loss, tokens/s and ETA (process 0, only when `enabled`)."""
+
+    def __init__(self, total_steps: int, enabled: bool = True, stream=sys.stderr):
+        self.total, self.enabled, self.stream = total_steps, enabled and jax.process_index() == 0, stream
+        self._t0, self._s0 = time.perf_counter(), None
+
+    def update(self, step: int, loss: float, tokens_per_sec: float) -> None:
+        if not self.enabled:
+            return
+        if self._s0 is None:
+            self._t0, self._s0 = time.perf_counter(), step
+        done = step - self._s0
+        rate = done / max(time.perf_counter() - self._t0, 1e-9)
+        eta = (self.total - step) / rate if done and rate > 0 else float("nan")
+        line = f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_sec:,.0f} tok/s  ETA {_hms(eta)}"
+        end = "\r" if self.stream.isatty() else "\n"
+        print(line, end=end, file=self.stream, flush=True)
+
+
+def _hms(seconds: float) -> str:
+    if seconds != seconds:
+        return "--:--"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"

@@ -1,0 +1,77 @@
+"""The device mesh and the one table that maps logical axis names onto it.
+
+Layers name their axes (`batch`, `length`, `embed`, `mlp`, `heads`, `vocab`); `LOGICAL_RULES`
+maps them onto a mesh of (`data`, `fsdp`, `tensor`). Pure data parallel, FSDP and tensor
+parallel are the same code under another mesh shape:
+
+    data=8              params replicated, batch split 8 ways
+    fsdp=8              batch split 8 ways, params and optimizer state split over `embed`
+    data=2 fsdp=2 tensor=2   all three; `tensor` splits heads, the FFN and the vocabulary
+
+When a mesh axis is already taken by an earlier dimension of the same array, Flax skips to the
+next rule, so activations [batch, length, embed] shard batch over (data, fsdp) and leave embed
+whole, while a kernel [embed, mlp] shards embed over fsdp.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+)
+
+
+def mesh_shape(axes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+    """Sizes of (data, fsdp, tensor) from a mapping where at most one size is -1 (the rest)."""
+    unknown = set(axes) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}.")
+    sizes = [int(axes.get(a, 1)) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if num_devices % known:
+            raise ValueError(f"{num_devices} devices do not divide by the fixed mesh axes (product {known}).")
+        sizes[sizes.index(-1)] = num_devices // known
+    if int(np.prod(sizes)) != num_devices:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, found {num_devices}.")
+    return tuple(sizes)
+
+
+def make_mesh(axes: Mapping[str, int], devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all, across every host)."""
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(axes, len(devices))
+    # Auto axes: XLA propagates shardings from the annotated params, inputs and constraints.
+    return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+    """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes (as
+    `jax.eval_shape(model.init ...)` returns them); unboxed leaves are replicated."""
+    specs = nn.get_partition_spec(abstract_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Arrays whose first dimension is the global batch."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,82 @@
+"""The default pretraining config (roberta-base, the paper's recipe); `configs/*.py` adjust it.
+
+Every field can be overridden on the command line (`--config.optimizer.peak_lr=4e-4`); an
+unknown key is an error that names the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from roberta_jax.config import PRESETS
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # params init, shuffling, masking and dropout all derive from it
+    c.eval_seed = 1  # fixed eval masks
+
+    # Architecture: HF RobertaConfig fields. vocab_size 0 takes the tokenizer's size.
+    c.model = ml_collections.ConfigDict(
+        dict(
+            hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+            vocab_size=0, max_position_embeddings=514, hidden_dropout_prob=0.1,
+            attention_probs_dropout_prob=0.1,
+        )
+    )
+    # Training knobs beside the architecture.
+    c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
+    c.attention_implementation = ""  # "" lets JAX choose; "cudnn" or "xla" to force one
+    c.remat = False  # recompute each layer in the backward pass (less memory, ~30% more compute)
+
+    # Tokenizer: a directory with vocab.json + merges.txt (e.g. roberta-base's), or "" to train a
+    # byte-level BPE of `vocab_size` on the training files into WORKDIR/tokenizer.
+    c.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=50265, min_frequency=2))
+
+    c.data = ml_collections.ConfigDict(
+        dict(
+            train_files="",  # comma-separated files, directories or globs; or a Hub name with format=hub
+            eval_files="",
+            eval_fraction=0.0,  # without eval_files: hold out this fraction of the documents
+            format="auto",  # auto (by extension) | text | jsonl | parquet | hub
+            text_field="text",
+            doc_split="blank_line",  # text files: blank_line | file | line
+            max_seq_length=512,
+            num_proc=1,  # tokenizer processes
+            cache_dir="",  # "" = WORKDIR/data_cache
+        )
+    )
+    c.masking = ml_collections.ConfigDict(dict(mlm_probability=0.15, mask_ratio=0.8, random_ratio=0.1))
+
+    c.batch_size = 8192  # global sequences per step (the paper's 8k)
+    c.grad_accum_steps = 1  # microbatches per step; batch_size must divide by it
+    c.total_steps = 500_000
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            peak_lr=6e-4, warmup_steps=24_000, total_steps=c.get_ref("total_steps"), end_lr=0.0,
+            b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=0.0,
+        )
+    )
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # one axis may be -1
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, asynchronous=True))
+    c.log_every_steps = 100  # TensorBoard cadence; metrics.jsonl gets every step
+    c.eval_every_steps = 5000
+    c.eval_batches = 50  # at most this many eval batches per evaluation
+    c.max_nonfinite_steps = 10  # consecutive skipped (non-finite) updates before the run stops
+    c.progress = True
+    c.export_hf = True  # write WORKDIR/hf (model.safetensors, config.json, tokenizer) at the end
+
+    # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
+    c.distributed = ml_collections.ConfigDict(
+        dict(initialize=False, coordinator_address="", num_processes=0, process_id=-1)
+    )
+    return c
+
+
+def with_preset(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Sets the architecture fields of `c.model` from `config.PRESETS[name]`."""
+    for key, value in PRESETS[name].items():
+        if key in c.model:
+            c.model[key] = value
+    return c

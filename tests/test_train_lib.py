@@ -1,0 +1,85 @@
+"""The compiled train step: accumulation, skipped non-finite updates, sharded state creation."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from roberta_jax import masking, sharding, train_lib
+from roberta_jax.config import preset
+from roberta_jax.heads import RobertaForMaskedLM
+
+CONFIG = preset("tiny", vocab_size=101, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+MASK_FN = functools.partial(masking.mask_tokens, mask_token_id=100, vocab_size=101, special_ids=(0, 1, 2, 3))
+OPT = ml_collections.ConfigDict(dict(peak_lr=3e-3, warmup_steps=2, total_steps=1000, end_lr=0.0, b1=0.9, b2=0.98,
+                                     eps=1e-6, weight_decay=0.01, grad_clip_norm=0.0))
+
+
+def setup(num_micro=1, model=None):
+    model = model or RobertaForMaskedLM(CONFIG)
+    tx, schedule = train_lib.make_optimizer(OPT)
+    mesh = sharding.make_mesh({"data": -1})
+    state, _ = train_lib.create_train_state(model, tx, mesh, seed=0)
+    step = jax.jit(train_lib.make_train_step(model, tx, schedule, MASK_FN, seed=0, num_micro=num_micro))
+    return state, step
+
+
+def batch(seed=0):
+    ids = np.random.default_rng(seed).integers(4, 100, (8, 24)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 0, 2
+    return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.ones_like(ids)}
+
+
+def test_accumulation_gives_the_same_step_as_one_big_batch():
+    (s1, step1), (s4, step4) = setup(1), setup(4)
+    for i in range(3):
+        s1, m1 = step1(s1, batch(i))
+        s4, m4 = step4(s4, batch(i))
+        np.testing.assert_allclose(m1["train/loss"], m4["train/loss"], rtol=1e-5)
+        np.testing.assert_allclose(m1["train/grad_norm"], m4["train/grad_norm"], rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s1.params, s4.params)
+
+
+def test_loss_starts_at_log_vocab_and_falls_on_a_learnable_batch():
+    state, step = setup()
+    # Each row counts up from a random start: every masked token follows from its neighbours.
+    starts = np.random.default_rng(0).integers(0, 96, (8, 1))
+    ids = ((starts + np.arange(24)) % 96 + 4).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 0, 2
+    counting = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.ones_like(ids)}
+    losses = []
+    for _ in range(20):
+        state, m = step(state, counting)
+        losses.append(float(m["train/loss"]))
+    assert abs(losses[0] - np.log(101)) < 0.3
+    assert losses[-1] < losses[0] - 0.3
+    assert int(state.step) == 20 and float(m["train/num_predictions"]) == 8 * round(0.15 * 22)
+
+
+def test_non_finite_update_is_skipped_and_counted():
+    state, step = setup()
+    bad = state.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), state.params))
+    new, m = step(bad, batch())
+    assert not np.isfinite(float(m["train/loss"]))
+    assert int(m["train/nonfinite_streak"]) == 1 and int(m["train/skipped_updates"]) == 1 and int(new.step) == 1
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), new.params, bad.params)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), new.opt_state, state.opt_state)
+    again, m = step(new, batch())
+    assert int(m["train/nonfinite_streak"]) == 2
+    good, m = step(state, batch())
+    assert int(m["train/nonfinite_streak"]) == 0 and int(m["train/skipped_updates"]) == 0
+
+
+def test_schedule_warms_up_then_decays_linearly():
+    schedule = train_lib.learning_rate_schedule(1.0, warmup_steps=10, total_steps=110)
+    np.testing.assert_allclose([schedule(s) for s in (0, 5, 10, 60, 110)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+
+
+def test_no_weight_decay_on_biases_and_layer_norms():
+    state, _ = setup()
+    mask = train_lib.decay_mask(state.params)
+    layer = mask["roberta"]["encoder"]["layer_0"]
+    assert layer["attention"]["self"]["query"]["kernel"] and not layer["attention"]["self"]["query"]["bias"]
+    assert not layer["output"]["LayerNorm"]["scale"] and mask["roberta"]["embeddings"]["word_embeddings"]["embedding"]

@@ -1,0 +1,262 @@
+"""RoBERTa pretraining: `python train.py --config configs/base.py --workdir DIR`.
+
+The same code runs on a TPU pod, a GPU node or a laptop; the mesh shape, batch and model come
+from the config, and any field can be overridden (`--config.optimizer.peak_lr=4e-4`).
+Reads top to bottom: distributed setup, workdir, tokenizer, data, model and optimizer, sharded
+state, compiled steps, checkpoint restore, the loop, the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from roberta_jax import checkpoint as ckpt
+from roberta_jax import hf_io, masking, metrics, sharding, train_lib
+from roberta_jax.config import RobertaConfig
+from roberta_jax.data import BatchIterator, build_pretraining_data, to_global
+from roberta_jax.heads import RobertaForMaskedLM
+from roberta_jax.tokenizer import RobertaTokenizer
+
+log = logging.getLogger("train")
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def load_or_train_tokenizer(config, workdir: str) -> RobertaTokenizer:
+    if config.tokenizer.path:
+        return RobertaTokenizer.from_pretrained(config.tokenizer.path)
+    saved = os.path.join(workdir, "tokenizer")
+    if os.path.isfile(os.path.join(saved, "vocab.json")):
+        return RobertaTokenizer.from_pretrained(saved)
+    # Training is deterministic, so every host trains the same tokenizer; process 0 keeps it.
+    tok = RobertaTokenizer.train(
+        _split(config.data.train_files), vocab_size=config.tokenizer.vocab_size,
+        min_frequency=config.tokenizer.min_frequency,
+    )
+    if jax.process_index() == 0:
+        tok.save(saved)
+    return tok
+
+
+def _split(files: str) -> list[str]:
+    return [f for f in (s.strip() for s in files.split(",")) if f]
+
+
+def model_config(config, tokenizer: RobertaTokenizer) -> RobertaConfig:
+    fields = dict(config.model)
+    vocab = fields.pop("vocab_size") or tokenizer.vocab_size
+    if vocab < tokenizer.vocab_size:
+        raise ValueError(f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size}.")
+    return RobertaConfig(
+        vocab_size=vocab, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, architectures=("RobertaForMaskedLM",), **fields,
+    )
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+    """Runs (or resumes) pretraining in `workdir`; returns the last logged metrics."""
+    # -- Distributed setup ------------------------------------------------------------------
+    dist = config.distributed
+    if dist.initialize:
+        jax.distributed.initialize(
+            coordinator_address=dist.coordinator_address or None,
+            num_processes=dist.num_processes or None,
+            process_id=None if dist.process_id < 0 else dist.process_id,
+        )
+    is_main = jax.process_index() == 0
+
+    # -- Workdir and the resolved config ----------------------------------------------------
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, "train_config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    writer = metrics.MetricWriter(workdir)
+
+    # -- Tokenizer and data -----------------------------------------------------------------
+    tokenizer = load_or_train_tokenizer(config, workdir)
+    d = config.data
+    data = build_pretraining_data(
+        _split(d.train_files), tokenizer,
+        eval_sources=_split(d.eval_files) or None, eval_fraction=d.eval_fraction, split_seed=config.seed,
+        max_seq_length=d.max_seq_length, cache_dir=d.cache_dir or os.path.join(workdir, "data_cache"),
+        num_proc=d.num_proc, format=d.format, text_field=d.text_field, doc_split=d.doc_split,
+    )
+    log.info("data: %s", data.stats)
+    train_batches = BatchIterator(data.train, config.batch_size, seed=config.seed)
+
+    # -- Model, optimizer, mesh and the sharded state ---------------------------------------
+    arch = model_config(config, tokenizer)
+    model = RobertaForMaskedLM(
+        arch, dtype=jnp.dtype(config.dtype), implementation=config.attention_implementation or None,
+        remat=config.remat,
+    )
+    tx, schedule = train_lib.make_optimizer(config.optimizer)
+    mesh = sharding.make_mesh(dict(config.mesh))
+    state, state_shardings = train_lib.create_train_state(model, tx, mesh, config.seed)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log.info("mesh %s, %s parameters", dict(mesh.shape), f"{num_params:,}")
+
+    # -- Compiled steps ---------------------------------------------------------------------
+    special = tuple(sorted({tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id,
+                            tokenizer.unk_token_id}))
+    mask_fn = functools.partial(
+        masking.mask_tokens, mask_token_id=tokenizer.mask_token_id, vocab_size=tokenizer.vocab_size,
+        special_ids=special, **config.masking,
+    )
+    batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    train_step = jax.jit(
+        train_lib.make_train_step(model, tx, schedule, mask_fn, seed=config.seed, num_micro=config.grad_accum_steps),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+    eval_step = jax.jit(
+        train_lib.make_eval_step(model, mask_fn, seed=config.eval_seed),
+        in_shardings=(state_shardings.params, batch_sharding, None),
+        out_shardings=replicated,
+    )
+
+    # -- Checkpoint restore -----------------------------------------------------------------
+    checkpointer = ckpt.Checkpointer(
+        os.path.join(workdir, "checkpoints"), config.checkpoint.every_steps, config.checkpoint.keep,
+        config.checkpoint.asynchronous,
+    )
+    restored = checkpointer.restore_latest(ckpt.abstract_like(state))
+    if restored is not None:
+        state, data_state, step = restored
+        train_batches.set_state(data_state)
+        log.info("resumed from step %d", step)
+    start_step = int(state.step)
+
+    def evaluate(params) -> dict[str, float]:
+        eval_batches = BatchIterator(data.eval, config.batch_size, shuffle=False, num_epochs=1,
+                                     drop_remainder=False)
+        sums = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
+        for index, batch in zip(range(config.eval_batches), eval_batches):
+            out = jax.device_get(eval_step(params, to_global(_full_mask(batch), mesh), index))
+            sums = {k: sums[k] + float(out[k]) for k in sums}
+        loss = sums["loss_sum"] / max(sums["count"], 1.0)
+        return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss)),
+                "eval/accuracy": sums["correct"] / max(sums["count"], 1.0)}
+
+    # -- SIGTERM / SIGINT: finish the step in flight, save, exit ------------------------------
+    stop = {"signal": None}
+
+    def request_stop(signum, _frame):
+        stop["signal"] = signum
+
+    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    # -- The loop ---------------------------------------------------------------------------
+    # Metrics of step N are fetched after step N + 1 is dispatched, so the host never idles the
+    # device waiting for a scalar.
+    tokens_per_step = config.batch_size * config.data.max_seq_length
+    flops_per_step = metrics.flops_per_token(arch, config.data.max_seq_length) * tokens_per_step
+    peak = metrics.peak_flops()
+    progress = metrics.Progress(config.total_steps, enabled=config.progress)
+    pending, last = None, {}
+    t_prev = time.perf_counter()
+
+    def report(step_metrics, step):
+        nonlocal t_prev, last
+        values = jax.device_get(step_metrics)
+        now = time.perf_counter()
+        step_time, t_prev = now - t_prev, now
+        values = {k: float(v) for k, v in values.items()}
+        values["perf/step_time"] = step_time
+        values["perf/tokens_per_sec"] = tokens_per_step / step_time
+        if peak:
+            values["perf/mfu"] = flops_per_step / step_time / (peak * jax.device_count())
+        writer.write(step, values, to_tensorboard=step % config.log_every_steps == 0 or step == config.total_steps)
+        progress.update(step, values["train/loss"], values["perf/tokens_per_sec"])
+        if values["train/nonfinite_streak"] >= config.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{int(values['train/nonfinite_streak'])} consecutive steps with non-finite loss or gradients "
+                f"(up to step {step}); stopping. Lower optimizer.peak_lr or raise max_nonfinite_steps."
+            )
+        last = values
+
+    try:
+        for step in range(start_step + 1, config.total_steps + 1):
+            batch = to_global(_full_mask(next(train_batches)), mesh)
+            state, step_metrics = train_step(state, batch)
+            if pending is not None:
+                report(*pending)
+            pending = (step_metrics, step)
+            checkpointer.save(step, state, train_batches.get_state())
+            if data.eval is not None and (step % config.eval_every_steps == 0 or step == config.total_steps):
+                report(*pending)
+                pending = None
+                eval_metrics = evaluate(state.params)
+                writer.write(step, eval_metrics)
+                last.update(eval_metrics)
+                log.info("step %d: %s", step, eval_metrics)
+            if stop["signal"] is not None:
+                log.warning("signal %d: saving step %d and exiting", stop["signal"], step)
+                checkpointer.save(step, state, train_batches.get_state(), force=True)
+                break
+        if pending is not None:
+            report(*pending)
+    finally:
+        checkpointer.close()
+        writer.close()
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+
+    if stop["signal"] is None and config.export_hf:
+        params = state.params
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            params = multihost_utils.process_allgather(params, tiled=True)
+        if is_main:
+            hf_io.save_hf(os.path.join(workdir, "hf"), model, params, tokenizer=tokenizer)
+    return last
+
+
+def _full_mask(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every batch carries an attention mask, so the step compiles once."""
+    if "attention_mask" not in batch:
+        batch = dict(batch, attention_mask=np.ones_like(batch["input_ids"]))
+    return batch
+
+
+# -- Command line --------------------------------------------------------------------------
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "training config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/tiny", "where checkpoints, logs and the exported model go")
+
+
+def parse_flags(argv):
+    """absl parsing, with an unknown config key reported in one line that names the nearest one."""
+    try:
+        return flags.FLAGS(argv)
+    except (KeyError, AttributeError) as err:
+        message = str(err.args[0] if err.args else err).strip("'\"").replace("\\n", " ").replace("\n", " ")
+        sys.exit(f"{argv[0]}: unknown config key {message}")
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    final = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    print(json.dumps({k: round(v, 4) for k, v in final.items() if k.startswith(("train/loss", "eval/"))}))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
