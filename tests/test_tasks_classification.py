@@ -1,0 +1,139 @@
+"""Sentence(-pair) classification: GLUE-style loaders, features equal to HF `RobertaTokenizerFast`'s, metrics."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from roberta_jax.tasks import classification
+from roberta_jax.tokenizer import RobertaTokenizer
+
+DATA = Path(__file__).parent / "data"
+TASKS = DATA / "tasks"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+VOCAB = next((d for d in (DATA / "roberta-base", SHARED / "roberta-base") if (d / "vocab.json").exists()), None)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    if VOCAB is None:
+        pytest.skip("no roberta-base vocab.json / merges.txt")
+    return RobertaTokenizer.from_files(VOCAB / "vocab.json", VOCAB / "merges.txt")
+
+
+@pytest.fixture(scope="module")
+def hf(tok):
+    transformers = pytest.importorskip("transformers")
+    lines = (VOCAB / "merges.txt").read_text(encoding="utf-8").splitlines()
+    vocab = json.loads((VOCAB / "vocab.json").read_text(encoding="utf-8"))
+    return transformers.RobertaTokenizerFast(vocab=vocab, merges=[tuple(m.split(" ")) for m in lines[1:] if m])
+
+
+def test_load_sst2_tsv_keeps_text_verbatim():
+    examples = classification.load_examples(TASKS / "sst2.tsv")
+    assert len(examples) == 6
+    assert examples[0] == classification.Example("a warm , funny and quietly moving film . ", None, "1")
+    assert examples[2].text_a == 'its "twist" actually works '  # GLUE's TSVs have no quoting
+    assert [e.label for e in examples] == ["1", "0", "1", "0", "1", "0"]
+    assert classification.infer_label_list(examples) == ["0", "1"]
+
+
+def test_load_pairs_from_csv_and_jsonl():
+    rte = classification.load_examples(TASKS / "rte.csv")
+    assert rte[0].text_a == "The museum opened in 1902, two years after the fire."
+    assert rte[1].text_b == "The bridge, closed in March, reopened in May."
+    assert classification.infer_label_list(rte) == ["entailment", "not_entailment"]
+    stsb = classification.load_examples(TASKS / "stsb.jsonl")
+    assert [e.label for e in stsb] == ["4.8", "4.2", "0.4", "3.0"]
+    assert stsb[2] == classification.Example("A dog runs in the park.", "A cat sleeps on the sofa.", "0.4")
+
+
+def test_load_named_columns_unlabelled_and_errors(tmp_path):
+    path = tmp_path / "mnli.jsonl"
+    rows = [{"p": f"premise {i}", "h": f"hypothesis {i}", "gold": i} for i in range(12)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    examples = classification.load_examples(path, text_a="p", text_b="h", label="gold")
+    assert examples[11] == classification.Example("premise 11", "hypothesis 11", "11")
+    assert classification.infer_label_list(examples)[:3] == ["0", "1", "2"]  # numeric, not "0", "1", "10"
+    assert classification.load_examples(path, text_a="p", label="none")[0] == classification.Example("premise 0")
+    with pytest.raises(ValueError, match=r"known text column.*pass text_a="):
+        classification.load_examples(path)
+    with pytest.raises(ValueError, match="no column 'q'"):
+        classification.load_examples(path, text_a="q")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("label\tsentence\n1\tfine\n0\ttoo\tmany\n")
+    with pytest.raises(ValueError, match=r"bad.tsv:3: 3 fields"):
+        classification.load_examples(bad)
+
+
+def test_featurize_single_sentences_as_hf(tok, hf):
+    examples = classification.load_examples(TASKS / "sst2.tsv")
+    features = classification.featurize(examples, tok, max_length=12, label_list=["0", "1"])
+    expected = hf([e.text_a for e in examples], truncation=True, max_length=12, padding="max_length")
+    assert features["input_ids"].tolist() == expected["input_ids"]
+    assert features["attention_mask"].tolist() == expected["attention_mask"]
+    assert features["input_ids"].dtype == features["attention_mask"].dtype == features["labels"].dtype == np.int32
+    assert features["labels"].tolist() == [1, 0, 1, 0, 1, 0]
+    assert features["input_ids"][0, -1] == tok.sep_token_id  # the first sentence was truncated
+    dull = tok("dull ", add_special_tokens=False)["input_ids"]  # the trailing space is a token of its own
+    assert features["input_ids"][5, : len(dull) + 2].tolist() == [0, *dull, 2]
+
+
+def test_featurize_pairs_longest_first_as_hf(tok, hf):
+    examples = classification.load_examples(TASKS / "rte.csv")
+    labels = classification.infer_label_list(examples)
+    for max_length in (64, 20):
+        features = classification.featurize(examples, tok, max_length=max_length, label_list=labels)
+        expected = hf(
+            [e.text_a for e in examples], [e.text_b for e in examples],
+            truncation="longest_first", max_length=max_length, padding="max_length",
+        )
+        assert features["input_ids"].tolist() == expected["input_ids"]
+        assert features["attention_mask"].tolist() == expected["attention_mask"]
+        assert features["labels"].tolist() == [0, 1, 1, 0]
+    a = tok(examples[0].text_a, add_special_tokens=False)["input_ids"]
+    b = tok(examples[0].text_b, add_special_tokens=False)["input_ids"]
+    full = classification.featurize(examples, tok, max_length=64, label_list=labels)["input_ids"][0]
+    assert full[: len(a) + len(b) + 4].tolist() == [0, *a, 2, 2, *b, 2]  # <s> A </s></s> B </s>
+
+
+def test_featurize_regression_and_label_errors(tok):
+    stsb = classification.load_examples(TASKS / "stsb.jsonl")
+    features = classification.featurize(stsb, tok, max_length=32, regression=True)
+    assert features["labels"].dtype == np.float32
+    np.testing.assert_allclose(features["labels"], [4.8, 4.2, 0.4, 3.0], rtol=1e-6)
+    sst2 = classification.load_examples(TASKS / "sst2.tsv")
+    with pytest.raises(ValueError, match="label_list is needed"):
+        classification.featurize(sst2, tok)
+    with pytest.raises(ValueError, match=r"labels \['1'\] are not in label_list"):
+        classification.featurize(sst2, tok, label_list=["0"])
+    unlabelled = [classification.Example(e.text_a) for e in sst2]
+    assert set(classification.featurize(unlabelled, tok, max_length=8)) == {"input_ids", "attention_mask"}
+
+
+def test_compute_metrics_classification_and_regression():
+    features = {"labels": np.array([0, 1, 1, 0, 1, 1], np.int32)}
+    logits = np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.5], [0.2, 0.1], [0.0, 1.0], [-1.0, 1.0]])
+    # Predicted [0, 1, 0, 0, 1, 1]: tp 3, fn 1, fp 0, tn 2; MCC = (3 * 2 - 0 * 1) / sqrt(3 * 4 * 2 * 3).
+    scores = classification.compute_metrics(logits, features)
+    assert scores == pytest.approx({"accuracy": 5 / 6, "f1": 6 / 7, "matthews_correlation": np.sqrt(0.5)})
+    three = {"labels": np.array([0, 1, 2, 2])}
+    logits3 = np.eye(3)[[0, 1, 2, 1]]
+    assert classification.compute_metrics(logits3, three)["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)  # macro
+    targets = {"labels": np.array([4.8, 4.2, 0.4, 3.0], np.float32)}
+    regression = classification.compute_metrics(np.array([[5.0], [2.0], [1.0], [4.0]]), targets)
+    assert set(regression) == {"pearson", "spearman"}
+    assert regression["spearman"] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="5 rows of logits for 6"):
+        classification.compute_metrics(logits[:5], features)
+
+
+def test_shared_sst2_dev_loads():
+    path = SHARED / "sst2" / "dev.tsv"
+    if not path.exists():
+        pytest.skip("shared SST-2 data not present")
+    examples = classification.load_examples(path)
+    assert len(examples) == 872
+    assert classification.infer_label_list(examples) == ["0", "1"]
+    assert examples[0].text_a.startswith("it 's a charming and often affecting journey")

@@ -1,0 +1,204 @@
+"""Extractive QA: SQuAD loader, doc-stride windows equal to HF's, answer tokens, span decoding, EM / F1."""
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from roberta_jax.tasks import metrics, qa
+from roberta_jax.tokenizer import RobertaTokenizer
+
+DATA = Path(__file__).parent / "data"
+SQUAD = DATA / "tasks" / "squad.json"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+VOCAB = next((d for d in (DATA / "roberta-base", SHARED / "roberta-base") if (d / "vocab.json").exists()), None)
+MAX_LENGTH, STRIDE = 64, 16  # small windows: the 775-character paragraph needs several
+
+
+@pytest.fixture(scope="module")
+def tok():
+    if VOCAB is None:
+        pytest.skip("no roberta-base vocab.json / merges.txt")
+    return RobertaTokenizer.from_files(VOCAB / "vocab.json", VOCAB / "merges.txt")
+
+
+@pytest.fixture(scope="module")
+def hf(tok):
+    transformers = pytest.importorskip("transformers")
+    lines = (VOCAB / "merges.txt").read_text(encoding="utf-8").splitlines()
+    vocab = json.loads((VOCAB / "vocab.json").read_text(encoding="utf-8"))
+    return transformers.RobertaTokenizerFast(vocab=vocab, merges=[tuple(m.split(" ")) for m in lines[1:] if m])
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return qa.load_examples(SQUAD)
+
+
+@pytest.fixture(scope="module")
+def features(tok, examples):
+    return qa.featurize(examples, tok, max_length=MAX_LENGTH, doc_stride=STRIDE)
+
+
+def _gold_logits(features):
+    """Start/end logits [F, L] peaked at each window's labelled start and end tokens."""
+    start = np.zeros(features["input_ids"].shape)
+    end = np.zeros(features["input_ids"].shape)
+    rows = np.arange(len(start))
+    start[rows, features["start_positions"]] = 10.0
+    end[rows, features["end_positions"]] = 10.0
+    return start, end
+
+
+def test_load_squad(examples):
+    assert len(examples) == 8
+    first = examples[0]
+    assert first.id == "56be4db0acb8001400a502ec"
+    assert first.question == "Which NFL team represented the AFC at Super Bowl 50?"
+    assert first.answers == ("Denver Broncos",) * 3 and first.answer_starts == (177,) * 3
+    assert examples[1].answers == ("Santa Clara, California", "Levi's Stadium",
+                                   "Levi's Stadium in the San Francisco Bay Area at Santa Clara, California.")
+    for e in examples:
+        for text, start in zip(e.answers, e.answer_starts, strict=True):
+            assert e.context[start : start + len(text)] == text
+
+
+def test_featurize_windows_as_hf(hf, examples, features):
+    expected = hf(
+        [e.question.lstrip() for e in examples], [e.context for e in examples], truncation="only_second",
+        max_length=MAX_LENGTH, stride=STRIDE, return_overflowing_tokens=True, return_offsets_mapping=True,
+        padding="max_length",
+    )
+    assert features["input_ids"].tolist() == expected["input_ids"]
+    assert features["attention_mask"].tolist() == expected["attention_mask"]
+    assert features["example_index"].tolist() == expected["overflow_to_sample_mapping"]
+    for f in range(len(features["input_ids"])):
+        context = [s == 1 for s in expected.sequence_ids(f)]
+        want = [list(o) if c else [-1, -1] for o, c in zip(expected["offset_mapping"][f], context, strict=True)]
+        assert features["offset_mapping"][f].tolist() == want
+    assert {k: v.dtype for k, v in features.items()} == dict.fromkeys(features, np.int32)
+    assert features["offset_mapping"].shape == (len(features["input_ids"]), MAX_LENGTH, 2)
+    assert len(features["input_ids"]) > 3 * len(examples)  # the long paragraph really was cut into windows
+
+
+def test_windows_overlap_by_stride_and_cover_the_context(tok, examples, features):
+    for i, e in enumerate(examples):
+        whole = tok(e.question.lstrip(), e.context, return_offsets_mapping=True)
+        context = [t for t, s in zip(whole["input_ids"], whole.sequence_ids(0), strict=True) if s == 1]
+        windows = [
+            features["input_ids"][f][features["offset_mapping"][f, :, 0] >= 0].tolist()
+            for f in np.flatnonzero(features["example_index"] == i)
+        ]
+        for a, b in itertools.pairwise(windows):
+            assert a[-STRIDE:] == b[:STRIDE]
+        assert windows[0] + [t for w in windows[1:] for t in w[STRIDE:]] == context
+
+
+def test_answer_positions_decode_to_the_answer(tok, examples, features):
+    labelled = set()
+    for f, (i, s, e) in enumerate(zip(features["example_index"], features["start_positions"],
+                                      features["end_positions"], strict=True)):
+        example, offsets = examples[i], features["offset_mapping"][f]
+        answer, start_char = example.answers[0], example.answer_starts[0]
+        inside = offsets[offsets[:, 0] >= 0]
+        holds_answer = inside[0, 0] <= start_char and inside[-1, 1] >= start_char + len(answer)
+        if not holds_answer:
+            assert (s, e) == (0, 0)  # points at <s>
+            continue
+        labelled.add(int(i))
+        assert 0 < s <= e
+        assert example.context[offsets[s, 0] : offsets[e, 1]] == answer
+        assert tok.decode(features["input_ids"][f, s : e + 1]).strip() == answer
+    assert labelled == set(range(len(examples)))  # every answer is inside some window
+
+
+def test_answer_in_the_last_context_token(tok, examples):
+    # "... The capital of France is Paris" ends with the answer: HF run_qa.py's scan would run past it.
+    example = examples[6]
+    assert example.context.endswith(example.answers[0])
+    features = qa.featurize([example], tok, max_length=MAX_LENGTH, doc_stride=STRIDE)
+    s, e = features["start_positions"][-1], features["end_positions"][-1]
+    assert s == e == np.flatnonzero(features["offset_mapping"][-1, :, 0] >= 0)[-1]
+    assert tok.decode(features["input_ids"][-1, s : e + 1]) == " Paris"
+
+
+def test_postprocess_recovers_gold_spans(examples, features):
+    start, end = _gold_logits(features)
+    predictions = qa.postprocess(start, end, features, examples)
+    assert predictions == {e.id: e.answers[0] for e in examples}
+    assert qa.compute_metrics((start, end), features, examples) == {"exact_match": 100.0, "f1": 100.0}
+
+
+def test_postprocess_span_rules(tok):
+    context = "The red fox saw a big blue bird near the old mill."
+    example = qa.Example("x", "What did the fox see?", context, ("blue bird",), (context.index("blue"),))
+    features = qa.featurize([example], tok, max_length=32, doc_stride=8)
+    offsets = features["offset_mapping"][0]
+    token = {context[a:b]: k for k, (a, b) in enumerate(offsets.tolist()) if a >= 0}
+    start, end = np.zeros((1, 32)), np.zeros((1, 32))
+
+    def best(**kwargs):
+        return qa.postprocess(start, end, features, [example], **kwargs)["x"]
+
+    start[0, token["red"]], end[0, token["fox"]] = 5.0, 5.0
+    assert best() == "red fox"
+    start[0, token["blue"]] = 8.0  # a better start, but after the best end: end < start is no span
+    assert best() == "red fox"
+    assert best(n_best=1) == ""  # the single best start (blue) and end (fox) make no span
+    start[0, 2], end[0, 2] = 20.0, 20.0  # a question token: not a span of the context
+    assert best() == "red fox"
+    end[0, token["mill"]] = 7.0  # blue .. mill (6 tokens) scores 15 > 10
+    assert best() == "blue bird near the old mill"
+    assert best(max_answer_length=5) == "red fox"
+
+
+def test_postprocess_takes_the_best_window(examples, features):
+    start, end = _gold_logits(features)
+    # "Super Bowl L" is near the end of the paragraph; make an earlier window prefer "Denver Broncos".
+    i = [e.id for e in examples].index("56beace93aeaaa14008c91e2")
+    windows = np.flatnonzero(features["example_index"] == i)
+    denver = next(f for f in windows if features["offset_mapping"][f, :, 0].tolist().count(177) == 1)
+    k = features["offset_mapping"][denver, :, 0].tolist().index(177)
+    start[denver, k], end[denver, k + 1] = 12.0, 12.0
+    assert qa.postprocess(start, end, features, examples)[examples[i].id] == "Denver Broncos"
+    start[denver, k], end[denver, k + 1] = 9.0, 9.0  # now the gold window's 10 + 10 wins again
+    assert qa.postprocess(start, end, features, examples)[examples[i].id] == "Super Bowl L"
+
+
+def test_compute_metrics_scores_like_squad(examples, features):
+    start, end = _gold_logits(features)
+    shift = features["start_positions"] > 0
+    start[shift, features["start_positions"][shift]] = 0.0
+    start[shift, features["start_positions"][shift] + 1] = 10.0  # starts one token late: partial answers
+    predictions = qa.postprocess(start, end, features, examples)
+    scores = qa.compute_metrics((start, end), features, examples)
+    reference = metrics.squad_scores(predictions, {e.id: e.answers for e in examples})
+    assert scores == reference
+    assert 0 <= scores["exact_match"] < scores["f1"] < 100
+
+
+def test_featurize_errors(tok, examples):
+    with pytest.raises(ValueError, match=r"longest question has 16 tokens, leaving 16 .* doc_stride=16"):
+        qa.featurize(examples, tok, max_length=36, doc_stride=16)
+    unanswered = [qa.Example(e.id, e.question, e.context) for e in examples]
+    assert "start_positions" not in qa.featurize(unanswered, tok, max_length=MAX_LENGTH, doc_stride=STRIDE)
+    with pytest.raises(ValueError, match="needs gold answers"):
+        qa.compute_metrics((None, None), {}, unanswered)
+
+
+def test_shared_squad_gold_spans_find_the_answers(tok):
+    path = SHARED / "squad" / "dev-v1.1-part.json"
+    if not path.exists():
+        pytest.skip("shared SQuAD data not present")
+    examples = qa.load_examples(path)
+    assert len(examples) == 4961
+    examples = examples[:300]
+    features = qa.featurize(examples, tok)  # max_length 384, doc_stride 128
+    predictions = qa.postprocess(*_gold_logits(features), features, examples)
+    for e in examples:
+        if not any(metrics.squad_exact_match(predictions[e.id], t) for t in e.answers):
+            # Spans are whole tokens: a gold answer that is part of a word ("8" of "18") is found as the word.
+            assert e.answers[0] in predictions[e.id] and e.answers[0] != predictions[e.id]
+    assert qa.compute_metrics(_gold_logits(features), features, examples)["exact_match"] > 97
