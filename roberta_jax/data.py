@@ -1,0 +1,260 @@
+"""Pretraining input: corpus → packed rows → host-local batches → global jax.Arrays.
+
+    data = build_pretraining_data("corpus/*.txt", tokenizer, eval_fraction=0.01, cache_dir="/tmp/c")
+    batches = BatchIterator(data.train, global_batch_size=256, seed=0)
+    for step, batch in zip(range(num_steps), batches):
+        batch = to_global(batch, mesh)          # {"input_ids": int32 [256, 512]} sharded
+        ...                                      # masking happens in the jitted step
+    checkpoint_extra = batches.get_state()      # {"epoch": 0, "position": 123, ...}
+
+Reading and tokenizing: `data_sources`; the row format: `packing`; MLM masking: `masking`.
+
+Batches. Each epoch visits the rows in the order `default_rng([seed, epoch]).permutation`.
+Global batch b of an epoch is rows `order[b*G:(b+1)*G]`; process p of P takes the p-th of its
+P equal slices, so hosts read disjoint rows that together make the global batch, and the
+sequence of global batches does not depend on P. An incomplete final global batch is dropped
+(`drop_remainder=True`, training) or filled with all-padding rows (evaluation; those rows have
+attention_mask 0 and hold no masking candidates). The iterator state is
+`{"epoch", "position"}` (the next batch), plus `seed`, `num_rows` and `global_batch_size`,
+checked on restore.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from roberta_jax.data_sources import TokenizedCorpus, resolve_tokenizer, split_documents, tokenize_corpus
+from roberta_jax.packing import PackedRows, pack_documents, packed_shape
+
+__all__ = ["BatchIterator", "PretrainingData", "build_pretraining_data", "to_global"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainingData:
+    """Packed training rows, optional packed eval rows, and counts for the log."""
+
+    train: PackedRows
+    eval: PackedRows | None
+    stats: dict[str, int | bool]
+
+
+def build_pretraining_data(
+    train_sources: str | Sequence[str],
+    tokenizer: Any,
+    *,
+    eval_sources: str | Sequence[str] | None = None,
+    eval_fraction: float = 0.0,
+    split_seed: int = 0,
+    max_seq_length: int = 512,
+    drop_remainder: bool = True,
+    cache_dir: str | None = None,
+    num_proc: int = 1,
+    **source_kwargs: Any,
+) -> PretrainingData:
+    """Tokenizes (or reads from cache) and packs the training and eval corpora.
+
+    Args:
+      train_sources: files, directories, globs, or a Hub name (with `format="hub"`).
+      tokenizer: anything `data_sources.resolve_tokenizer` accepts.
+      eval_sources: held-out files, read like `train_sources`.
+      eval_fraction: else, hold out this fraction of the training documents, chosen by
+        `split_seed`, before packing (so no document is in both).
+      max_seq_length: L, the length of every row.
+      drop_remainder: drop the last partial training row instead of padding it. Eval rows
+        always keep theirs, padded, so every held-out token is evaluated.
+      cache_dir: caches token ids and packed rows (memory-mapped `.npy`); None: no caching.
+      num_proc: tokenizer processes for `Dataset.map`.
+      **source_kwargs: `format`, `text_field`, `doc_split`, `hub_config`, `hub_split`,
+        `batch_size` of `data_sources.tokenize_corpus`.
+    """
+    if eval_sources is not None and eval_fraction:
+        raise ValueError("pass eval_sources or eval_fraction, not both.")
+    tok = resolve_tokenizer(tokenizer)
+
+    def tokenized(sources) -> TokenizedCorpus:
+        return tokenize_corpus(sources, tok, num_proc=num_proc, cache_dir=cache_dir, **source_kwargs)
+
+    def packed(corpus: TokenizedCorpus, doc_indices: np.ndarray | None, drop: bool) -> PackedRows:
+        kwargs = {"max_seq_length": max_seq_length, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id}
+        if cache_dir is None:
+            return pack_documents(
+                corpus.tokens, corpus.doc_offsets, doc_indices=doc_indices, drop_remainder=drop, **kwargs
+            )
+        selection = "all" if doc_indices is None else hashlib.sha256(doc_indices.tobytes()).hexdigest()[:16]
+        name = (
+            f"rows-{selection}-L{max_seq_length}-{'drop' if drop else 'pad'}-{tok.bos_id}.{tok.eos_id}.{tok.pad_id}.npy"
+        )
+        path = os.path.join(cache_dir, f"tokenized-{corpus.fingerprint}", name)
+        if os.path.exists(path):
+            num_docs = corpus.num_documents if doc_indices is None else len(doc_indices)
+            stream_length = _num_tokens(corpus, doc_indices) + num_docs - 1
+            num_rows, last_row_length = packed_shape(stream_length, max_seq_length, drop)
+            rows = np.load(path, mmap_mode="r")
+            if rows.shape == (num_rows, max_seq_length):
+                return PackedRows(rows, last_row_length, tok.pad_id)
+        return pack_documents(
+            corpus.tokens, corpus.doc_offsets, doc_indices=doc_indices, drop_remainder=drop, out_path=path, **kwargs
+        )
+
+    train_corpus = tokenized(train_sources)
+    train_docs = eval_docs = None
+    if eval_fraction:
+        train_docs, eval_docs = split_documents(train_corpus.num_documents, eval_fraction, split_seed)
+    train_rows = packed(train_corpus, train_docs, drop_remainder)
+    stats: dict[str, int | bool] = {
+        "train/documents": train_corpus.num_documents if train_docs is None else len(train_docs),
+        "train/empty_documents": train_corpus.num_empty_documents,
+        "train/tokens": _num_tokens(train_corpus, train_docs),
+        "train/rows": train_rows.num_rows,
+        "train/from_cache": train_corpus.from_cache,
+    }
+    eval_corpus = train_corpus if eval_docs is not None else None
+    if eval_sources is not None:
+        eval_corpus = tokenized(eval_sources)
+        stats["eval/empty_documents"] = eval_corpus.num_empty_documents
+    eval_rows = None
+    if eval_corpus is not None:
+        eval_rows = packed(eval_corpus, eval_docs, False)
+        stats["eval/documents"] = eval_corpus.num_documents if eval_docs is None else len(eval_docs)
+        stats["eval/tokens"] = _num_tokens(eval_corpus, eval_docs)
+        stats["eval/rows"] = eval_rows.num_rows
+    return PretrainingData(train_rows, eval_rows, stats)
+
+
+def _num_tokens(corpus: TokenizedCorpus, doc_indices: np.ndarray | None) -> int:
+    if doc_indices is None:
+        return corpus.num_tokens
+    return int((corpus.doc_offsets[doc_indices + 1] - corpus.doc_offsets[doc_indices]).sum())
+
+
+class BatchIterator:
+    """Host-local batches `{"input_ids": int32 [B_local, L]}` (+ `"attention_mask"` when rows
+    can hold padding), B_local = global_batch_size / process_count; resumable.
+
+    Args:
+      rows: the packed rows.
+      global_batch_size: G, rows per step over all hosts; a multiple of process_count.
+      seed: shuffle seed; epoch e visits rows in `default_rng([seed, e]).permutation` order.
+      shuffle: False visits rows in order (evaluation).
+      num_epochs: stop after this many epochs; None runs forever.
+      drop_remainder: drop an incomplete final global batch of an epoch, else fill it with
+        all-padding rows (attention_mask 0).
+      process_index, process_count: this host and the host count; default to jax's.
+    """
+
+    def __init__(
+        self,
+        rows: PackedRows,
+        global_batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_epochs: int | None = None,
+        drop_remainder: bool = True,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ):
+        self.rows = rows
+        self.global_batch_size = global_batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.num_epochs = num_epochs
+        self.drop_remainder = drop_remainder
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        if global_batch_size % self.process_count:
+            raise ValueError(
+                f"global_batch_size={global_batch_size} is not a multiple of process_count={self.process_count}."
+            )
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"process_index={self.process_index} is outside [0, {self.process_count}).")
+        self.local_batch_size = global_batch_size // self.process_count
+        full, rest = divmod(rows.num_rows, global_batch_size)
+        self.steps_per_epoch = full + int(bool(rest) and not drop_remainder)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{rows.num_rows} rows make no complete global batch of {global_batch_size}; "
+                "use a smaller batch, more data, or drop_remainder=False."
+            )
+        self.emits_mask = rows.has_padding or (bool(rest) and not drop_remainder)
+        self.epoch = 0
+        self.position = 0
+        self._order_epoch, self._order = None, None
+
+    def get_state(self) -> dict[str, int]:
+        """A JSON-able position: the next batch is `position` of `epoch`."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_rows": self.rows.num_rows,
+            "global_batch_size": self.global_batch_size,
+        }
+
+    def set_state(self, state: dict[str, int]) -> None:
+        """Resumes at a `get_state()` position; the next batches equal an uninterrupted run's."""
+        mine = self.get_state()
+        for key in ("seed", "num_rows", "global_batch_size"):
+            if key in state and state[key] != mine[key]:
+                raise ValueError(
+                    f"iterator state was saved with {key}={state[key]}, this iterator has {mine[key]}; "
+                    "the saved position does not apply to different data or batching."
+                )
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.position >= self.steps_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        if self.num_epochs is not None and self.epoch >= self.num_epochs:
+            raise StopIteration
+        batch = self._batch(self.epoch, self.position)
+        self.position += 1
+        return batch
+
+    def _batch(self, epoch: int, position: int) -> dict[str, np.ndarray]:
+        start = position * self.global_batch_size + self.process_index * self.local_batch_size
+        indices = self._epoch_order(epoch)[start : start + self.local_batch_size]
+        num_real = len(indices)
+        length = self.rows.max_seq_length
+        input_ids = np.full((self.local_batch_size, length), self.rows.pad_id, np.int32)
+        input_ids[:num_real] = self.rows.input_ids[indices]
+        batch = {"input_ids": input_ids}
+        if self.emits_mask:
+            lengths = np.zeros(self.local_batch_size, np.int32)
+            lengths[:num_real] = self.rows.row_lengths(indices)
+            batch["attention_mask"] = (np.arange(length) < lengths[:, None]).astype(np.int32)
+        return batch
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order_epoch != epoch:
+            n = self.rows.num_rows
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            self._order_epoch = epoch
+        return self._order
+
+
+def to_global(
+    batch: dict[str, np.ndarray], mesh: Mesh, batch_axes: str | Sequence[str] = ("data", "fsdp")
+) -> dict[str, jax.Array]:
+    """Host-local batches → global jax.Arrays whose dim 0 is sharded over `batch_axes` of `mesh`.
+
+    Every host calls this with its own `BatchIterator` batch; the global batch is
+    process_count times larger.
+    """
+    axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+    unknown = [a for a in axes if a not in mesh.axis_names]
+    if unknown:
+        raise ValueError(f"batch axes {unknown} are not axes of the mesh {mesh.axis_names}.")
+    sharding = NamedSharding(mesh, PartitionSpec(axes))
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

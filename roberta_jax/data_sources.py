@@ -1,0 +1,453 @@
+"""Corpora: text, JSON lines or Parquet files (or a Hub dataset) → documents → token ids, cached.
+
+Sources. `format="auto"` picks by extension: `.jsonl`/`.json` → JSON lines, `.parquet` →
+Parquet (both read `text_field`), anything else → plain text. A source is a file, a directory
+(every non-hidden file under it, sorted) or a glob. `format="hub"` reads `datasets.load_dataset`
+(name, `hub_config`, split `hub_split`) and is keyed in the cache by those names only.
+
+Documents in text files (`doc_split`):
+  - "blank_line": a document is a run of non-blank lines; any run of blank (whitespace-only)
+    lines separates two documents and is not itself a document. Line breaks inside a document
+    are kept; `\\r\\n` is read as `\\n`.
+  - "line": every line is a document (WikiText-style rows).
+  - "file": every file is one document.
+A document whose text is empty or whitespace-only (a JSON record, a blank line in "line" mode),
+or that tokenizes to no ids, is skipped and counted in `num_empty_documents`.
+
+Errors. A text or JSON file that is empty, whitespace-only or not valid UTF-8, and an empty
+Parquet file, raise ValueError naming the path, before `datasets` reads anything.
+
+Tokenizing is `Dataset.map(batched=True, num_proc=...)`, ids without special tokens. With
+`cache_dir`, the result is stored as `tokens.npy` (int32, documents back to back) and
+`doc_offsets.npy` (int64) in `cache_dir/tokenized-<fingerprint>/` and memory-mapped on the next
+run, which then reads neither the text nor the tokenizer. The fingerprint covers the format,
+text field, document split, every file's absolute path, size and modification time, and the
+tokenizer (the serialized JSON of a `tokenizers.Tokenizer` backend; for a plain callable, the
+`fingerprint` given to `resolve_tokenizer`, else `datasets`' hash of the callable). `datasets`' own arrow files live in
+`cache_dir/hf/` and may be deleted once the `.npy` files exist.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import tokenizers
+
+# Bump when the cached format or the document rules change.
+_CACHE_VERSION = 1
+_DOC_SPLITS = ("blank_line", "line", "file")
+_FORMATS = ("auto", "text", "json", "parquet", "hub")
+_READ_CHARS = 1 << 22
+# One or more blank lines (the newline ending the previous line included).
+_BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
+_EDGE_BLANK_LINES = re.compile(r"^(?:[^\S\n]*\n)+|(?:\n[^\S\n]*)+$")
+
+EncodeFn = Callable[[list[str]], Sequence[Sequence[int]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerInfo:
+    """What the pipeline needs from a tokenizer: batch encoding and the special ids.
+
+    `encode` maps a list of texts to their token ids without special tokens; it must pickle
+    (it runs in `num_proc` worker processes).
+    """
+
+    encode: EncodeFn
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    fingerprint: str
+
+
+def resolve_tokenizer(
+    tokenizer: Any,
+    *,
+    bos_id: int | None = None,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+    fingerprint: str | None = None,
+) -> TokenizerInfo:
+    """Accepts a `tokenizers.Tokenizer`; an object holding one as `.backend` or `._tokenizer`
+    (`roberta_jax.tokenizer.RobertaTokenizer`, the `tokenizers` implementations); a
+    `TokenizerInfo`; or a callable `list[str] -> list[list[int]]`. Special ids come from the
+    arguments, else the object's `bos_token_id`/`eos_token_id`/`pad_token_id`, else the
+    backend's `<s>`/`</s>`/`<pad>`. A backend is copied with padding and truncation off, so
+    settings left on it by earlier calls do not leak into pretraining data.
+    """
+    if isinstance(tokenizer, TokenizerInfo):
+        return tokenizer
+    backend = next(
+        (
+            b
+            for b in (tokenizer, getattr(tokenizer, "backend", None), getattr(tokenizer, "_tokenizer", None))
+            if isinstance(b, tokenizers.Tokenizer)
+        ),
+        None,
+    )
+    ids = {"bos": bos_id, "eos": eos_id, "pad": pad_id}
+    for name, token in (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>")):
+        if ids[name] is None:
+            ids[name] = getattr(tokenizer, f"{name}_token_id", None)
+        if ids[name] is None and backend is not None:
+            ids[name] = backend.token_to_id(token)
+    missing = [f"{name}_id" for name, value in ids.items() if value is None]
+    if missing:
+        raise ValueError(f"cannot tell the special ids of {type(tokenizer).__name__}; pass {', '.join(missing)}.")
+    if backend is not None:
+        backend = tokenizers.Tokenizer.from_str(backend.to_str())
+        backend.no_padding()
+        backend.no_truncation()
+        encode = _BackendEncode(backend)
+        fingerprint = fingerprint or _sha256(backend.to_str())
+    elif callable(tokenizer):
+        encode = tokenizer
+        if fingerprint is None:
+            from datasets.fingerprint import Hasher
+
+            fingerprint = Hasher.hash(tokenizer)
+    else:
+        raise TypeError(
+            f"tokenizer of type {type(tokenizer).__name__} is neither a tokenizers.Tokenizer, nor holds "
+            "one as `.backend` or `._tokenizer`, nor is a callable list[str] -> list[list[int]]."
+        )
+    return TokenizerInfo(encode, int(ids["bos"]), int(ids["eos"]), int(ids["pad"]), fingerprint)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedCorpus:
+    """A tokenized corpus as flat arrays.
+
+    Attributes:
+      tokens: int32 [num_tokens], the non-empty documents back to back, no special tokens.
+      doc_offsets: int64 [num_documents + 1]; document i is tokens[doc_offsets[i]:doc_offsets[i+1]].
+      num_empty_documents: documents skipped because they were empty.
+      from_cache: whether this was read from `cache_dir` without tokenizing.
+      fingerprint: the cache key.
+    """
+
+    tokens: np.ndarray
+    doc_offsets: np.ndarray
+    num_empty_documents: int
+    from_cache: bool
+    fingerprint: str
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.doc_offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    def document(self, i: int) -> np.ndarray:
+        return self.tokens[self.doc_offsets[i] : self.doc_offsets[i + 1]]
+
+
+def tokenize_corpus(
+    sources: str | Sequence[str],
+    tokenizer: Any,
+    *,
+    format: str = "auto",
+    text_field: str = "text",
+    doc_split: str = "blank_line",
+    hub_config: str | None = None,
+    hub_split: str = "train",
+    num_proc: int = 1,
+    batch_size: int = 1000,
+    cache_dir: str | None = None,
+) -> TokenizedCorpus:
+    """Reads and tokenizes a corpus (rules in the module docstring); `cache_dir=None` disables caching.
+
+    `tokenizer` is anything `resolve_tokenizer` accepts.
+    """
+    tok = resolve_tokenizer(tokenizer)
+    if format not in _FORMATS:
+        raise ValueError(f"format={format!r} is not one of {_FORMATS}.")
+    if doc_split not in _DOC_SPLITS:
+        raise ValueError(f"doc_split={doc_split!r} is not one of {_DOC_SPLITS}.")
+    if format == "hub":
+        files, kinds = [], []
+        source_key: Any = [sources, hub_config, hub_split]
+    else:
+        files = resolve_files(sources)
+        kinds = [_kind(path, format) for path in files]
+        if len(set(kinds)) > 1:
+            raise ValueError(f"sources mix formats {sorted(set(kinds))}; pass one format at a time.")
+        source_key = [[os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns] for p in files]
+    kind = kinds[0] if kinds else "hub"
+    source_fp = _sha256(json.dumps([_CACHE_VERSION, kind, text_field, doc_split, source_key]))
+    fingerprint = _sha256(source_fp + tok.fingerprint)
+
+    final_dir = os.path.join(cache_dir, f"tokenized-{fingerprint}") if cache_dir else None
+    if final_dir and os.path.exists(os.path.join(final_dir, "meta.json")):
+        return _load_cached(final_dir, fingerprint)
+
+    for path, file_kind in zip(files, kinds):
+        check_file(path, file_kind)
+    with _scratch_dir(cache_dir) as work_dir:
+        docs = _documents(kind, files, sources, text_field, doc_split, hub_config, hub_split, work_dir, source_fp)
+        import datasets
+
+        ids = docs.map(
+            _EncodeBatch(tok.encode),
+            batched=True,
+            batch_size=batch_size,
+            num_proc=num_proc if num_proc > 1 else None,
+            input_columns=["text"],
+            remove_columns=docs.column_names,
+            features=datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))}),
+            new_fingerprint=fingerprint,
+            desc="Tokenizing",
+        )
+        out_dir = f"{final_dir}.tmp-{uuid.uuid4().hex}" if final_dir else None
+        tokens, offsets, num_empty = _flatten(ids, out_dir)
+    if not len(offsets) > 1:
+        raise ValueError(f"{sources!r}: no non-empty documents ({num_empty} empty ones).")
+    if out_dir is None:
+        return TokenizedCorpus(tokens, offsets, num_empty, False, fingerprint)
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump({"num_empty_documents": num_empty, "sources": source_key, "tokenizer": tok.fingerprint}, f)
+    del tokens, offsets
+    try:
+        os.rename(out_dir, final_dir)
+    except OSError:  # another process finished first; its result is identical
+        shutil.rmtree(out_dir, ignore_errors=True)
+    corpus = _load_cached(final_dir, fingerprint)
+    return dataclasses.replace(corpus, from_cache=False)
+
+
+def resolve_files(sources: str | Sequence[str]) -> list[str]:
+    """Expands files, directories (every non-hidden file under them, sorted) and globs, in order."""
+    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    files = []
+    for source in map(str, sources):
+        if os.path.isfile(source):
+            files.append(source)
+        elif os.path.isdir(source):
+            found = _files_under(source)
+            if not found:
+                raise FileNotFoundError(f"{source}: directory holds no files.")
+            files.extend(found)
+        else:
+            matches = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise FileNotFoundError(
+                    f"{source}: no such file, directory or glob match "
+                    "(for a Hugging Face Hub dataset pass format='hub')."
+                )
+            files.extend(matches)
+    return files
+
+
+def _files_under(directory: str) -> list[str]:
+    found = []
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(os.path.join(root, name) for name in names if not name.startswith("."))
+    return sorted(found)
+
+
+def check_file(path: str, kind: str) -> None:
+    """Raises ValueError naming `path` if it is empty or (text and JSON) whitespace-only or not UTF-8."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: file is empty.")
+    if kind == "parquet":
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    has_text, offset = False, 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_READ_CHARS)
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{path}: not valid UTF-8 ({e.reason} at byte {offset + e.start}); convert it, "
+                    "e.g. `iconv -f latin1 -t utf-8`."
+                ) from None
+            has_text = has_text or bool(text.strip())
+            offset += len(block)
+            if not block:
+                break
+    if not has_text:
+        raise ValueError(f"{path}: file holds only whitespace.")
+
+
+def split_documents(num_documents: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic document split: (train indices, eval indices), each ascending.
+
+    `round(eval_fraction * num_documents)` documents, chosen by a permutation seeded with `seed`,
+    are held out.
+    """
+    num_eval = round(eval_fraction * num_documents)
+    if not 0 < num_eval < num_documents:
+        raise ValueError(
+            f"eval_fraction={eval_fraction} of {num_documents} documents holds out {num_eval}; "
+            "it must leave at least one document on each side."
+        )
+    held_out = np.zeros(num_documents, bool)
+    held_out[np.random.default_rng(seed).permutation(num_documents)[:num_eval]] = True
+    return np.flatnonzero(~held_out), np.flatnonzero(held_out)
+
+
+class _BackendEncode:
+    def __init__(self, backend: tokenizers.Tokenizer):
+        self.backend = backend
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        # encode_batch_fast (tokenizers >= 0.20) skips computing character offsets.
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
+class _EncodeBatch:
+    """`Dataset.map` function: empty and whitespace-only texts become empty id lists."""
+
+    def __init__(self, encode: EncodeFn):
+        self.encode = encode
+
+    def __call__(self, texts: list[str | None]) -> dict[str, list]:
+        keep = [i for i, t in enumerate(texts) if t and not t.isspace()]
+        out: list[Sequence[int]] = [[] for _ in texts]
+        for i, ids in zip(keep, self.encode([texts[i] for i in keep]) if keep else []):
+            out[i] = ids
+        return {"input_ids": out}
+
+
+def _kind(path: str, format: str) -> str:
+    if format != "auto":
+        return format
+    name = path.lower()
+    if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+        return "json"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "text"
+
+
+def _documents(kind, files, sources, text_field, doc_split, hub_config, hub_split, work_dir, source_fp):
+    """A `datasets.Dataset` with one column "text", one row per document (empty ones included)."""
+    import datasets
+
+    hf_dir = os.path.join(work_dir, "hf")
+    if kind == "text":
+        # Written as arrow record batches directly: `Dataset.from_generator` costs ~80 us a row.
+        path = os.path.join(hf_dir, f"documents-{source_fp}.arrow")
+        if not os.path.exists(path):
+            os.makedirs(hf_dir, exist_ok=True)
+            schema = pa.schema({"text": pa.string()})
+            tmp_path = f"{path}.tmp-{uuid.uuid4().hex}"
+            with pa.OSFile(tmp_path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                for texts in _text_documents(files, doc_split):
+                    writer.write_batch(pa.record_batch([pa.array(texts, pa.string())], schema=schema))
+            os.replace(tmp_path, path)
+        return datasets.Dataset.from_file(path)
+    if kind == "hub":
+        ds = datasets.load_dataset(sources, hub_config, split=hub_split, cache_dir=hf_dir)
+    else:
+        ds = datasets.load_dataset(kind, data_files=files, split="train", cache_dir=hf_dir)
+    if text_field not in ds.column_names:
+        raise ValueError(f"{sources!r} has no field {text_field!r}; its fields are {ds.column_names}. Set text_field.")
+    ds = ds.select_columns([text_field])
+    return ds.rename_column(text_field, "text") if text_field != "text" else ds
+
+
+def _text_documents(files: list[str], doc_split: str) -> Iterator[list[str]]:
+    """Batches of document texts, in file order."""
+    for path in files:
+        with open(path, encoding="utf-8") as f:  # universal newlines: \r\n and \r read as \n
+            if doc_split == "file":
+                yield _nonblank([f.read()])
+                continue
+            if doc_split == "line":
+                carry = ""
+                while chunk := f.read(_READ_CHARS):
+                    lines = (carry + chunk + f.readline()).split("\n")  # ends on a line break ...
+                    carry = lines.pop()  # ... so this is "" unless the file lacks a final one
+                    yield lines
+                if carry:
+                    yield [carry]
+                continue
+            # blank_line: search each chunk only once; `pending` holds the open document.
+            pending: list[str] = []
+            while chunk := f.read(_READ_CHARS):
+                # The leading "\n" stands for the line break that ended the previous chunk.
+                parts = _BLANK_LINES.split("\n" + chunk + f.readline())
+                pending.append(parts[0][1:])
+                if len(parts) > 1:
+                    yield _nonblank(["".join(pending), *parts[1:-1]])
+                    pending = [parts[-1]]
+            yield _nonblank(["".join(pending)])
+
+
+def _nonblank(parts: list[str]) -> list[str]:
+    """The parts without leading and trailing blank lines; blank parts dropped."""
+    return [text for text in (_EDGE_BLANK_LINES.sub("", part) for part in parts) if text]
+
+
+def _flatten(ids, out_dir: str | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The "input_ids" column → (tokens int32, doc_offsets int64, number of empty documents)."""
+    chunks = [c for c in ids.data.table.column("input_ids").chunks if len(c)]
+    lengths = [pc.list_value_length(c).to_numpy(zero_copy_only=False).astype(np.int64) for c in chunks]
+    all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    kept = all_lengths[all_lengths > 0]
+    offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+    if out_dir is None:
+        tokens = np.empty(int(offsets[-1]), np.int32)
+    else:
+        os.makedirs(out_dir, exist_ok=True)
+        np.save(os.path.join(out_dir, "doc_offsets.npy"), offsets)
+        tokens = np.lib.format.open_memmap(
+            os.path.join(out_dir, "tokens.npy"), mode="w+", dtype=np.int32, shape=(int(offsets[-1]),)
+        )
+    position = 0
+    for chunk in chunks:
+        values = chunk.flatten().to_numpy()
+        tokens[position : position + len(values)] = values
+        position += len(values)
+    if out_dir is not None:
+        tokens.flush()
+    return tokens, offsets, int((all_lengths == 0).sum())
+
+
+def _load_cached(directory: str, fingerprint: str) -> TokenizedCorpus:
+    with open(os.path.join(directory, "meta.json")) as f:
+        meta = json.load(f)
+    return TokenizedCorpus(
+        np.load(os.path.join(directory, "tokens.npy"), mmap_mode="r"),
+        np.load(os.path.join(directory, "doc_offsets.npy")),
+        int(meta["num_empty_documents"]),
+        True,
+        fingerprint,
+    )
+
+
+@contextlib.contextmanager
+def _scratch_dir(cache_dir: str | None) -> Iterator[str]:
+    """`cache_dir` itself, or a temporary directory removed afterwards when caching is off."""
+    if cache_dir:
+        os.makedirs(cache_dir, exist_ok=True)
+        yield cache_dir
+    else:
+        with tempfile.TemporaryDirectory(prefix="roberta_jax_data_") as tmp:
+            yield tmp
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
