@@ -58,9 +58,11 @@ def _split(files: str) -> list[str]:
 
 def model_config(config, tokenizer: RobertaTokenizer) -> RobertaConfig:
     fields = dict(config.model)
-    vocab = fields.pop("vocab_size") or tokenizer.vocab_size
-    if vocab < tokenizer.vocab_size:
-        raise ValueError(f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size}.")
+    # roberta-base's files leave ids 50261-50263 unused: the embedding needs the largest id + 1.
+    needed = max(tokenizer.vocab_size, max(tokenizer.all_special_ids) + 1)
+    vocab = fields.pop("vocab_size") or needed
+    if vocab < needed:
+        raise ValueError(f"model.vocab_size={vocab} is smaller than the tokenizer's largest id + 1 = {needed}.")
     return RobertaConfig(
         vocab_size=vocab, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, architectures=("RobertaForMaskedLM",), **fields,
@@ -148,7 +150,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                      drop_remainder=False)
         sums = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
         for index, batch in zip(range(config.eval_batches), eval_batches):
-            out = jax.device_get(eval_step(params, to_global(_full_mask(batch), mesh), index))
+            out = jax.device_get(eval_step(params, to_global(batch, mesh), index))
             sums = {k: sums[k] + float(out[k]) for k in sums}
         loss = sums["loss_sum"] / max(sums["count"], 1.0)
         return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss)),
@@ -193,7 +195,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
     try:
         for step in range(start_step + 1, config.total_steps + 1):
-            batch = to_global(_full_mask(next(train_batches)), mesh)
+            batch = to_global(next(train_batches), mesh)
             state, step_metrics = train_step(state, batch)
             if pending is not None:
                 report(*pending)
@@ -227,13 +229,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         if is_main:
             hf_io.save_hf(os.path.join(workdir, "hf"), model, params, tokenizer=tokenizer)
     return last
-
-
-def _full_mask(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every batch carries an attention mask, so the step compiles once."""
-    if "attention_mask" not in batch:
-        batch = dict(batch, attention_mask=np.ones_like(batch["input_ids"]))
-    return batch
 
 
 # -- Command line --------------------------------------------------------------------------

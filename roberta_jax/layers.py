@@ -135,7 +135,10 @@ class RobertaSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, deterministic=True):
-        """x [B, L, H], mask bool [B, 1, L or 1, L] (True = may attend) -> [B, L, H]."""
+        """x [B, L, H], mask bool [B, 1, 1, L] (True = may attend) or None -> [B, L, H].
+
+        `config.is_decoder` adds the causal mask.
+        """
         c = self.config
         b, length, _ = x.shape
         proj = functools.partial(dense, c, c.hidden_size, ("embed", "heads"), self.dtype, self.param_dtype)
@@ -146,13 +149,18 @@ class RobertaSelfAttention(nn.Module):
         dropout = 0.0 if deterministic else c.attention_probs_dropout_prob
         if dropout > 0.0 or self.is_mutable_collection("intermediates"):
             scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / jnp.sqrt(c.head_dim)
-            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+            allowed = jnp.ones(scores.shape[-2:], bool) if mask is None else mask
+            if c.is_decoder:
+                allowed = allowed & jnp.tril(jnp.ones(scores.shape[-2:], bool))
+            scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
             weights = jax.nn.softmax(scores, axis=-1)
             self.sow("intermediates", "attention_weights", weights)
             weights = nn.Dropout(dropout)(weights, deterministic=deterministic)
             out = jnp.einsum("bnqk,bknd->bqnd", weights.astype(self.dtype), v)
         else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+            out = jax.nn.dot_product_attention(
+                q, k, v, mask=mask, is_causal=c.is_decoder, implementation=self.implementation
+            )
         return out.reshape(b, length, c.hidden_size)
 
 
@@ -254,15 +262,6 @@ class RobertaPooler(nn.Module):
         return jnp.tanh(dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype, "dense")(x[:, 0]))
 
 
-def attention_mask_4d(attention_mask: jax.Array, causal: bool) -> jax.Array:
-    """[B, L] 1/0 padding mask -> bool [B, 1, L or 1, L]; lower-triangular as well when `causal`."""
-    mask = attention_mask.astype(bool)[:, None, None, :]
-    if causal:
-        length = attention_mask.shape[-1]
-        mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
-    return mask
-
-
 class RobertaModel(nn.Module):
     """The RoBERTa encoder: embeddings -> layers (-> pooler).
 
@@ -290,11 +289,12 @@ class RobertaModel(nn.Module):
         position_ids=None,
         deterministic: bool = True,
     ):
-        if attention_mask is None:
-            attention_mask = (input_ids != self.config.pad_token_id).astype(jnp.int32)
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        x = self.encoder(x, attention_mask_4d(attention_mask, self.config.is_decoder), deterministic)
+        # No mask means every token is attended to, as in HF; full packed rows need none, which
+        # keeps the fused attention kernels on their fastest path.
+        mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
+        x = self.encoder(x, mask, deterministic)
         pooled = self.pooler(x) if self.pooler is not None else None
         return x, pooled
 

@@ -118,7 +118,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         input_ids = batch["input_ids"]
-        attention_mask = batch.get("attention_mask", jnp.ones_like(input_ids))
+        attention_mask = batch.get("attention_mask")  # None for full rows: no mask at all
         mask_rng, dropout_key = jax.random.split(masked_rng(seed, state.step))
         # The whole global batch is masked at once, so the masks do not depend on num_micro.
         masked = mask_fn(mask_rng, input_ids)
@@ -188,7 +188,7 @@ def make_eval_step(model: nn.Module, mask_fn, *, seed: int):
 
     def eval_step(params, batch, batch_index):
         input_ids = batch["input_ids"]
-        attention_mask = batch.get("attention_mask", jnp.ones_like(input_ids))
+        attention_mask = batch.get("attention_mask")
         masked = mask_fn(jax.random.fold_in(jax.random.key(seed), batch_index), input_ids)
         logits = model.apply({"params": params}, masked.input_ids, attention_mask, masked_positions=masked.positions)
         loss_sum, count, correct = mlm_sums(logits, masked.labels, masked.weights)

@@ -7,7 +7,7 @@ import pytest
 
 from roberta_jax import hf_io
 from roberta_jax.config import preset
-from roberta_jax.heads import RobertaForMaskedLM, RobertaForSequenceClassification
+from roberta_jax.heads import RobertaForCausalLM, RobertaForMaskedLM, RobertaForSequenceClassification
 from roberta_jax.layers import position_ids_from_input_ids
 
 CONFIG = preset("tiny", vocab_size=97, max_position_embeddings=34)
@@ -136,3 +136,15 @@ def test_params_carry_logical_axis_names():
         if not hasattr(leaf, "names")
     ]
     assert unnamed == []
+
+
+@pytest.mark.parametrize("is_decoder", [False, True])
+def test_no_attention_mask_means_attend_to_everything(is_decoder):
+    model = RobertaForMaskedLM(CONFIG) if not is_decoder else RobertaForCausalLM(CONFIG.replace(is_decoder=True))
+    params = hf_io.init_params(model, jax.random.key(0))
+    ids, _ = padded_batch()
+    ones = jnp.ones_like(ids)
+    np.testing.assert_allclose(model.apply({"params": params}, ids), model.apply({"params": params}, ids, ones),
+                               atol=1e-6)
+    explicit, _ = model.apply({"params": params}, ids, mutable=["intermediates"])
+    np.testing.assert_allclose(explicit, model.apply({"params": params}, ids), atol=1e-5)
