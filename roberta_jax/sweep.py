@@ -1,0 +1,332 @@
+"""Grid sweeps over `train.py`: one workdir per combination of config overrides, then a comparison.
+
+    python -m roberta_jax.sweep run --config configs/tiny.py --workdir runs/sweep \\
+        --grid optimizer.peak_lr=1e-4,3e-4,6e-4 --grid model.hidden_dropout_prob=0,0.1 --set total_steps=200
+    python -m roberta_jax.sweep run ... --print-only     # one `python train.py ...` line per run
+    python -m roberta_jax.sweep compare --workdir runs/sweep --metric eval/loss --plot runs/sweep/eval_loss.png
+
+`run` expands the cartesian product of the `--grid` values (each run also gets every `--set`),
+checks every key against the config (an unknown key names the nearest valid one) and parses each
+value with the type of the field it replaces. Run `peak_lr=3e-4,hidden_dropout_prob=0.1` trains in
+WORKDIR/peak_lr=3e-4,hidden_dropout_prob=0.1 (the full dotted key where two keys end alike), where
+train.py writes its resolved `train_config.json`. Runs go one after another, each as its own
+`train.py` process with its output in `train.log`: the command `--print-only` prints for a cluster
+launcher, run with this interpreter. Running a sweep again resumes each run from its newest checkpoint.
+`WORKDIR/sweep.json` lists the runs and their overrides for `compare`.
+
+`compare` reads each run's scalars (TensorBoard events, else metrics.jsonl), prints a table
+(run, overrides, final train loss, best and final value of the metric, steps) best run first,
+and with `--plot` draws the metric against the step, one line per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import importlib.util
+import itertools
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from roberta_jax import events
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP_FILE = "sweep.json"
+_TRUE, _FALSE = ("true", "t", "yes", "1"), ("false", "f", "no", "0")
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One point of the grid: its directory name, workdir and overrides (key → value as written)."""
+
+    name: str
+    workdir: str
+    overrides: dict[str, str]
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/config.py` or `path/to/config.py:arg`, as `--config` takes it: its `get_config([arg])`."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location("_sweep_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def config_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of `config` as {"dotted.key": value}."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(config_fields(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_key(fields: dict[str, Any], key: str) -> None:
+    """Raises ValueError naming the nearest valid key when `key` is not a config field."""
+    if key in fields:
+        return
+    nearest = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.0)
+    raise ValueError(f"unknown config key {key!r}; did you mean {nearest[0]!r}?")
+
+
+def parse_value(key: str, raw: str, current: Any) -> Any:
+    """`raw` as the type of the field's current value (bool, int, float or str)."""
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in _TRUE + _FALSE:
+                raise ValueError(raw)
+            return raw.lower() in _TRUE
+        if isinstance(current, int):
+            number = float(raw)
+            if not number.is_integer():
+                raise ValueError(raw)
+            return int(number)
+        if isinstance(current, float):
+            return float(raw)
+    except ValueError:
+        expected = _TYPE_NAMES[type(current)]
+        raise ValueError(f"{key}={raw!r}: expected {expected}, like the default {current!r}") from None
+    return raw
+
+
+def _key_value(text: str, option: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{option} {text!r}: expected KEY=VALUE")
+    return key.strip(), value
+
+
+def expand(
+    config: ml_collections.ConfigDict, grid: Sequence[str], sets: Sequence[str], workdir: str
+) -> tuple[list[Run], dict[str, str]]:
+    """The runs of `--grid key=v1,v2` (cartesian product, in order) and the common `--set key=v`
+    overrides, each key and value checked against `config`."""
+    fields = config_fields(config)
+    axes, common = {}, {}
+    for text in grid:
+        key, values = _key_value(text, "--grid")
+        if key in axes:
+            raise ValueError(f"--grid {key} is given twice; list all its values in one --grid")
+        axes[key] = [v.strip() for v in values.split(",") if v.strip()]
+        if not axes[key]:
+            raise ValueError(f"--grid {text!r} has no values")
+    for text in sets:
+        key, value = _key_value(text, "--set")
+        if key in axes:
+            raise ValueError(f"{key} is both swept (--grid) and fixed (--set)")
+        common[key] = value
+    for key, values in {**axes, **{k: [v] for k, v in common.items()}}.items():
+        check_key(fields, key)
+        for value in values:
+            parse_value(key, value, fields[key])
+    short = _short_names(list(axes))
+    runs = []
+    for values in itertools.product(*axes.values()):
+        overrides = dict(zip(axes, values))
+        name = ",".join(f"{short[k]}={v}" for k, v in overrides.items()).replace("/", "_") or "run"
+        runs.append(Run(name, os.path.join(workdir, name), overrides))
+    return runs, common
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """The last component of each dotted key, or the whole key where two keys share a last component."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last)}
+
+
+def train_command(config_spec: str, run: Run, common: dict[str, str], config: ml_collections.ConfigDict,
+                  python: str = "python", train_py: str = "train.py") -> list[str]:
+    """The `train.py` command line of one run, every value written as its field's type."""
+    fields = config_fields(config)
+    overrides = {**common, **run.overrides}
+    flags = [f"--config.{k}={_flag_value(parse_value(k, v, fields[k]))}" for k, v in overrides.items()]
+    return [python, train_py, f"--config={config_spec}", f"--workdir={run.workdir}", *flags]
+
+
+def _flag_value(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def write_sweep_file(workdir: str, config_spec: str, runs: list[Run], common: dict[str, str]) -> str:
+    """Records the runs in WORKDIR/sweep.json, keeping runs of earlier invocations with other names."""
+    path = os.path.join(workdir, SWEEP_FILE)
+    previous = read_sweep_file(workdir) if os.path.isfile(path) else []
+    names = {r.name for r in runs}
+    entries = [r for r in previous if r["name"] not in names]
+    entries += [{"name": r.name, "overrides": r.overrides, "set": common, "config": config_spec} for r in runs]
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"runs": entries}, f, indent=2)
+    return path
+
+
+def read_sweep_file(workdir: str) -> list[dict[str, Any]]:
+    with open(os.path.join(workdir, SWEEP_FILE), encoding="utf-8") as f:
+        return json.load(f)["runs"]
+
+
+def run_all(commands: list[tuple[Run, list[str]]]) -> int:
+    """Runs the commands one after another, each logging into its workdir's train.log; returns
+    the number of runs that failed (their log's tail goes to stderr)."""
+    failed = 0
+    for index, (run, cmd) in enumerate(commands, 1):
+        os.makedirs(run.workdir, exist_ok=True)
+        log_path = os.path.join(run.workdir, "train.log")
+        print(f"[{index}/{len(commands)}] {run.name}: {shlex.join(cmd)}", flush=True)
+        start = time.perf_counter()
+        with open(log_path, "a", encoding="utf-8") as log:  # a resumed run adds to its log
+            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        took = time.perf_counter() - start
+        if code:
+            failed += 1
+            with open(log_path, encoding="utf-8", errors="replace") as log:
+                tail = log.read()[-3000:]
+            print(f"[{index}/{len(commands)}] {run.name}: FAILED (exit {code}) after {took:.0f} s; "
+                  f"end of {log_path}:\n{tail}", file=sys.stderr, flush=True)
+        else:
+            print(f"[{index}/{len(commands)}] {run.name}: done in {took:.0f} s", flush=True)
+    return failed
+
+
+# -- compare -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """One run's row of the comparison; NaN (and steps 0) where the run has no such values yet."""
+
+    name: str
+    overrides: dict[str, str]
+    final_train_loss: float
+    best: float
+    final: float
+    steps: int
+    curve: tuple[Any, Any] | None  # (steps, values) of the metric
+
+
+def summarize(workdir: str, metric: str = "eval/loss", mode: str = "min") -> list[Summary]:
+    """The runs of a sweep (from sweep.json, else every subdirectory with logs), best first."""
+    if os.path.isfile(os.path.join(workdir, SWEEP_FILE)):
+        runs = [(r["name"], r["overrides"]) for r in read_sweep_file(workdir)]
+    else:
+        runs = [(d, {}) for d in sorted(os.listdir(workdir)) if events.has_logs(os.path.join(workdir, d))]
+    if not runs:
+        raise FileNotFoundError(f"no {SWEEP_FILE} and no run directories with logs in {workdir}")
+    nan = float("nan")
+    rows = []
+    for name, overrides in runs:
+        run_dir = os.path.join(workdir, name)
+        if not events.has_logs(run_dir):
+            rows.append(Summary(name, overrides, nan, nan, nan, 0, None))
+            continue
+        scalars = events.read_scalars(run_dir)
+        train = scalars.get("train/loss")
+        curve = scalars.get(metric)
+        best = (min if mode == "min" else max)(curve[1]) if curve is not None else nan
+        rows.append(Summary(
+            name, overrides,
+            final_train_loss=float(train[1][-1]) if train is not None else nan,
+            best=float(best), final=float(curve[1][-1]) if curve is not None else nan,
+            steps=max(int(s[-1]) for s, _ in scalars.values()) if scalars else 0,
+            curve=curve,
+        ))
+    sign = 1.0 if mode == "min" else -1.0
+    return sorted(rows, key=lambda r: (math.isnan(r.best), sign * r.best if not math.isnan(r.best) else 0.0))
+
+
+def format_table(rows: list[Summary], metric: str) -> str:
+    """A plain-text table, one line per run."""
+    header = ["run", "overrides", "final train/loss", f"best {metric}", f"final {metric}", "steps"]
+    lines = [header] + [
+        [r.name, " ".join(f"{k}={v}" for k, v in r.overrides.items()) or "-",
+         _number(r.final_train_loss), _number(r.best), _number(r.final), str(r.steps)]
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def _number(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.4f}"
+
+
+def save_plot(rows: list[Summary], metric: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    from roberta_jax import plots
+
+    fig = plots.run_curves({r.name: r.curve for r in rows if r.curve is not None}, metric)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- command line --------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m roberta_jax.sweep", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="expand a grid into runs and train them (or print their commands)")
+    run.add_argument("--config", required=True, help="config file, as train.py's --config (path[:arg])")
+    run.add_argument("--workdir", required=True, help="the sweep's directory; each run gets a subdirectory")
+    run.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="a swept field")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a field fixed for every run")
+    run.add_argument("--print-only", action="store_true", help="print one launch command per run, run nothing")
+    compare = sub.add_parser("compare", help="tabulate (and plot) the runs of a sweep")
+    compare.add_argument("--workdir", required=True)
+    compare.add_argument("--metric", default="eval/loss")
+    compare.add_argument("--mode", choices=("min", "max"), help="which is best; default max for accuracies, else min")
+    compare.add_argument("--plot", help="write the metric against the step, one line per run, to this PNG")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "run":
+            config = load_config(args.config)
+            runs, common = expand(config, args.grid, args.set, args.workdir)
+            write_sweep_file(args.workdir, args.config, runs, common)
+            if args.print_only:
+                for r in runs:
+                    print(shlex.join(train_command(args.config, r, common, config)))
+                return 0
+            train_py = os.path.join(REPO, "train.py")
+            if not os.path.isfile(train_py):
+                raise FileNotFoundError(f"{train_py} not found: run sweeps from a checkout of the repository, "
+                                        "or launch the commands of --print-only yourself")
+            commands = [(r, train_command(args.config, r, common, config, sys.executable, train_py)) for r in runs]
+            failed = run_all(commands)
+            if failed:
+                print(f"{failed} of {len(runs)} runs failed", file=sys.stderr)
+            return 1 if failed else 0
+        mode = args.mode or ("max" if "accuracy" in args.metric else "min")
+        rows = summarize(args.workdir, args.metric, mode)
+        print(format_table(rows, args.metric))
+        if args.plot:
+            save_plot(rows, args.metric, args.plot)
+            print(f"plot: {args.plot}")
+        return 0
+    except (ValueError, FileNotFoundError) as err:
+        print(f"sweep: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
