@@ -11,7 +11,8 @@ Shapes: B batch, L length, H hidden size, N heads, D head size.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -71,6 +72,26 @@ def position_ids_from_input_ids(input_ids: jax.Array, pad_token_id: int) -> jax.
     return jnp.cumsum(not_pad, axis=-1) * not_pad + pad_token_id
 
 
+class Embed(nn.Embed):
+    """`nn.Embed` whose lookups keep their gradients cheap on accelerators.
+
+    The word table is gathered in its parameter dtype (float32) and cast after, so the
+    gradient's scatter-add runs in float32, where GPUs have native atomic adds (bfloat16 ones
+    are emulated). Small tables (positions, token types; `one_hot=True`) are looked up by a
+    one-hot matmul instead: their few rows are hit by every token, and a scatter-add that
+    collides that often serialises, while the matmul's gradient is one more small matmul.
+    """
+
+    one_hot: bool = False
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if self.one_hot:
+            table = self.embedding.astype(self.dtype)
+            one_hot = jax.nn.one_hot(inputs, self.num_embeddings, dtype=self.dtype)
+            return jnp.dot(one_hot, table, precision=jax.lax.Precision.HIGHEST)
+        return jnp.take(self.embedding, inputs, axis=0).astype(self.dtype)
+
+
 class RobertaEmbeddings(nn.Module):
     """Word + learned absolute position + token type embeddings, then LayerNorm and dropout."""
 
@@ -81,8 +102,8 @@ class RobertaEmbeddings(nn.Module):
     def setup(self):
         c = self.config
 
-        def embed(num, name):
-            return nn.Embed(
+        def embed(num, name, one_hot=False):
+            return Embed(
                 num,
                 c.hidden_size,
                 dtype=self.dtype,
@@ -90,12 +111,13 @@ class RobertaEmbeddings(nn.Module):
                 embedding_init=nn.with_logical_partitioning(
                     nn.initializers.normal(c.initializer_range), ("vocab", "embed")
                 ),
+                one_hot=one_hot,
                 name=name,
             )
 
         self.word_embeddings = embed(c.vocab_size, "word_embeddings")
-        self.position_embeddings = embed(c.max_position_embeddings, "position_embeddings")
-        self.token_type_embeddings = embed(c.type_vocab_size, "token_type_embeddings")
+        self.position_embeddings = embed(c.max_position_embeddings, "position_embeddings", one_hot=True)
+        self.token_type_embeddings = embed(c.type_vocab_size, "token_type_embeddings", one_hot=True)
         self.LayerNorm = layer_norm(c, self.dtype, self.param_dtype, "LayerNorm")
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 
@@ -41,7 +41,11 @@ def flops_per_token(config: RobertaConfig, length: int) -> float:
 
 def peak_flops(device: jax.Device | None = None) -> float | None:
     """Peak bf16 FLOP/s of one device, or None where unknown (e.g. CPU)."""
-    kind = (device or jax.devices()[0]).device_kind
+    return peak_flops_by_kind((device or jax.devices()[0]).device_kind)
+
+
+def peak_flops_by_kind(kind: str) -> float | None:
+    """Peak bf16 FLOP/s for a device name such as 'NVIDIA H100 80GB HBM3'."""
     return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
 
 
