@@ -12,9 +12,7 @@ import functools
 import json
 import logging
 import os
-import signal
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,17 +21,14 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from roberta_jax import checkpoint as ckpt
-from roberta_jax import hf_io, masking, metrics, sharding, train_lib
+from roberta_jax import hf_io, loop, masking, metrics, sharding, train_lib
 from roberta_jax.config import RobertaConfig
 from roberta_jax.data import BatchIterator, build_pretraining_data, to_global
 from roberta_jax.heads import RobertaForMaskedLM
 from roberta_jax.tokenizer import RobertaTokenizer
 
-log = logging.getLogger("train")
-
-
-class NonFiniteError(RuntimeError):
-    pass
+log = logging.getLogger("absl")
+MODEL_CONFIG = "model_config.json"  # the architecture, as HF config.json, beside the checkpoints  # absl sets up the handlers; INFO by default
 
 
 def load_or_train_tokenizer(config, workdir: str) -> RobertaTokenizer:
@@ -107,6 +102,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         arch, dtype=jnp.dtype(config.dtype), implementation=config.attention_implementation or None,
         remat=config.remat,
     )
+    if is_main:
+        arch.to_json_file(os.path.join(workdir, MODEL_CONFIG))
     tx, schedule = train_lib.make_optimizer(config.optimizer)
     mesh = sharding.make_mesh(dict(config.mesh))
     state, state_shardings = train_lib.create_train_state(model, tx, mesh, config.seed)
@@ -114,21 +111,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     log.info("mesh %s, %s parameters", dict(mesh.shape), f"{num_params:,}")
 
     # -- Compiled steps ---------------------------------------------------------------------
-    special = tuple(sorted({tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id,
-                            tokenizer.unk_token_id}))
     mask_fn = functools.partial(
-        masking.mask_tokens, mask_token_id=tokenizer.mask_token_id, vocab_size=tokenizer.vocab_size,
-        special_ids=special, **config.masking,
+        masking.mask_tokens, mask_token_id=tokenizer.mask_token_id, vocab_size=arch.vocab_size,
+        special_ids=never_masked_ids(tokenizer, arch.vocab_size), **config.masking,
     )
+    prepare, loss_fn = train_lib.mlm_prepare(mask_fn), train_lib.mlm_loss(model)
     batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     train_step = jax.jit(
-        train_lib.make_train_step(model, tx, schedule, mask_fn, seed=config.seed, num_micro=config.grad_accum_steps),
+        train_lib.make_train_step(tx, schedule, loss_fn, seed=config.seed, num_micro=config.grad_accum_steps,
+                                  prepare=prepare, accuracy_name="mlm_accuracy"),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
     eval_step = jax.jit(
-        train_lib.make_eval_step(model, mask_fn, seed=config.eval_seed),
+        train_lib.make_eval_step(loss_fn, seed=config.eval_seed, prepare=prepare),
         in_shardings=(state_shardings.params, batch_sharding, None),
         out_shardings=replicated,
     )
@@ -143,84 +140,35 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         state, data_state, step = restored
         train_batches.set_state(data_state)
         log.info("resumed from step %d", step)
-    start_step = int(state.step)
 
-    def evaluate(params) -> dict[str, float]:
+    def evaluate(state, _step) -> dict[str, float]:
         eval_batches = BatchIterator(data.eval, config.batch_size, shuffle=False, num_epochs=1,
                                      drop_remainder=False)
         sums = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
         for index, batch in zip(range(config.eval_batches), eval_batches):
-            out = jax.device_get(eval_step(params, to_global(batch, mesh), index))
+            out = jax.device_get(eval_step(state.params, to_global(batch, mesh), index))
             sums = {k: sums[k] + float(out[k]) for k in sums}
         loss = sums["loss_sum"] / max(sums["count"], 1.0)
         return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss)),
                 "eval/accuracy": sums["correct"] / max(sums["count"], 1.0)}
 
-    # -- SIGTERM / SIGINT: finish the step in flight, save, exit ------------------------------
-    stop = {"signal": None}
-
-    def request_stop(signum, _frame):
-        stop["signal"] = signum
-
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-
     # -- The loop ---------------------------------------------------------------------------
-    # Metrics of step N are fetched after step N + 1 is dispatched, so the host never idles the
-    # device waiting for a scalar.
-    tokens_per_step = config.batch_size * config.data.max_seq_length
-    flops_per_step = metrics.flops_per_token(arch, config.data.max_seq_length) * tokens_per_step
-    peak = metrics.peak_flops()
-    progress = metrics.Progress(config.total_steps, enabled=config.progress)
-    pending, last = None, {}
-    t_prev = time.perf_counter()
-
-    def report(step_metrics, step):
-        nonlocal t_prev, last
-        values = jax.device_get(step_metrics)
-        now = time.perf_counter()
-        step_time, t_prev = now - t_prev, now
-        values = {k: float(v) for k, v in values.items()}
-        values["perf/step_time"] = step_time
-        values["perf/tokens_per_sec"] = tokens_per_step / step_time
-        if peak:
-            values["perf/mfu"] = flops_per_step / step_time / (peak * jax.device_count())
-        writer.write(step, values, to_tensorboard=step % config.log_every_steps == 0 or step == config.total_steps)
-        progress.update(step, values["train/loss"], values["perf/tokens_per_sec"])
-        if values["train/nonfinite_streak"] >= config.max_nonfinite_steps:
-            raise NonFiniteError(
-                f"{int(values['train/nonfinite_streak'])} consecutive steps with non-finite loss or gradients "
-                f"(up to step {step}); stopping. Lower optimizer.peak_lr or raise max_nonfinite_steps."
-            )
-        last = values
-
+    length = config.data.max_seq_length
+    loop_config = loop.LoopConfig(
+        total_steps=config.total_steps, tokens_per_step=config.batch_size * length,
+        flops_per_step=metrics.flops_per_token(arch, length) * config.batch_size * length,
+        log_every_steps=config.log_every_steps, eval_every_steps=config.eval_every_steps,
+        max_nonfinite_steps=config.max_nonfinite_steps, progress=config.progress,
+    )
     try:
-        for step in range(start_step + 1, config.total_steps + 1):
-            batch = to_global(next(train_batches), mesh)
-            state, step_metrics = train_step(state, batch)
-            if pending is not None:
-                report(*pending)
-            pending = (step_metrics, step)
-            checkpointer.save(step, state, train_batches.get_state())
-            if data.eval is not None and (step % config.eval_every_steps == 0 or step == config.total_steps):
-                report(*pending)
-                pending = None
-                eval_metrics = evaluate(state.params)
-                writer.write(step, eval_metrics)
-                last.update(eval_metrics)
-                log.info("step %d: %s", step, eval_metrics)
-            if stop["signal"] is not None:
-                log.warning("signal %d: saving step %d and exiting", stop["signal"], step)
-                checkpointer.save(step, state, train_batches.get_state(), force=True)
-                break
-        if pending is not None:
-            report(*pending)
+        result = loop.run(state, train_step, train_batches, mesh, loop_config, checkpointer, writer,
+                          evaluate if data.eval is not None else None)
     finally:
         checkpointer.close()
         writer.close()
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+    state = result.state
 
-    if stop["signal"] is None and config.export_hf:
+    if not result.stopped_by_signal and config.export_hf:
         params = state.params
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -228,7 +176,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             params = multihost_utils.process_allgather(params, tiled=True)
         if is_main:
             hf_io.save_hf(os.path.join(workdir, "hf"), model, params, tokenizer=tokenizer)
-    return last
+    return result.last_metrics
+
+
+def never_masked_ids(tokenizer: RobertaTokenizer, vocab_size: int) -> tuple[int, ...]:
+    """Special ids, and ids below `vocab_size` that no token has (roberta-base's 50261-50263):
+    never chosen for prediction, never drawn as random replacements."""
+    unused = set(range(vocab_size)) - set(tokenizer.get_vocab().values())
+    return tuple(sorted(set(tokenizer.all_special_ids) - {tokenizer.mask_token_id} | unused))
 
 
 # -- Command line --------------------------------------------------------------------------
@@ -246,9 +201,17 @@ def parse_flags(argv):
         sys.exit(f"{argv[0]}: unknown config key {message}")
 
 
+class _QuietLibraries(logging.Filter):
+    """Keeps Orbax's per-save INFO lines out of the log; its warnings still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietLibraries())
     final = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     print(json.dumps({k: round(v, 4) for k, v in final.items() if k.startswith(("train/loss", "eval/"))}))
 

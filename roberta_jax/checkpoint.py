@@ -72,6 +72,18 @@ class Checkpointer:
         self.manager.close()
 
 
+def load_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
+    """The params of a pretraining workdir's checkpoint (newest when `step` is None), as a
+    tree of host arrays, and its step. The matching architecture is `WORKDIR/model_config.json`."""
+    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return jax.device_get(restored.state["params"]), step
+
+
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) of a tree of arrays: the restore target."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

@@ -15,7 +15,8 @@ whole, while a kernel [embed, mlp] shards embed over fsdp.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -49,7 +50,8 @@ def mesh_shape(axes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
             raise ValueError(f"{num_devices} devices do not divide by the fixed mesh axes (product {known}).")
         sizes[sizes.index(-1)] = num_devices // known
     if int(np.prod(sizes)) != num_devices:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, found {num_devices}.")
+        mesh = dict(zip(MESH_AXES, sizes))
+        raise ValueError(f"mesh {mesh} needs {int(np.prod(sizes))} devices, found {num_devices}.")
     return tuple(sizes)
 
 
@@ -64,8 +66,21 @@ def make_mesh(axes: Mapping[str, int], devices=None) -> Mesh:
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
     """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes (as
     `jax.eval_shape(model.init ...)` returns them); unboxed leaves are replicated."""
-    specs = nn.get_partition_spec(abstract_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_tree), mesh, rules)
+    shapes = jax.tree.map(lambda x: x.shape, nn.meta.unbox(abstract_tree))
+    return jax.tree.map(lambda s, shape: divisible(s, shape), shardings, shapes,
+                        is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def divisible(named: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+    """Drops the mesh axes of any dimension they do not divide (roberta-base's 50265-row
+    vocabulary, 514 positions, a one-row token-type table): that dimension is replicated."""
+    spec = []
+    for dim, axes in zip(shape, tuple(named.spec) + (None,) * (len(shape) - len(named.spec))):
+        names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        size = int(np.prod([named.mesh.shape[a] for a in names])) if names else 1
+        spec.append(axes if dim % size == 0 else None)
+    return NamedSharding(named.mesh, PartitionSpec(*spec))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

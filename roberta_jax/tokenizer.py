@@ -206,8 +206,15 @@ class RobertaTokenizer:
     # Special tokens and vocabulary.
 
     @property
-    def _tokenizer(self) -> Tokenizer:
+    def backend(self) -> Tokenizer:
+        """The underlying `tokenizers.Tokenizer` (shared: copy it before changing its settings)."""
         return self._backends[self.add_prefix_space]
+
+    _tokenizer = backend
+
+    def get_vocab(self) -> dict[str, int]:
+        """Token -> id, added tokens included."""
+        return self._tokenizer.get_vocab(with_added_tokens=True)
 
     def _backend(self, add_prefix_space: bool | None) -> Tokenizer:
         """The Rust tokenizer for one prefix-space setting; a copy is made once for the non-default one."""

@@ -1,8 +1,9 @@
 """The pretraining step, importable and pure: state, optimizer, `train_step`, `eval_step`.
 
-One compiled program per step: dynamic masking (key = fold_in(key(seed), step)) -> forward with
-the vocabulary projected only at masked positions -> backward, accumulated over microbatches
--> a global-norm check that skips non-finite updates -> AdamW.
+One compiled program per step: a whole-batch `prepare` (for MLM, dynamic masking with key
+fold_in(key(seed), step)) -> forward (MLM: the vocabulary projected only at masked positions) ->
+backward, accumulated over microbatches -> a global-norm check that skips non-finite updates ->
+AdamW. Pretraining and fine-tuning use the same step with different `loss_fn`s.
 
 Losses are sums over predictions divided by the number of predictions in the whole global
 batch, so the result does not depend on how the batch is split into microbatches or devices.
@@ -11,7 +12,8 @@ batch, so the result does not depend on how the batch is split into microbatches
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -96,44 +98,66 @@ def mlm_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array):
     return jnp.sum(xent * weights), jnp.sum(weights), jnp.sum(correct * weights)
 
 
-def make_train_step(
-    model: nn.Module, tx: optax.GradientTransformation, schedule, mask_fn, *, seed: int, num_micro: int = 1
-):
-    """The jittable `train_step(state, batch) -> (state, metrics)` for the MLM objective.
+def mlm_prepare(mask_fn):
+    """Whole-batch step preprocessing for MLM: `mask_fn(rng, input_ids) -> MaskedBatch` adds the
+    corrupted inputs and the `positions`/`labels`/`weights` of the predictions."""
 
-    `batch`: {"input_ids": int32 [B, L]} (+ "attention_mask" int32 [B, L]), B the global batch;
-    it is split into `num_micro` microbatches whose gradients are summed in float32.
-    `mask_fn(rng, input_ids) -> MaskedBatch` is `masking.mask_tokens` with its ids bound.
-    """
+    def prepare(rng, batch):
+        masked = mask_fn(rng, batch["input_ids"])
+        return dict(batch, **masked._asdict())
 
-    def loss_fn(params, inputs, attention_mask, positions, labels, weights, dropout_rng):
+    return prepare
+
+
+def mlm_loss(model: nn.Module):
+    """`loss_fn(params, batch, dropout_rng) -> (loss_sum, (count, correct))` at the masked slots;
+    the vocabulary projection runs only there."""
+
+    def loss_fn(params, batch, dropout_rng):
         logits = model.apply(
-            {"params": params}, inputs, attention_mask, masked_positions=positions,
-            deterministic=False, rngs={"dropout": dropout_rng},
+            {"params": params}, batch["input_ids"], batch.get("attention_mask"),
+            masked_positions=batch["positions"], deterministic=dropout_rng is None,
+            rngs=None if dropout_rng is None else {"dropout": dropout_rng},
         )
-        loss_sum, count, correct = mlm_sums(logits, labels, weights)
+        loss_sum, count, correct = mlm_sums(logits, batch["labels"], batch["weights"])
         return loss_sum, (count, correct)
 
+    return loss_fn
+
+
+def make_train_step(
+    tx: optax.GradientTransformation,
+    schedule,
+    loss_fn,
+    *,
+    seed: int,
+    num_micro: int = 1,
+    prepare=None,
+    accuracy_name: str = "accuracy",
+):
+    """The jittable `train_step(state, batch) -> (state, metrics)`, for any objective.
+
+    `loss_fn(params, batch, dropout_rng) -> (loss_sum, (count, correct))` returns sums over the
+    batch it is given; the step divides by the count over the whole global batch.
+    `prepare(rng, batch) -> batch` runs once on the global batch before it is split into
+    `num_micro` microbatches (MLM masking), so its result does not depend on `num_micro`.
+    Batches are dicts of arrays with the global batch first; float32 gradients are summed
+    over the microbatches.
+    """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
-        input_ids = batch["input_ids"]
-        attention_mask = batch.get("attention_mask")  # None for full rows: no mask at all
-        mask_rng, dropout_key = jax.random.split(masked_rng(seed, state.step))
-        # The whole global batch is masked at once, so the masks do not depend on num_micro.
-        masked = mask_fn(mask_rng, input_ids)
-        micro = jax.tree.map(
-            functools.partial(_split_micro, num_micro),
-            (masked.input_ids, attention_mask, masked.positions, masked.labels, masked.weights),
-        )
+        prepare_rng, dropout_key = jax.random.split(masked_rng(seed, state.step))
+        if prepare is not None:
+            batch = prepare(prepare_rng, batch)
+        micro = jax.tree.map(functools.partial(_split_micro, num_micro), batch)
 
         def accumulate(carry, xs):
-            index, (inputs, mask, positions, labels, weights) = xs
+            index, micro_batch = xs
             (loss_sum, (count, correct)), grads = grad_fn(
-                state.params, inputs, mask, positions, labels, weights, jax.random.fold_in(dropout_key, index)
+                state.params, micro_batch, jax.random.fold_in(dropout_key, index)
             )
-            sums = jax.tree.map(jnp.add, carry, (grads, loss_sum, count, correct))
-            return sums, None
+            return jax.tree.map(jnp.add, carry, (grads, loss_sum, count, correct)), None
 
         zeros = (jax.tree.map(jnp.zeros_like, state.params), 0.0, 0.0, 0.0)
         (grads, loss_sum, count, correct), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_micro), micro))
@@ -146,7 +170,7 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # A non-finite step leaves params and optimizer state as they were; the step counter
-        # (and with it the data and the masking key) moves on.
+        # (and with it the data and the random keys) moves on.
         keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
         new_state = state.replace(
             step=state.step + 1,
@@ -157,7 +181,7 @@ def make_train_step(
         )
         metrics = {
             "train/loss": loss,
-            "train/mlm_accuracy": correct / denominator,
+            f"train/{accuracy_name}": correct / denominator,
             "train/learning_rate": schedule(state.step),
             "train/grad_norm": grad_norm,
             "train/param_norm": optax.tree.norm(new_state.params),
@@ -182,16 +206,17 @@ def _split_micro(num_micro: int, x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x.reshape(b // num_micro, num_micro, *x.shape[1:]), 0, 1)
 
 
-def make_eval_step(model: nn.Module, mask_fn, *, seed: int):
-    """`eval_step(params, batch, batch_index) -> sums` with fixed masks: the key is
-    `fold_in(key(seed), batch_index)`, so eval loss is comparable across steps."""
+def make_eval_step(loss_fn, *, seed: int, prepare=None):
+    """`eval_step(params, batch, batch_index) -> {"loss_sum", "count", "correct"}`, deterministic.
+
+    `prepare` gets the fixed key `fold_in(key(seed), batch_index)`, so MLM eval masks are the
+    same at every evaluation and eval losses are comparable across steps.
+    """
 
     def eval_step(params, batch, batch_index):
-        input_ids = batch["input_ids"]
-        attention_mask = batch.get("attention_mask")
-        masked = mask_fn(jax.random.fold_in(jax.random.key(seed), batch_index), input_ids)
-        logits = model.apply({"params": params}, masked.input_ids, attention_mask, masked_positions=masked.positions)
-        loss_sum, count, correct = mlm_sums(logits, masked.labels, masked.weights)
+        if prepare is not None:
+            batch = prepare(jax.random.fold_in(jax.random.key(seed), batch_index), batch)
+        loss_sum, (count, correct) = loss_fn(params, batch, None)
         return {"loss_sum": loss_sum, "count": count, "correct": correct}
 
     return eval_step

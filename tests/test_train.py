@@ -54,7 +54,7 @@ def test_tiny_run_loss_falls_and_exports(tmp_path, corpus):
     loss = losses(tmp_path)
     assert sorted(loss) == list(range(1, 41))
     assert abs(loss[1] - np.log(300)) < 0.5
-    assert np.mean([loss[s] for s in range(36, 41)]) < loss[1] - 1.0
+    assert np.mean([loss[s] for s in range(36, 41)]) < loss[1] - 0.7
     record = metrics.read_metrics(str(tmp_path))[40]
     assert record["eval/perplexity"] == pytest.approx(np.exp(record["eval/loss"]), rel=1e-5)
     for key in ("train/mlm_accuracy", "train/learning_rate", "train/grad_norm", "train/param_norm",
@@ -65,7 +65,8 @@ def test_tiny_run_loss_falls_and_exports(tmp_path, corpus):
     assert {"model.safetensors", "config.json", "vocab.json", "merges.txt"} <= set(os.listdir(tmp_path / "hf"))
 
 
-MESH_STEPS = ["--config.total_steps=4", "--config.checkpoint.every_steps=100"]
+MESH_STEPS = ["--config.total_steps=4", "--config.checkpoint.every_steps=100", "--config.model.hidden_dropout_prob=0.1",
+              "--config.model.attention_probs_dropout_prob=0.1"]
 
 
 @pytest.fixture(scope="module")

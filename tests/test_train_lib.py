@@ -22,7 +22,10 @@ def setup(num_micro=1, model=None):
     tx, schedule = train_lib.make_optimizer(OPT)
     mesh = sharding.make_mesh({"data": -1})
     state, _ = train_lib.create_train_state(model, tx, mesh, seed=0)
-    step = jax.jit(train_lib.make_train_step(model, tx, schedule, MASK_FN, seed=0, num_micro=num_micro))
+    step = jax.jit(train_lib.make_train_step(
+        tx, schedule, train_lib.mlm_loss(model), seed=0, num_micro=num_micro, prepare=train_lib.mlm_prepare(MASK_FN),
+        accuracy_name="mlm_accuracy",
+    ))
     return state, step
 
 
@@ -66,9 +69,9 @@ def test_non_finite_update_is_skipped_and_counted():
     assert int(m["train/nonfinite_streak"]) == 1 and int(m["train/skipped_updates"]) == 1 and int(new.step) == 1
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), new.params, bad.params)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), new.opt_state, state.opt_state)
-    again, m = step(new, batch())
+    _, m = step(new, batch())
     assert int(m["train/nonfinite_streak"]) == 2
-    good, m = step(state, batch())
+    _, m = step(state, batch())
     assert int(m["train/nonfinite_streak"]) == 0 and int(m["train/skipped_updates"]) == 0
 
 

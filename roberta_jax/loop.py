@@ -1,0 +1,119 @@
+"""The training loop shared by pretraining (`train.py`) and fine-tuning (`finetune.py`).
+
+Per step: next host batch -> global array -> compiled step -> checkpoint on the interval ->
+evaluation on the interval. Metrics of step N are fetched after step N + 1 is dispatched, so
+the host never idles the device waiting for a scalar. SIGTERM/SIGINT finish the step in
+flight, save a checkpoint and return. Consecutive non-finite steps beyond the limit stop the
+run with `NonFiniteError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+
+from roberta_jax import checkpoint as ckpt
+from roberta_jax import metrics
+from roberta_jax.data import to_global
+
+log = logging.getLogger("absl")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient norm."""
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    total_steps: int
+    tokens_per_step: int  # for tokens/s; fine-tuning counts padded tokens
+    flops_per_step: float  # for MFU; 0 leaves it out
+    log_every_steps: int = 100
+    eval_every_steps: int = 1000
+    max_nonfinite_steps: int = 10
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class LoopResult:
+    state: Any
+    last_metrics: dict[str, float]
+    stopped_by_signal: bool
+
+
+def run(
+    state: Any,
+    train_step: Callable,
+    batches: Iterator[dict],
+    mesh: jax.sharding.Mesh,
+    cfg: LoopConfig,
+    checkpointer: ckpt.Checkpointer,
+    writer: metrics.MetricWriter,
+    evaluate: Callable[[Any, int], dict[str, float]] | None = None,
+) -> LoopResult:
+    """Trains from `state.step + 1` to `cfg.total_steps`.
+
+    `batches` must have `get_state()` (saved with every checkpoint). `evaluate(state, step)`
+    returns scalars written under their own names; it runs every `eval_every_steps` and at the end.
+    """
+    stop = {"signal": None}
+
+    def request_stop(signum, _frame):
+        stop["signal"] = signum
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    peak = metrics.peak_flops()
+    progress = metrics.Progress(cfg.total_steps, enabled=cfg.progress)
+    last: dict[str, float] = {}
+    clock = {"t": time.perf_counter()}
+
+    def report(step_metrics, step):
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        now = time.perf_counter()
+        step_time, clock["t"] = now - clock["t"], now
+        values["perf/step_time"] = step_time
+        values["perf/tokens_per_sec"] = cfg.tokens_per_step / step_time
+        if peak and cfg.flops_per_step:
+            values["perf/mfu"] = cfg.flops_per_step / step_time / (peak * jax.device_count())
+        writer.write(step, values, to_tensorboard=step % cfg.log_every_steps == 0 or step == cfg.total_steps)
+        progress.update(step, values["train/loss"], values["perf/tokens_per_sec"])
+        if values["train/nonfinite_streak"] >= cfg.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{int(values['train/nonfinite_streak'])} consecutive steps with non-finite loss or gradients "
+                f"(up to step {step}); stopping. Lower the learning rate or raise max_nonfinite_steps."
+            )
+        last.update(values)
+
+    pending = None
+    try:
+        for step in range(int(state.step) + 1, cfg.total_steps + 1):
+            state, step_metrics = train_step(state, to_global(next(batches), mesh))
+            if pending is not None:
+                report(*pending)
+            pending = (step_metrics, step)
+            checkpointer.save(step, state, batches.get_state())
+            if evaluate is not None and (step % cfg.eval_every_steps == 0 or step == cfg.total_steps):
+                report(*pending)
+                pending = None
+                eval_metrics = evaluate(state, step)
+                writer.write(step, eval_metrics)
+                last.update(eval_metrics)
+                log.info("step %d: %s", step, {k: round(v, 4) for k, v in eval_metrics.items()})
+            if stop["signal"] is not None:
+                log.warning("signal %d: saving step %d and stopping", stop["signal"], step)
+                checkpointer.save(step, state, batches.get_state(), force=True)
+                break
+        if pending is not None:
+            report(*pending)
+    finally:
+        checkpointer.wait()
+        writer.flush()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return LoopResult(state, last, stop["signal"] is not None)
