@@ -11,7 +11,8 @@ import dataclasses
 import difflib
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # Activations by their HF names; `layers.ACTIVATIONS` implements each.
 _SUPPORTED_ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_pytorch_tanh", "tanh")
@@ -81,7 +82,7 @@ class RobertaConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    def replace(self, **changes) -> "RobertaConfig":
+    def replace(self, **changes) -> RobertaConfig:
         """A copy with `changes`; `num_labels=N` resets the label maps as HF does."""
         num_labels = changes.pop("num_labels", None)
         if num_labels is not None and "id2label" not in changes:
@@ -94,7 +95,7 @@ class RobertaConfig:
     # -- HF config.json --------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RobertaConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> RobertaConfig:
         """From a `config.json` dict; unknown keys go to `extra`, `num_labels` makes label maps."""
         d = dict(d)
         fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
@@ -116,7 +117,7 @@ class RobertaConfig:
         return d
 
     @classmethod
-    def from_json_file(cls, path: str) -> "RobertaConfig":
+    def from_json_file(cls, path: str) -> RobertaConfig:
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
         with open(path, encoding="utf-8") as f:

@@ -175,7 +175,8 @@ def test_mis_shaped_checkpoint_lists_the_offending_names(tmp_path):
         hf_io.load_hf(str(tmp_path), "RobertaForMaskedLM", intermediate_size=40)
     message = str(err.value)
     for layer in (0, 1):
-        assert f"roberta.encoder.layer.{layer}.intermediate.dense.weight: checkpoint (37, 32) vs model (40, 32)" in message
+        name = f"roberta.encoder.layer.{layer}.intermediate.dense.weight"
+        assert f"{name}: checkpoint (37, 32) vs model (40, 32)" in message
         assert f"roberta.encoder.layer.{layer}.output.dense.weight" in message
     assert "embeddings" not in message
 

@@ -28,7 +28,7 @@ TEXTS = [
     "Hello world! The quick brown fox jumps over the lazy dog.",
     "It's 3.14159, isn't it?! ($100) -- e-mail: a.b@c.org #tag",
     "Café naïve résumé, Ångström, Œuvre, São Paulo, Zürich; ﬁ ligature",
-    "日本語のテキスト。中文句子，한국어 문장",  # noqa: RUF001 (a fullwidth comma on purpose)
+    "日本語のテキスト。中文句子，한국어 문장",
     "emoji 👍🏽 family 👨‍👩‍👧 flag 🇫🇷 😀😀",
     "runs    of     spaces   and trailing   ",
     "line one\n\nline two\tcol\t\tx\r\nend\n",
