@@ -23,7 +23,14 @@ setup(
     ],
     extras_require={
         # torch is pinned to the CPU build; the tests use it only for parity checks.
-        "test": ["pytest", "torch==2.13.0", "transformers"],
+        "test": [
+            "pytest", "torch==2.13.0", "transformers",
+            # reference implementations the metric tests compare against
+            "scipy", "scikit-learn", "seqeval",
+            # the notebook tests execute the notebooks
+            "matplotlib", "nbclient", "nbformat", "ipykernel",
+        ],
+        "notebooks": ["matplotlib", "nbclient", "nbformat", "ipykernel"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

@@ -21,14 +21,14 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from roberta_jax import checkpoint as ckpt
-from roberta_jax import hf_io, loop, masking, metrics, sharding, train_lib
+from roberta_jax import convert, hf_io, loop, masking, metrics, sharding, train_lib
 from roberta_jax.config import RobertaConfig
 from roberta_jax.data import BatchIterator, build_pretraining_data, to_global
 from roberta_jax.heads import RobertaForMaskedLM
 from roberta_jax.tokenizer import RobertaTokenizer
 
-log = logging.getLogger("absl")
-MODEL_CONFIG = "model_config.json"  # the architecture, as HF config.json, beside the checkpoints  # absl sets up the handlers; INFO by default
+log = logging.getLogger("absl")  # absl sets up the handlers
+MODEL_CONFIG = convert.WORKDIR_MODEL_CONFIG  # the architecture, as HF config.json, beside the checkpoints
 
 
 def load_or_train_tokenizer(config, workdir: str) -> RobertaTokenizer:
@@ -43,7 +43,10 @@ def load_or_train_tokenizer(config, workdir: str) -> RobertaTokenizer:
         min_frequency=config.tokenizer.min_frequency,
     )
     if jax.process_index() == 0:
-        tok.save(saved)
+        # Written aside and renamed, so another host never reads a half-written tokenizer.
+        partial = f"{saved}.partial"
+        tok.save(partial)
+        os.replace(partial, saved)
     return tok
 
 

@@ -2,9 +2,10 @@
 
 125M parameters; 8k sequences of 512 per step, peak lr 6e-4 with 24k warmup steps and linear
 decay over 500k steps, AdamW beta=(0.9, 0.98), eps=1e-6, weight decay 0.01, dropout 0.1,
-bfloat16 compute. Launch on a GPU node or TPU pod (per-host data under /data/corpus):
+bfloat16 compute. Launch on a GPU node or TPU pod (per-host data under /data/corpus; the workdir on a
+filesystem every host mounts):
 
-    python train.py --config configs/base.py --workdir gs://bucket/roberta-base \
+    python train.py --config configs/base.py --workdir /shared/runs/roberta-base \
         --config.data.train_files=/data/corpus --config.tokenizer.path=/data/roberta-base \
         --config.grad_accum_steps=8 --config.mesh.fsdp=-1 --config.mesh.data=1
 

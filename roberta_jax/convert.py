@@ -4,7 +4,7 @@
     python -m roberta_jax.convert to-hf PARAMS_DIR HF_DIR
 
 A parameter checkpoint is a directory holding `config.json` (with `architectures`) and an Orbax
-`params/` tree; `to-hf` also accepts a training workdir's checkpoint (see `checkpoint.py`).
+`params/` tree; `to-hf` also accepts a pretraining workdir (its newest checkpoint).
 Tokenizer files found beside the source are copied along.
 """
 
@@ -17,10 +17,11 @@ import shutil
 import jax
 import orbax.checkpoint as ocp
 
-from roberta_jax import hf_io
+from roberta_jax import checkpoint, hf_io
 from roberta_jax.config import RobertaConfig
 from roberta_jax.heads import ARCHITECTURES
 
+WORKDIR_MODEL_CONFIG = "model_config.json"  # written by train.py beside its checkpoints
 TOKENIZER_FILES = (
     "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
 )
@@ -36,8 +37,13 @@ def save_params(directory: str, model, params) -> None:
 
 
 def load_params(directory: str, **model_kwargs):
-    """Reads a directory written by `save_params`: returns (params, model)."""
+    """Reads a directory written by `save_params`, or a pretraining workdir (its newest
+    checkpoint, architecture in `model_config.json`): returns (params, model)."""
     directory = os.path.abspath(directory)
+    if os.path.isfile(os.path.join(directory, WORKDIR_MODEL_CONFIG)):
+        config = RobertaConfig.from_json_file(os.path.join(directory, WORKDIR_MODEL_CONFIG))
+        params, _ = checkpoint.load_params(directory)
+        return params, ARCHITECTURES["RobertaForMaskedLM"](config, **model_kwargs)
     config = RobertaConfig.from_json_file(directory)
     architecture = (config.architectures or ("RobertaForMaskedLM",))[0]
     model = ARCHITECTURES[architecture](config, **model_kwargs)
@@ -79,7 +85,9 @@ def main(argv=None) -> None:
     else:
         params, model = load_params(args.src)
         hf_io.save_hf(args.dst, model, params)
-    copied = copy_tokenizer_files(args.src, args.dst)
+    copied = copy_tokenizer_files(args.src, args.dst) or copy_tokenizer_files(
+        os.path.join(args.src, "tokenizer"), args.dst
+    )
     print(f"wrote {args.dst}" + (f" (with {', '.join(copied)})" if copied else ""))
 
 

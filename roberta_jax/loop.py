@@ -97,7 +97,7 @@ def run(
             if pending is not None:
                 report(*pending)
             pending = (step_metrics, step)
-            checkpointer.save(step, state, batches.get_state())
+            checkpointer.save(step, state, batches.get_state(), force=step == cfg.total_steps)
             if evaluate is not None and (step % cfg.eval_every_steps == 0 or step == cfg.total_steps):
                 report(*pending)
                 pending = None
