@@ -28,7 +28,9 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
-                save_interval_steps=every_steps,
+                # Exactly the multiples of `every_steps` (Orbax's default adds the first step too);
+                # the loop forces the final step and the one a SIGTERM interrupts.
+                save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
                 enable_async_checkpointing=asynchronous,
             ),
         )
@@ -60,6 +62,17 @@ class Checkpointer:
                 continue
             return restored.state, dict(restored.data), step
         return None
+
+    def resume(self, state: Any, batches) -> tuple[Any, int]:
+        """(state, step) of the newest readable checkpoint, with `batches` (a `data.RowBatches`) moved to
+        the position saved beside it; (`state`, 0) unchanged when there is none. `state` gives the target
+        shapes and shardings."""
+        restored = self.restore_latest(abstract_like(state))
+        if restored is None:
+            return state, 0
+        state, data_state, step = restored
+        batches.set_state(data_state)
+        return state, step
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -93,7 +93,10 @@ def mlm_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array):
 
     logits float32 [B, K, V], labels int [B, K], weights float32 [B, K].
     """
-    xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    # Against one-hot targets rather than by gathering the label's logit: the gather's gradient (a
+    # scatter into the vocabulary axis) comes out wrong from XLA's SPMD partitioner when the
+    # vocabulary is split over `tensor` and the batch over both `data` and `fsdp`.
+    xent = optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype))
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return jnp.sum(xent * weights), jnp.sum(weights), jnp.sum(correct * weights)
 
