@@ -94,6 +94,18 @@ def test_losses_agree_across_mesh_shapes(tmp_path, corpus, one_device_losses, me
                                atol=1e-5, rtol=0)
 
 
+def test_a_checkpoint_restores_onto_another_mesh(tmp_path, corpus, one_device_losses):
+    """Steps 1-2 on fsdp=8, steps 3-4 restored onto data=2 x fsdp=2 x tensor=2: the losses of one device."""
+    run_train(tmp_path, corpus, *MESH_STEPS, "--config.total_steps=2", "--config.mesh.fsdp=8",
+              "--config.mesh.data=1", devices=8)
+    run_train(tmp_path, corpus, *MESH_STEPS, "--config.mesh.data=2", "--config.mesh.fsdp=2",
+              "--config.mesh.tensor=2", devices=8)
+    resumed = losses(tmp_path)
+    assert sorted(resumed) == [1, 2, 3, 4]
+    np.testing.assert_allclose([resumed[s] for s in range(1, 5)], [one_device_losses[s] for s in range(1, 5)],
+                               atol=1e-5, rtol=0)
+
+
 def wait_for_step(workdir, proc, step, timeout=300):
     start = time.time()
     while time.time() - start < timeout:
