@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from roberta_jax.data_sources import TokenizedCorpus, resolve_tokenizer, split_documents, tokenize_corpus
 from roberta_jax.packing import PackedRows, pack_documents, packed_shape
 
-__all__ = ["BatchIterator", "PretrainingData", "build_pretraining_data", "to_global"]
+__all__ = ["BatchIterator", "PretrainingData", "RowBatches", "build_pretraining_data", "to_global"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,24 +135,28 @@ def _num_tokens(corpus: TokenizedCorpus, doc_indices: np.ndarray | None) -> int:
     return int((corpus.doc_offsets[doc_indices + 1] - corpus.doc_offsets[doc_indices]).sum())
 
 
-class BatchIterator:
-    """Host-local batches `{"input_ids": int32 [B_local, L]}` (+ `"attention_mask"` when rows
-    can hold padding), B_local = global_batch_size / process_count; resumable.
+class RowBatches:
+    """The batching rules of the module docstring over `num_rows` rows of any kind: epoch order, the
+    global batch and this host's share of it, the end of an epoch, and a resumable state. Subclasses
+    build a batch from row indices with `_gather(indices)`: the indices of this host's share of the
+    next global batch, fewer than `local_batch_size` in an incomplete final batch (kept when
+    `drop_remainder=False`). `BatchIterator` gathers packed token rows; fine-tuning gathers
+    feature arrays (`finetune_lib.FeatureBatches`).
 
     Args:
-      rows: the packed rows.
+      num_rows: how many rows there are.
       global_batch_size: G, rows per step over all hosts; a multiple of process_count.
       seed: shuffle seed; epoch e visits rows in `default_rng([seed, e]).permutation` order.
       shuffle: False visits rows in order (evaluation).
       num_epochs: stop after this many epochs; None runs forever.
-      drop_remainder: drop an incomplete final global batch of an epoch, else fill it with
-        all-padding rows (attention_mask 0).
+      drop_remainder: drop an incomplete final global batch of an epoch, else emit it (filled by
+        `_gather`).
       process_index, process_count: this host and the host count; default to jax's.
     """
 
     def __init__(
         self,
-        rows: PackedRows,
+        num_rows: int,
         global_batch_size: int,
         *,
         seed: int = 0,
@@ -162,7 +166,7 @@ class BatchIterator:
         process_index: int | None = None,
         process_count: int | None = None,
     ):
-        self.rows = rows
+        self.num_rows = num_rows
         self.global_batch_size = global_batch_size
         self.seed = seed
         self.shuffle = shuffle
@@ -177,14 +181,13 @@ class BatchIterator:
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"process_index={self.process_index} is outside [0, {self.process_count}).")
         self.local_batch_size = global_batch_size // self.process_count
-        full, rest = divmod(rows.num_rows, global_batch_size)
-        self.steps_per_epoch = full + int(bool(rest) and not drop_remainder)
+        full, self.remainder = divmod(num_rows, global_batch_size)
+        self.steps_per_epoch = full + int(bool(self.remainder) and not drop_remainder)
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"{rows.num_rows} rows make no complete global batch of {global_batch_size}; "
+                f"{num_rows} rows make no complete global batch of {global_batch_size}; "
                 "use a smaller batch, more data, or drop_remainder=False."
             )
-        self.emits_mask = rows.has_padding or (bool(rest) and not drop_remainder)
         self.epoch = 0
         self.position = 0
         self._order_epoch, self._order = None, None
@@ -195,7 +198,7 @@ class BatchIterator:
             "epoch": self.epoch,
             "position": self.position,
             "seed": self.seed,
-            "num_rows": self.rows.num_rows,
+            "num_rows": self.num_rows,
             "global_batch_size": self.global_batch_size,
         }
 
@@ -210,7 +213,7 @@ class BatchIterator:
                 )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
-    def __iter__(self) -> BatchIterator:
+    def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -218,13 +221,35 @@ class BatchIterator:
             self.epoch, self.position = self.epoch + 1, 0
         if self.num_epochs is not None and self.epoch >= self.num_epochs:
             raise StopIteration
-        batch = self._batch(self.epoch, self.position)
+        start = self.position * self.global_batch_size + self.process_index * self.local_batch_size
+        indices = self._epoch_order(self.epoch)[start : start + self.local_batch_size]
         self.position += 1
-        return batch
+        return self._gather(indices)
 
-    def _batch(self, epoch: int, position: int) -> dict[str, np.ndarray]:
-        start = position * self.global_batch_size + self.process_index * self.local_batch_size
-        indices = self._epoch_order(epoch)[start : start + self.local_batch_size]
+    def _gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order_epoch != epoch:
+            n = self.num_rows
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            self._order_epoch = epoch
+        return self._order
+
+
+class BatchIterator(RowBatches):
+    """Host-local batches `{"input_ids": int32 [B_local, L]}` (+ `"attention_mask"` when rows
+    can hold padding) of packed rows, B_local = global_batch_size / process_count; resumable.
+    An incomplete final batch (`drop_remainder=False`) is filled with all-padding rows.
+    The keyword arguments are `RowBatches`'s.
+    """
+
+    def __init__(self, rows: PackedRows, global_batch_size: int, **kwargs):
+        super().__init__(rows.num_rows, global_batch_size, **kwargs)
+        self.rows = rows
+        self.emits_mask = rows.has_padding or (bool(self.remainder) and not self.drop_remainder)
+
+    def _gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         num_real = len(indices)
         length = self.rows.max_seq_length
         input_ids = np.full((self.local_batch_size, length), self.rows.pad_id, np.int32)
@@ -235,13 +260,6 @@ class BatchIterator:
             lengths[:num_real] = self.rows.row_lengths(indices)
             batch["attention_mask"] = (np.arange(length) < lengths[:, None]).astype(np.int32)
         return batch
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if self._order_epoch != epoch:
-            n = self.rows.num_rows
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-            self._order_epoch = epoch
-        return self._order
 
 
 def to_global(
