@@ -12,7 +12,6 @@ import functools
 import json
 import logging
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from roberta_jax import checkpoint as ckpt
-from roberta_jax import convert, hf_io, loop, masking, metrics, sharding, train_lib
+from roberta_jax import cli, convert, hf_io, loop, masking, metrics, sharding, train_lib
 from roberta_jax.config import RobertaConfig
 from roberta_jax.data import BatchIterator, build_pretraining_data, to_global
 from roberta_jax.heads import RobertaForMaskedLM
@@ -70,13 +69,7 @@ def model_config(config, tokenizer: RobertaTokenizer) -> RobertaConfig:
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Runs (or resumes) pretraining in `workdir`; returns the last logged metrics."""
     # -- Distributed setup ------------------------------------------------------------------
-    dist = config.distributed
-    if dist.initialize:
-        jax.distributed.initialize(
-            coordinator_address=dist.coordinator_address or None,
-            num_processes=dist.num_processes or None,
-            process_id=None if dist.process_id < 0 else dist.process_id,
-        )
+    cli.initialize_distributed(config.distributed)
     is_main = jax.process_index() == 0
 
     # -- Workdir and the resolved config ----------------------------------------------------
@@ -138,10 +131,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         os.path.join(workdir, "checkpoints"), config.checkpoint.every_steps, config.checkpoint.keep,
         config.checkpoint.asynchronous,
     )
-    restored = checkpointer.restore_latest(ckpt.abstract_like(state))
-    if restored is not None:
-        state, data_state, step = restored
-        train_batches.set_state(data_state)
+    state, step = checkpointer.resume(state, train_batches)
+    if step:
         log.info("resumed from step %d", step)
 
     def evaluate(state, _step) -> dict[str, float]:
@@ -195,29 +186,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "training
 _WORKDIR = flags.DEFINE_string("workdir", "runs/tiny", "where checkpoints, logs and the exported model go")
 
 
-def parse_flags(argv):
-    """absl parsing, with an unknown config key reported in one line that names the nearest one."""
-    try:
-        return flags.FLAGS(argv)
-    except (KeyError, AttributeError) as err:
-        message = str(err.args[0] if err.args else err).strip("'\"").replace("\\n", " ").replace("\n", " ")
-        sys.exit(f"{argv[0]}: unknown config key {message}")
-
-
-class _QuietLibraries(logging.Filter):
-    """Keeps Orbax's per-save INFO lines out of the log; its warnings still show."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
     del argv
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_QuietLibraries())
+        handler.addFilter(cli.QuietLibraries())
     final = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     print(json.dumps({k: round(v, 4) for k, v in final.items() if k.startswith(("train/loss", "eval/"))}))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

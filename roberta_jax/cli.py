@@ -1,0 +1,61 @@
+"""Command-line pieces shared by the entry points (`train.py`, `finetune.py`): config-flag parsing with a
+one-line error for an unknown key, `jax.distributed` set up from the config, and the log filter that
+keeps Orbax's per-save lines out of the way."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+import jax
+from absl import flags
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """absl parsing; an unknown `--config.` key exits with one line that names it in full and the
+    nearest valid key: `finetune.py: unknown config key "optimizer.peak_lrr"; did you mean "optimizer.peak_lr"?`
+    (double quotes, as ml_collections writes its own hint)."""
+    try:
+        return flag_values(argv)
+    except (KeyError, AttributeError) as err:
+        sys.exit(f"{argv[0]}: {unknown_key_message(err, argv)}")
+
+
+def unknown_key_message(err: BaseException, argv: list[str]) -> str:
+    """ml_collections raises KeyError("'key'\\nDid you mean \"other\" instead of \"key\"?"), sometimes
+    wrapped in an AttributeError; this names the whole dotted key as given on the command line."""
+    while err.args and isinstance(err.args[0], BaseException):
+        err = err.args[0]
+    text = str(err.args[0] if err.args else err)
+    found = re.match(r"\W*([\w-]+)", text)
+    if found is None:
+        return f"bad config override: {text}"
+    key = found.group(1)
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    for arg in argv[1:]:
+        path = arg.lstrip("-").split("=", 1)[0].split(".")
+        if path[0] == "config" and key in path[1:]:
+            prefix = ".".join(path[1 : path.index(key, 1)])
+            full = f"{prefix}.{key}" if prefix else key
+            hint = f'; did you mean "{prefix + "." if prefix else ""}{suggestion.group(1)}"?' if suggestion else ""
+            return f'unknown config key "{full}"{hint}'
+    return f'unknown config key "{key}"' + (f'; did you mean "{suggestion.group(1)}"?' if suggestion else "")
+
+
+def initialize_distributed(dist) -> None:
+    """`jax.distributed.initialize` from a config's `distributed` section when `dist.initialize` is set
+    (multi-host runs; empty or negative fields let JAX detect them from the cluster)."""
+    if dist.initialize:
+        jax.distributed.initialize(
+            coordinator_address=dist.coordinator_address or None,
+            num_processes=dist.num_processes or None,
+            process_id=None if dist.process_id < 0 else dist.process_id,
+        )
+
+
+class QuietLibraries(logging.Filter):
+    """Keeps Orbax's per-save INFO lines out of the log; its warnings still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname

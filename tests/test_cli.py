@@ -1,0 +1,53 @@
+"""The entry points' shared command-line pieces: one-line errors for unknown config keys, the log filter."""
+
+import logging
+import os
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from roberta_jax import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize(
+    "config, override, message",
+    [
+        ("finetune/sst2.py", "--config.optimizer.peak_lrr=2e-5",
+         'unknown config key "optimizer.peak_lrr"; did you mean "optimizer.peak_lr"?'),
+        ("finetune/sst2.py", "--config.optimiser.peak_lr=2e-5",
+         'unknown config key "optimiser"; did you mean "optimizer"?'),
+        ("tiny.py", "--config.data.max_seq_lenght=64",
+         'unknown config key "data.max_seq_lenght"; did you mean "data.max_seq_length"?'),
+    ],
+)
+def test_unknown_config_key_exits_with_one_line_naming_the_nearest(config, override, message):
+    argv = ["finetune.py", f"--config={REPO}/configs/{config}", override]
+    flag_values = flags.FlagValues()
+    # ml_collections finds the `--config.` overrides in the argv it is given (else in sys.argv).
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_flags(argv, flag_values)
+    assert str(exit_info.value) == f"finetune.py: {message}"
+
+
+def test_a_known_override_parses():
+    argv = ["train.py", f"--config={REPO}/configs/tiny.py", "--config.optimizer.peak_lr=5e-4"]
+    flag_values = flags.FlagValues()
+    config = config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True,
+                                             sys_argv=argv)
+    assert cli.parse_flags(argv, flag_values) == ["train.py"]
+    assert config.value.optimizer.peak_lr == 5e-4
+
+
+def test_quiet_libraries_drops_orbax_info_but_not_its_warnings():
+    quiet = cli.QuietLibraries()
+
+    def record(path, level):
+        return logging.LogRecord("absl", level, path, 1, "saved", None, None)
+
+    assert not quiet.filter(record("/site-packages/orbax/checkpoint/manager.py", logging.INFO))
+    assert quiet.filter(record("/site-packages/orbax/checkpoint/manager.py", logging.WARNING))
+    assert quiet.filter(record("/work/roberta_jax/loop.py", logging.INFO))
