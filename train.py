@@ -73,11 +73,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     is_main = jax.process_index() == 0
 
     # -- Workdir and the resolved config ----------------------------------------------------
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    if is_main:
-        with open(os.path.join(workdir, "train_config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    workdir = cli.prepare_workdir(workdir, config, "train_config.json")
     writer = metrics.MetricWriter(workdir)
 
     # -- Tokenizer and data -----------------------------------------------------------------

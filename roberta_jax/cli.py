@@ -1,10 +1,11 @@
 """Command-line pieces shared by the entry points (`train.py`, `finetune.py`): config-flag parsing with a
-one-line error for an unknown key, `jax.distributed` set up from the config, and the log filter that
-keeps Orbax's per-save lines out of the way."""
+one-line error for an unknown key, `jax.distributed` set up from the config, the workdir with the
+resolved config, and the log filter that keeps Orbax's per-save lines out of the way."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 
@@ -52,6 +53,17 @@ def initialize_distributed(dist) -> None:
             num_processes=dist.num_processes or None,
             process_id=None if dist.process_id < 0 else dist.process_id,
         )
+
+
+def prepare_workdir(workdir: str, config, config_name: str) -> str:
+    """Creates `workdir` and (process 0) writes the resolved `config` into it as JSON `config_name`, the
+    record of what ran; returns the absolute path."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, config_name), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    return workdir
 
 
 class QuietLibraries(logging.Filter):
