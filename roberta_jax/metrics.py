@@ -31,11 +31,13 @@ PEAK_FLOPS = {
 }
 
 
-def flops_per_token(config: RobertaConfig, length: int) -> float:
-    """Training FLOPs (forward + backward) per token of an MLM step at sequence `length`."""
+def flops_per_token(config: RobertaConfig, length: int, lm_head: bool = True) -> float:
+    """Training FLOPs (forward + backward) per token at sequence `length` (PaLM's 6N + attention
+    term): of an MLM step, or with `lm_head=False` of the encoder alone (fine-tuning, whose small
+    task heads are left out)."""
     h, layers = config.hidden_size, config.num_hidden_layers
     per_layer = 4 * h * h + 2 * h * config.intermediate_size
-    matmul_params = layers * per_layer + h * h + h * config.vocab_size
+    matmul_params = layers * per_layer + (h * h + h * config.vocab_size if lm_head else 0)
     return 6.0 * matmul_params + 12.0 * layers * h * length
 
 

@@ -1,0 +1,68 @@
+"""The default fine-tuning config (GLUE-style, RoBERTa's recipe); `configs/finetune/*.py` adjust it.
+
+Every field can be overridden on the command line (`--config.optimizer.peak_lr=2e-5`); an unknown
+key is an error that names the nearest valid one. Relative data paths are read from the directory
+`finetune.py` runs in.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "classification"  # a name of `roberta_jax.tasks.TASKS`: classification | ner | qa | multiple_choice
+    # Initial weights: an HF-format directory (config.json + model.safetensors, e.g. roberta-base or a
+    # pretraining run's WORKDIR/hf) or a pretraining workdir (its newest Orbax checkpoint).
+    c.init_from = ""
+    c.tokenizer_path = ""  # "" = the tokenizer beside the weights (init_from, or WORKDIR/tokenizer of a workdir)
+    c.seed = 42  # head init, shuffling and dropout
+
+    c.data = ml_collections.ConfigDict(
+        dict(
+            train_file="",
+            eval_file="",
+            max_train_examples=0,  # 0 = all; else a random subset of this size (chosen by `seed`)
+            max_eval_examples=0,  # 0 = all; else the first this many
+            max_length=128,  # tokens per row; longer inputs are truncated (QA: cut into windows)
+            doc_stride=128,  # qa: tokens shared by consecutive windows of a long context
+            labels="",  # classification, ner: comma-separated label list; "" = sorted labels of both files
+            regression=False,  # classification: a numeric target, one output, MSE loss (STS-B)
+            text_a="",  # classification: text columns ("" = the first of GLUE's names found)
+            text_b="",
+            label_column="label",
+        )
+    )
+    # Dropout of the fine-tuned model, replacing the checkpoint's (RoBERTa fine-tunes with 0.1).
+    c.model = ml_collections.ConfigDict(dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1))
+    c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
+    c.attention_implementation = ""  # "" lets JAX choose; "cudnn" or "xla" to force one
+    c.remat = False
+
+    c.batch_size = 32  # global examples per step (all hosts, all microbatches)
+    c.grad_accum_steps = 1
+    c.num_epochs = 10.0  # sets the schedule's length: steps = ceil(num_epochs * train examples / batch_size)
+    c.total_steps = 0  # > 0 overrides num_epochs
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            peak_lr=1e-5, warmup_ratio=0.06, end_lr=0.0, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1,
+            grad_clip_norm=0.0,
+        )
+    )
+
+    c.eval_batch_size = 0  # 0 = batch_size
+    c.eval_every_steps = 1000  # and at the end
+    c.best_metric = "accuracy"  # a key of the task's compute_metrics; the best export keeps its highest value
+    c.n_best = 20  # qa: start/end candidates per window
+    c.max_answer_length = 30  # qa: longest answer, in tokens
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=1, asynchronous=True))
+    c.log_every_steps = 50
+    c.max_nonfinite_steps = 10
+    c.progress = True
+    c.distributed = ml_collections.ConfigDict(
+        dict(initialize=False, coordinator_address="", num_processes=0, process_id=-1)
+    )
+    return c
