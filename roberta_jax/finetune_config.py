@@ -21,8 +21,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(
         dict(
-            train_file="",
-            eval_file="",
+            train_file="",  # the task's file format (see `roberta_jax.tasks`); relative to the working directory
+            eval_file="",  # evaluated every eval_every_steps and at the end; must hold labels too
             max_train_examples=0,  # 0 = all; else a random subset of this size (chosen by `seed`)
             max_eval_examples=0,  # 0 = all; else the first this many
             max_length=128,  # tokens per row; longer inputs are truncated (QA: cut into windows)
@@ -38,12 +38,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1))
     c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
     c.attention_implementation = ""  # "" lets JAX choose; "cudnn" or "xla" to force one
-    c.remat = False
+    c.remat = False  # recompute each layer's activations in the backward pass (memory for time)
 
     c.batch_size = 32  # global examples per step (all hosts, all microbatches)
-    c.grad_accum_steps = 1
+    c.grad_accum_steps = 1  # microbatches per step, accumulated inside the compiled step
     c.num_epochs = 10.0  # sets the schedule's length: steps = ceil(num_epochs * train examples / batch_size)
     c.total_steps = 0  # > 0 overrides num_epochs
+    # AdamW with linear warmup (a ratio of the steps) to peak_lr, then linear decay to end_lr; weight decay on
+    # kernels and embeddings only; grad_clip_norm 0 = no clipping.
     c.optimizer = ml_collections.ConfigDict(
         dict(
             peak_lr=1e-5, warmup_ratio=0.06, end_lr=0.0, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1,
@@ -57,11 +59,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.n_best = 20  # qa: start/end candidates per window
     c.max_answer_length = 30  # qa: longest answer, in tokens
 
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=1, asynchronous=True))
-    c.log_every_steps = 50
-    c.max_nonfinite_steps = 10
-    c.progress = True
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # as in pretraining; -1 = the remaining devices
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=1, asynchronous=True))  # for resuming
+    c.log_every_steps = 50  # TensorBoard interval; metrics.jsonl gets every step
+    c.max_nonfinite_steps = 10  # consecutive skipped (non-finite) updates before the run stops
+    c.progress = True  # the one-line progress display
+    # Multi-host: jax.distributed.initialize with these (empty / -1: detected from the cluster).
     c.distributed = ml_collections.ConfigDict(
         dict(initialize=False, coordinator_address="", num_processes=0, process_id=-1)
     )
