@@ -7,27 +7,10 @@ import numpy as np
 import pytest
 
 from roberta_jax.tasks import multiple_choice
-from roberta_jax.tokenizer import RobertaTokenizer
 
 DATA = Path(__file__).parent / "data"
 SWAG = DATA / "tasks" / "swag.csv"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-VOCAB = next((d for d in (DATA / "roberta-base", SHARED / "roberta-base") if (d / "vocab.json").exists()), None)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    if VOCAB is None:
-        pytest.skip("no roberta-base vocab.json / merges.txt")
-    return RobertaTokenizer.from_files(VOCAB / "vocab.json", VOCAB / "merges.txt")
-
-
-@pytest.fixture(scope="module")
-def hf(tok):
-    transformers = pytest.importorskip("transformers")
-    lines = (VOCAB / "merges.txt").read_text(encoding="utf-8").splitlines()
-    vocab = json.loads((VOCAB / "vocab.json").read_text(encoding="utf-8"))
-    return transformers.RobertaTokenizerFast(vocab=vocab, merges=[tuple(m.split(" ")) for m in lines[1:] if m])
 
 
 def test_load_swag_csv():

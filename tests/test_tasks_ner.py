@@ -1,35 +1,22 @@
 """Token classification: CoNLL loader, first-sub-word labels equal to HF `run_ner.py`'s, seqeval metrics."""
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from roberta_jax.tasks import tokens
-from roberta_jax.tokenizer import RobertaTokenizer
 
 DATA = Path(__file__).parent / "data"
 CONLL = DATA / "tasks" / "conll.txt"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-VOCAB = next((d for d in (DATA / "roberta-base", SHARED / "roberta-base") if (d / "vocab.json").exists()), None)
 LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 
 
 @pytest.fixture(scope="module")
-def tok():
-    if VOCAB is None:
-        pytest.skip("no roberta-base vocab.json / merges.txt")
-    return RobertaTokenizer.from_files(VOCAB / "vocab.json", VOCAB / "merges.txt")
-
-
-@pytest.fixture(scope="module")
-def hf(tok):
-    transformers = pytest.importorskip("transformers")
-    lines = (VOCAB / "merges.txt").read_text(encoding="utf-8").splitlines()
-    vocab = json.loads((VOCAB / "vocab.json").read_text(encoding="utf-8"))
-    merges = [tuple(m.split(" ")) for m in lines[1:] if m]
-    return transformers.RobertaTokenizerFast(vocab=vocab, merges=merges, add_prefix_space=True)
+def hf(make_hf):
+    """HF's tokenizer as `run_ner.py` makes it for pre-split words."""
+    return make_hf(add_prefix_space=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,35 +1,17 @@
 """Extractive QA: SQuAD loader, doc-stride windows equal to HF's, answer tokens, span decoding, EM / F1."""
 
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from roberta_jax.tasks import metrics, qa
-from roberta_jax.tokenizer import RobertaTokenizer
 
 DATA = Path(__file__).parent / "data"
 SQUAD = DATA / "tasks" / "squad.json"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-VOCAB = next((d for d in (DATA / "roberta-base", SHARED / "roberta-base") if (d / "vocab.json").exists()), None)
 MAX_LENGTH, STRIDE = 64, 16  # small windows: the 775-character paragraph needs several
-
-
-@pytest.fixture(scope="module")
-def tok():
-    if VOCAB is None:
-        pytest.skip("no roberta-base vocab.json / merges.txt")
-    return RobertaTokenizer.from_files(VOCAB / "vocab.json", VOCAB / "merges.txt")
-
-
-@pytest.fixture(scope="module")
-def hf(tok):
-    transformers = pytest.importorskip("transformers")
-    lines = (VOCAB / "merges.txt").read_text(encoding="utf-8").splitlines()
-    vocab = json.loads((VOCAB / "vocab.json").read_text(encoding="utf-8"))
-    return transformers.RobertaTokenizerFast(vocab=vocab, merges=[tuple(m.split(" ")) for m in lines[1:] if m])
 
 
 @pytest.fixture(scope="module")
