@@ -29,10 +29,8 @@ tokenizer (the serialized JSON of a `tokenizers.Tokenizer` backend; for a plain 
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -47,6 +45,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import tokenizers
+
+from roberta_jax import text_files
 
 # Bump when the cached format or the document rules change.
 _CACHE_VERSION = 1
@@ -185,7 +185,7 @@ def tokenize_corpus(
         files, kinds = [], []
         source_key: Any = [sources, hub_config, hub_split]
     else:
-        files = resolve_files(sources)
+        files = text_files.resolve_files(sources)
         kinds = [_kind(path, format) for path in files]
         if len(set(kinds)) > 1:
             raise ValueError(f"sources mix formats {sorted(set(kinds))}; pass one format at a time.")
@@ -232,61 +232,12 @@ def tokenize_corpus(
     return dataclasses.replace(corpus, from_cache=False)
 
 
-def resolve_files(sources: str | Sequence[str]) -> list[str]:
-    """Expands files, directories (every non-hidden file under them, sorted) and globs, in order."""
-    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-    files = []
-    for source in map(str, sources):
-        if os.path.isfile(source):
-            files.append(source)
-        elif os.path.isdir(source):
-            found = _files_under(source)
-            if not found:
-                raise FileNotFoundError(f"{source}: directory holds no files.")
-            files.extend(found)
-        else:
-            matches = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
-            if not matches:
-                raise FileNotFoundError(
-                    f"{source}: no such file, directory or glob match "
-                    "(for a Hugging Face Hub dataset pass format='hub')."
-                )
-            files.extend(matches)
-    return files
-
-
-def _files_under(directory: str) -> list[str]:
-    found = []
-    for root, dirs, names in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(os.path.join(root, name) for name in names if not name.startswith("."))
-    return sorted(found)
-
-
 def check_file(path: str, kind: str) -> None:
     """Raises ValueError naming `path` if it is empty or (text and JSON) whitespace-only or not UTF-8."""
-    if os.path.getsize(path) == 0:
+    if kind != "parquet":
+        text_files.check_text_file(path)
+    elif os.path.getsize(path) == 0:
         raise ValueError(f"{path}: file is empty.")
-    if kind == "parquet":
-        return
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    has_text, offset = False, 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_READ_CHARS)
-            try:
-                text = decoder.decode(block, final=not block)
-            except UnicodeDecodeError as e:
-                raise ValueError(
-                    f"{path}: not valid UTF-8 ({e.reason} at byte {offset + e.start}); convert it, "
-                    "e.g. `iconv -f latin1 -t utf-8`."
-                ) from None
-            has_text = has_text or bool(text.strip())
-            offset += len(block)
-            if not block:
-                break
-    if not has_text:
-        raise ValueError(f"{path}: file holds only whitespace.")
 
 
 def split_documents(num_documents: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

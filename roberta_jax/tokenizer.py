@@ -15,7 +15,6 @@ All batch encoding runs in the Rust `encode_batch`, which is parallel over the b
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import tempfile
@@ -27,6 +26,8 @@ from typing import Any, Literal
 import numpy as np
 from tokenizers import AddedToken, Encoding, Tokenizer, decoders, pre_tokenizers, processors, trainers
 from tokenizers.models import BPE
+
+from roberta_jax.text_files import check_text_file
 
 BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
 # Ids 0..3 in this order; <mask> is added after training so that it takes the last id.
@@ -66,28 +67,6 @@ def _token_json(token: AddedToken) -> dict[str, Any]:
     """An added token as HF's tokenizer_config.json and special_tokens_map.json spell it."""
     attrs = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
     return {a: getattr(token, a) for a in attrs}
-
-
-def check_text_file(path: PathLike) -> None:
-    """Raise ValueError naming `path` if it is not UTF-8 or holds no text; streams, so any size is fine."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset, has_text = 0, False
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            pending = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(chunk)
-            except UnicodeDecodeError as e:
-                raise ValueError(
-                    f"{path}: not valid UTF-8 ({e.reason} at byte {offset - pending + e.start}); "
-                    "re-encode it, e.g. `iconv -f latin1 -t utf-8`"
-                ) from None
-            has_text = has_text or bool(text.strip())
-            offset += len(chunk)
-    if decoder.getstate()[0]:
-        raise ValueError(f"{path}: not valid UTF-8 (truncated character at the end of the file)")
-    if not has_text:
-        raise ValueError(f"{path}: empty, there is no text in it to train on")
 
 
 class BatchEncoding(dict):
