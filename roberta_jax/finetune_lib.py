@@ -24,10 +24,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import traverse_util
 
-from roberta_jax import checkpoint, hf_io, tasks
+from roberta_jax import checkpoint, hf_io, tasks, train_lib
 from roberta_jax.config import RobertaConfig
 from roberta_jax.data import RowBatches
 from roberta_jax.tasks import tokens
@@ -237,13 +236,6 @@ def _apply(model: nn.Module, params, batch, dropout_rng):
     )
 
 
-def _xent_sums(logits, labels, weights):
-    """Summed cross-entropy, weight and correct count of integer `labels` (any shape, logits one axis more)."""
-    xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return jnp.sum(xent * weights), jnp.sum(weights), jnp.sum(correct * weights)
-
-
 def task_sums(task: str, out, batch, regression: bool = False):
     """`(loss_sum, (count, correct))` of a task's model outputs `out` against the batch's targets, as
     `transformers` defines each head's loss (its mean is `loss_sum / count`): cross-entropy over examples
@@ -253,19 +245,19 @@ def task_sums(task: str, out, batch, regression: bool = False):
     w = batch["weights"]
     if task == "qa":
         start, end = out
-        s_sum, count, _ = _xent_sums(start, batch["start_positions"], w)
-        e_sum, _, _ = _xent_sums(end, batch["end_positions"], w)
+        s_sum, count, _ = train_lib.xent_sums(start, batch["start_positions"], w)
+        e_sum, _, _ = train_lib.xent_sums(end, batch["end_positions"], w)
         both = (jnp.argmax(start, -1) == batch["start_positions"]) & (jnp.argmax(end, -1) == batch["end_positions"])
         return (s_sum + e_sum) / 2, (count, jnp.sum(both * w))
     if task == "ner":
         labels = batch["labels"]
         valid = labels != tokens.IGNORE_INDEX
-        loss_sum, count, correct = _xent_sums(out, jnp.where(valid, labels, 0), valid * w[:, None])
+        loss_sum, count, correct = train_lib.xent_sums(out, jnp.where(valid, labels, 0), valid * w[:, None])
         return loss_sum, (count, correct)
     if regression:
         error = out[:, 0] - batch["labels"]
         return jnp.sum(w * error**2), (jnp.sum(w), jnp.sum(w * (jnp.abs(error) < 0.5)))
-    loss_sum, count, correct = _xent_sums(out, batch["labels"], w)
+    loss_sum, count, correct = train_lib.xent_sums(out, batch["labels"], w)
     return loss_sum, (count, correct)
 
 

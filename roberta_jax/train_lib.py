@@ -88,10 +88,10 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh:
     return state, shardings
 
 
-def mlm_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array):
-    """Summed cross-entropy, prediction count and correct count over the masked slots.
+def xent_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array):
+    """Summed weighted cross-entropy, weight sum and weighted correct count of integer `labels`.
 
-    logits float32 [B, K, V], labels int [B, K], weights float32 [B, K].
+    logits float32 [..., C], labels int [...], weights float32 [...] (MLM: [B, K, V], [B, K], [B, K]).
     """
     # Against one-hot targets rather than by gathering the label's logit: the gather's gradient (a
     # scatter into the vocabulary axis) comes out wrong from XLA's SPMD partitioner when the
@@ -122,7 +122,7 @@ def mlm_loss(model: nn.Module):
             masked_positions=batch["positions"], deterministic=dropout_rng is None,
             rngs=None if dropout_rng is None else {"dropout": dropout_rng},
         )
-        loss_sum, count, correct = mlm_sums(logits, batch["labels"], batch["weights"])
+        loss_sum, count, correct = xent_sums(logits, batch["labels"], batch["weights"])
         return loss_sum, (count, correct)
 
     return loss_fn
