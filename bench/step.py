@@ -42,7 +42,9 @@ def timed(step, warmup: int, steps: int) -> list[float]:
     return times
 
 
-def run_ours(model_name: str, length: int, batch: int, args) -> dict:
+def build_ours(model_name: str, length: int, batch: int, args):
+    """Our jitted MLM train step on one random batch: returns `step()`, which runs one step and
+    blocks until it is done (or, with `args.mode` "grad"/"forward", only that part of it)."""
     import functools
 
     import jax
@@ -80,17 +82,25 @@ def run_ours(model_name: str, length: int, batch: int, args) -> dict:
         holder["state"], m = step_fn(holder["state"], batch_arrays)
         m["train/loss"].block_until_ready()
 
-    if args.mode != "step":
-        # Parts of the step alone: where the time goes.
-        loss_fn, prepare = train_lib.mlm_loss(model), train_lib.mlm_prepare(mask_fn)
-        prepared = jax.jit(prepare)(jax.random.key(1), batch_arrays)
-        rng = None if args.mode == "forward" else jax.random.key(2)
-        part = jax.jit(loss_fn if args.mode == "forward" else jax.grad(lambda p, b, r: loss_fn(p, b, r)[0]))
-        params = holder["state"].params
+    if args.mode == "step":
+        return step
+    # Parts of the step alone: where the time goes.
+    loss_fn, prepare = train_lib.mlm_loss(model), train_lib.mlm_prepare(mask_fn)
+    prepared = jax.jit(prepare)(jax.random.key(1), batch_arrays)
+    rng = None if args.mode == "forward" else jax.random.key(2)
+    part = jax.jit(loss_fn if args.mode == "forward" else jax.grad(lambda p, b, r: loss_fn(p, b, r)[0]))
+    params = holder["state"].params
 
-        def step():  # noqa: F811 - replaces the whole step with one of its parts
-            jax.block_until_ready(part(params, prepared, rng))
+    def part_step():
+        jax.block_until_ready(part(params, prepared, rng))
 
+    return part_step
+
+
+def run_ours(model_name: str, length: int, batch: int, args) -> dict:
+    import jax
+
+    step = build_ours(model_name, length, batch, args)
     times = timed(step, args.warmup, args.steps)
     stats = jax.devices()[0].memory_stats() or {}
     return {"times": times, "peak_bytes": stats.get("peak_bytes_in_use", 0), "device": jax.devices()[0].device_kind}
@@ -169,6 +179,7 @@ def main() -> None:
     parser.add_argument("--hidden-dropout", type=float, default=0.1)
     parser.add_argument("--mode", choices=["step", "grad", "forward"], default="step",
                         help="time the whole step, or only its forward+backward, or only its forward (ours)")
+    parser.add_argument("--xla-flags", default="", help="added to XLA_FLAGS for our side, e.g. to measure one flag")
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -188,7 +199,10 @@ def main() -> None:
                            "--attention", args.attention, "--prng", args.prng,
                            "--hidden-dropout", str(args.hidden_dropout), "--mode", args.mode]
                     cmd += ["--remat"] if args.remat else []
-                    out = subprocess.run(cmd, capture_output=True, text=True)
+                    env = dict(os.environ)
+                    if side == "ours" and args.xla_flags:
+                        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+                    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
                     raw = json.loads(line[7:]) if line else {"error": (out.stderr or out.stdout)[-300:]}
                     results[side] = summarise(model_name, length, batch, raw)
