@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from roberta_jax.config import RobertaConfig
+from roberta_jax.dropout import Dropout
 from roberta_jax.layers import ACTIVATIONS, RobertaModel, dense, layer_norm
 
 Dtype = Any
@@ -113,9 +114,9 @@ class RobertaClassificationHead(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic=True):
         c = self.config
-        x = nn.Dropout(self.dropout)(x[:, 0], deterministic=deterministic)
+        x = Dropout(self.dropout)(x[:, 0], deterministic=deterministic)
         x = jnp.tanh(dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype, "dense")(x))
-        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        x = Dropout(self.dropout)(x, deterministic=deterministic)
         return dense(c, c.num_labels, ("mlp", None), self.dtype, self.param_dtype, "out_proj")(x)
 
 
@@ -148,7 +149,7 @@ class RobertaForMultipleChoice(_Head):
         _, pooled = self.encoder(add_pooling_layer=True)(
             flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), deterministic
         )
-        pooled = nn.Dropout(self.config.hidden_dropout_prob)(pooled, deterministic=deterministic)
+        pooled = Dropout(self.config.hidden_dropout_prob)(pooled, deterministic=deterministic)
         c = self.config
         logits = dense(c, 1, ("embed", None), self.dtype, self.param_dtype, "classifier")(pooled)
         return logits.reshape(batch, choices).astype(jnp.float32)
@@ -163,7 +164,7 @@ class RobertaForTokenClassification(_Head):
         x, _ = self.encoder(add_pooling_layer=False)(
             input_ids, attention_mask, token_type_ids, position_ids, deterministic
         )
-        x = nn.Dropout(self.classifier_dropout)(x, deterministic=deterministic)
+        x = Dropout(self.classifier_dropout)(x, deterministic=deterministic)
         c = self.config
         return dense(c, c.num_labels, ("embed", None), self.dtype, self.param_dtype, "classifier")(x).astype(
             jnp.float32

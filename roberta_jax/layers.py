@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from roberta_jax.config import RobertaConfig
+from roberta_jax.dropout import Dropout
 
 Dtype = Any
 
@@ -119,7 +120,7 @@ class RobertaEmbeddings(nn.Module):
         self.position_embeddings = embed(c.max_position_embeddings, "position_embeddings", one_hot=True)
         self.token_type_embeddings = embed(c.type_vocab_size, "token_type_embeddings", one_hot=True)
         self.LayerNorm = layer_norm(c, self.dtype, self.param_dtype, "LayerNorm")
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
 
     def __call__(self, input_ids, token_type_ids=None, position_ids=None, deterministic=True):
         """int [B, L] ids (and optional token types / positions) -> [B, L, H]."""
@@ -177,7 +178,7 @@ class RobertaSelfAttention(nn.Module):
             scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
             weights = jax.nn.softmax(scores, axis=-1)
             self.sow("intermediates", "attention_weights", weights)
-            weights = nn.Dropout(dropout)(weights, deterministic=deterministic)
+            weights = Dropout(dropout)(weights, deterministic=deterministic)
             out = jnp.einsum("bnqk,bknd->bqnd", weights.astype(self.dtype), v)
         else:
             out = jax.nn.dot_product_attention(
@@ -215,7 +216,7 @@ class RobertaSelfOutput(nn.Module):
     def __call__(self, residual, h, deterministic=True):
         c = self.config
         h = dense(c, c.hidden_size, (self.in_axis, "embed"), self.dtype, self.param_dtype, "dense")(h)
-        h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
         out = layer_norm(c, self.dtype, self.param_dtype, "LayerNorm")(h + residual)
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))
 
