@@ -37,7 +37,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Dropout of the fine-tuned model, replacing the checkpoint's (RoBERTa fine-tunes with 0.1).
     c.model = ml_collections.ConfigDict(dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1))
     c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
-    c.attention_implementation = ""  # "" lets JAX choose; "cudnn" or "xla" to force one
+    c.attention_implementation = ""  # "": cuDNN flash attention on GPU where it applies, else XLA; or force one
     c.remat = False  # recompute each layer's activations in the backward pass (memory for time)
 
     c.batch_size = 32  # global examples per step (all hosts, all microbatches)

@@ -141,14 +141,33 @@ class RobertaEmbeddings(nn.Module):
         return self.word_embeddings.attend(x)
 
 
+def attention_implementation(
+    requested: str | None, dtype, head_dim: int, masked: bool, backend: str | None = None
+) -> str:
+    """The `jax.nn.dot_product_attention` implementation to run: `requested` ("cudnn" or "xla")
+    when given; otherwise (None or "") cuDNN's flash attention where it applies, XLA's elsewhere.
+
+    cuDNN applies on a GPU, for bfloat16/float16, head sizes that are multiples of 8 up to 128, and
+    rows without padding (`masked` False: full packed pretraining rows). JAX itself picks XLA when
+    asked to choose, which writes out the [B, N, L, L] scores.
+    """
+    if requested:
+        return requested
+    backend = backend or jax.default_backend()
+    fused_dtype = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if backend == "gpu" and fused_dtype and head_dim % 8 == 0 and head_dim <= 128 and not masked:
+        return "cudnn"
+    return "xla"
+
+
 class RobertaSelfAttention(nn.Module):
     """Multi-head attention: q/k/v projections and `jax.nn.dot_product_attention`.
 
-    `implementation` is passed to `jax.nn.dot_product_attention` (None lets JAX choose; "cudnn"
-    asks for flash attention on GPU). Attention-probability dropout needs the probabilities, so
-    while it is active (training with `attention_probs_dropout_prob > 0`) the softmax is written
-    out; the same happens when the `intermediates` collection is mutable, which records the
-    attention weights [B, N, L, L] for inspection.
+    `implementation` is passed to `jax.nn.dot_product_attention` ("cudnn" asks for flash attention
+    on GPU; None picks with `attention_implementation`). Attention-probability dropout needs the
+    probabilities, so while it is active (training with `attention_probs_dropout_prob > 0`) the
+    softmax is written out; the same happens when the `intermediates` collection is mutable, which
+    records the attention weights [B, N, L, L] for inspection.
     """
 
     config: RobertaConfig
@@ -181,8 +200,9 @@ class RobertaSelfAttention(nn.Module):
             weights = Dropout(dropout)(weights, deterministic=deterministic)
             out = jnp.einsum("bnqk,bknd->bqnd", weights.astype(self.dtype), v)
         else:
+            implementation = attention_implementation(self.implementation, q.dtype, c.head_dim, mask is not None)
             out = jax.nn.dot_product_attention(
-                q, k, v, mask=mask, is_causal=c.is_decoder, implementation=self.implementation
+                q, k, v, mask=mask, is_causal=c.is_decoder, implementation=implementation
             )
         return out.reshape(b, length, c.hidden_size)
 

@@ -26,7 +26,7 @@ def default_config() -> ml_collections.ConfigDict:
     )
     # Training knobs beside the architecture.
     c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
-    c.attention_implementation = ""  # "" lets JAX choose; "cudnn" or "xla" to force one
+    c.attention_implementation = ""  # "": cuDNN flash attention on GPU where it applies, else XLA; or force one
     c.remat = False  # recompute each layer in the backward pass (less memory, ~30% more compute)
 
     # Tokenizer: a directory with vocab.json + merges.txt (e.g. roberta-base's), or "" to train a

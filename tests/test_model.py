@@ -8,7 +8,7 @@ import pytest
 from roberta_jax import hf_io
 from roberta_jax.config import preset
 from roberta_jax.heads import RobertaForCausalLM, RobertaForMaskedLM, RobertaForSequenceClassification
-from roberta_jax.layers import position_ids_from_input_ids
+from roberta_jax.layers import attention_implementation, position_ids_from_input_ids
 
 CONFIG = preset("tiny", vocab_size=97, max_position_embeddings=34)
 
@@ -148,3 +148,16 @@ def test_no_attention_mask_means_attend_to_everything(is_decoder):
                                atol=1e-6)
     explicit, _ = model.apply({"params": params}, ids, mutable=["intermediates"])
     np.testing.assert_allclose(explicit, model.apply({"params": params}, ids), atol=1e-5)
+
+
+def test_attention_implementation_picks_cudnn_only_where_it_applies():
+    bf16 = jnp.bfloat16
+    assert attention_implementation(None, bf16, 64, masked=False, backend="gpu") == "cudnn"
+    assert attention_implementation("", jnp.float16, 128, masked=False, backend="gpu") == "cudnn"
+    for dtype, head_dim, masked, backend in [(jnp.float32, 64, False, "gpu"), (bf16, 64, True, "gpu"),
+                                             (bf16, 160, False, "gpu"), (bf16, 36, False, "gpu"),
+                                             (bf16, 64, False, "cpu"), (bf16, 64, False, "tpu")]:
+        assert attention_implementation(None, dtype, head_dim, masked, backend) == "xla", (dtype, head_dim, masked)
+    assert attention_implementation("cudnn", jnp.float32, 64, masked=True, backend="cpu") == "cudnn"
+    assert attention_implementation(None, bf16, 64, masked=False) == ("cudnn" if jax.default_backend() == "gpu"
+                                                                       else "xla")
