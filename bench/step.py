@@ -57,7 +57,8 @@ def build_ours(model_name: str, length: int, batch: int, args):
     from roberta_jax.heads import RobertaForMaskedLM
 
     jax.config.update("jax_default_prng_impl", args.prng)
-    config = preset(model_name, attention_probs_dropout_prob=0.0, hidden_dropout_prob=args.hidden_dropout)
+    vocab = {"vocab_size": args.vocab_size} if getattr(args, "vocab_size", 0) else {}
+    config = preset(model_name, attention_probs_dropout_prob=0.0, hidden_dropout_prob=args.hidden_dropout, **vocab)
     model = RobertaForMaskedLM(config, dtype=jnp.bfloat16, implementation=args.attention or None, remat=args.remat)
     opt = ml_collections.ConfigDict(dict(peak_lr=1e-4, warmup_steps=100, total_steps=10_000, end_lr=0.0, b1=0.9,
                                          b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=0.0))
@@ -179,6 +180,7 @@ def main() -> None:
     parser.add_argument("--hidden-dropout", type=float, default=0.1)
     parser.add_argument("--mode", choices=["step", "grad", "forward"], default="step",
                         help="time the whole step, or only its forward+backward, or only its forward (ours)")
+    parser.add_argument("--vocab-size", type=int, default=0, help="instead of the preset's (ours only)")
     parser.add_argument("--xla-flags", default="", help="added to XLA_FLAGS for our side, e.g. to measure one flag")
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
@@ -197,7 +199,8 @@ def main() -> None:
                     cmd = [sys.executable, __file__, "--one", side, model_name, str(length), str(batch),
                            "--steps", str(args.steps), "--warmup", str(args.warmup), "--peer", args.peer,
                            "--attention", args.attention, "--prng", args.prng,
-                           "--hidden-dropout", str(args.hidden_dropout), "--mode", args.mode]
+                           "--hidden-dropout", str(args.hidden_dropout), "--mode", args.mode,
+                           "--vocab-size", str(args.vocab_size)]
                     cmd += ["--remat"] if args.remat else []
                     env = dict(os.environ)
                     if side == "ours" and args.xla_flags:
