@@ -153,23 +153,20 @@ def make_train_step(
         prepare_rng, dropout_key = jax.random.split(masked_rng(seed, state.step))
         if prepare is not None:
             batch = prepare(prepare_rng, batch)
+        # One microbatch goes through the loop too: without it, XLA's SPMD partitioner (jax 0.10.2,
+        # CPU) compiled this whole step into wrong gradients on a data x fsdp x tensor mesh
+        # (tests/test_train.py::test_losses_agree_across_mesh_shapes), while the looped form is exact.
+        micro = jax.tree.map(functools.partial(_split_micro, num_micro), batch)
 
-        def micro_step(index, micro_batch):
+        def accumulate(carry, xs):
+            index, micro_batch = xs
             (loss_sum, (count, correct)), grads = grad_fn(
                 state.params, micro_batch, jax.random.fold_in(dropout_key, index)
             )
-            return grads, loss_sum, count, correct
+            return jax.tree.map(jnp.add, carry, (grads, loss_sum, count, correct)), None
 
-        if num_micro == 1:  # no loop and no zero-initialised accumulator
-            grads, loss_sum, count, correct = micro_step(0, batch)
-        else:
-
-            def accumulate(carry, xs):
-                return jax.tree.map(jnp.add, carry, micro_step(*xs)), None
-
-            micro = jax.tree.map(functools.partial(_split_micro, num_micro), batch)
-            zeros = (jax.tree.map(jnp.zeros_like, state.params), 0.0, 0.0, 0.0)
-            (grads, loss_sum, count, correct), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_micro), micro))
+        zeros = (jax.tree.map(jnp.zeros_like, state.params), 0.0, 0.0, 0.0)
+        (grads, loss_sum, count, correct), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_micro), micro))
         denominator = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denominator, grads)
         loss = loss_sum / denominator
