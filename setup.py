@@ -24,7 +24,7 @@ setup(
     extras_require={
         # torch is pinned to the CPU build; the tests use it only for parity checks.
         "test": [
-            "pytest", "torch==2.13.0", "transformers",
+            "pytest", "pytest-xdist", "torch==2.13.0", "transformers",
             # reference implementations the metric tests compare against
             "scipy", "scikit-learn", "seqeval",
             # the notebook tests execute the notebooks

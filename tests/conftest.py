@@ -1,4 +1,4 @@
-"""Fixtures shared by the task tests: the official roberta-base tokenizer, ours and `transformers`'."""
+"""Shared fixtures: the official roberta-base tokenizer (ours and `transformers`'), a small training corpus."""
 
 import json
 from pathlib import Path
@@ -34,3 +34,12 @@ def make_hf(tok):
 def hf(make_hf):
     """`transformers.RobertaTokenizerFast` built from the same files."""
     return make_hf()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small corpus for train.py runs: the demo corpus's first 40 KB."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    with open(Path(__file__).parents[1] / "data" / "demo_corpus.txt", encoding="utf-8") as f:
+        path.write_text(f.read(40_000), encoding="utf-8")
+    return str(path)

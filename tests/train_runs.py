@@ -1,0 +1,53 @@
+"""Running `train.py` from the tests: a tiny model on a small corpus, in a subprocess on CPU."""
+
+import os
+import subprocess
+import sys
+import time
+
+from roberta_jax import metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The model and run of every train.py test; the corpus is conftest's `corpus`.
+TINY_OVERRIDES = [
+    "--config.model.hidden_size=32", "--config.model.num_hidden_layers=2", "--config.model.num_attention_heads=4",
+    "--config.model.intermediate_size=64", "--config.model.max_position_embeddings=34",
+    "--config.tokenizer.vocab_size=300", "--config.data.max_seq_length=32", "--config.batch_size=8",
+    "--config.eval_every_steps=1000", "--config.log_every_steps=1", "--config.progress=False",
+    "--config.export_hf=False",
+]
+
+
+def run_train(workdir, corpus, *overrides, devices=1, background=False, env_extra=None):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               PYTHONPATH=REPO, **(env_extra or {}))
+    cmd = [sys.executable, os.path.join(REPO, "train.py"), f"--config={REPO}/configs/tiny.py", f"--workdir={workdir}",
+           f"--config.data.train_files={corpus}", *TINY_OVERRIDES, *overrides]
+    if background:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def losses(workdir):
+    return {step: m["train/loss"] for step, m in metrics.read_metrics(str(workdir)).items() if "train/loss" in m}
+
+
+def wait_for_step(workdir, proc, step, timeout=300):
+    start = time.time()
+    while time.time() - start < timeout:
+        if os.path.exists(os.path.join(workdir, "metrics.jsonl")) and max(losses(workdir), default=0) >= step:
+            return
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.02)
+    raise TimeoutError(f"step {step} not reached")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
