@@ -14,6 +14,8 @@ Documents in text files (`doc_split`):
 A document whose text is empty or whitespace-only (a JSON record, a blank line in "line" mode),
 or that tokenizes to no ids, is skipped and counted in `num_empty_documents`.
 
+Reading text files and checking files is `text_files`'s part.
+
 Errors. A text or JSON file that is empty, whitespace-only or not valid UTF-8, and an empty
 Parquet file, raise ValueError naming the path, before `datasets` reads anything.
 
@@ -34,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -52,10 +53,6 @@ from roberta_jax import text_files
 _CACHE_VERSION = 1
 _DOC_SPLITS = ("blank_line", "line", "file")
 _FORMATS = ("auto", "text", "json", "parquet", "hub")
-_READ_CHARS = 1 << 22
-# One or more blank lines (the newline ending the previous line included).
-_BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
-_EDGE_BLANK_LINES = re.compile(r"^(?:[^\S\n]*\n)+|(?:\n[^\S\n]*)+$")
 
 EncodeFn = Callable[[list[str]], Sequence[Sequence[int]]]
 
@@ -186,7 +183,7 @@ def tokenize_corpus(
         source_key: Any = [sources, hub_config, hub_split]
     else:
         files = text_files.resolve_files(sources)
-        kinds = [_kind(path, format) for path in files]
+        kinds = [text_files.file_kind(path, format) for path in files]
         if len(set(kinds)) > 1:
             raise ValueError(f"sources mix formats {sorted(set(kinds))}; pass one format at a time.")
         source_key = [[os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns] for p in files]
@@ -199,7 +196,7 @@ def tokenize_corpus(
         return _load_cached(final_dir, fingerprint)
 
     for path, file_kind in zip(files, kinds):
-        check_file(path, file_kind)
+        text_files.check_file(path, file_kind)
     with _scratch_dir(cache_dir) as work_dir:
         docs = _documents(kind, files, sources, text_field, doc_split, hub_config, hub_split, work_dir, source_fp)
         import datasets
@@ -230,14 +227,6 @@ def tokenize_corpus(
         shutil.rmtree(out_dir, ignore_errors=True)
     corpus = _load_cached(final_dir, fingerprint)
     return dataclasses.replace(corpus, from_cache=False)
-
-
-def check_file(path: str, kind: str) -> None:
-    """Raises ValueError naming `path` if it is empty or (text and JSON) whitespace-only or not UTF-8."""
-    if kind != "parquet":
-        text_files.check_text_file(path)
-    elif os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: file is empty.")
 
 
 def split_documents(num_documents: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -281,17 +270,6 @@ class _EncodeBatch:
         return {"input_ids": out}
 
 
-def _kind(path: str, format: str) -> str:
-    if format != "auto":
-        return format
-    name = path.lower()
-    if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
-        return "json"
-    if name.endswith(".parquet"):
-        return "parquet"
-    return "text"
-
-
 def _documents(kind, files, sources, text_field, doc_split, hub_config, hub_split, work_dir, source_fp):
     """A `datasets.Dataset` with one column "text", one row per document (empty ones included)."""
     import datasets
@@ -305,7 +283,7 @@ def _documents(kind, files, sources, text_field, doc_split, hub_config, hub_spli
             schema = pa.schema({"text": pa.string()})
             tmp_path = f"{path}.tmp-{uuid.uuid4().hex}"
             with pa.OSFile(tmp_path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-                for texts in _text_documents(files, doc_split):
+                for texts in text_files.text_documents(files, doc_split):
                     writer.write_batch(pa.record_batch([pa.array(texts, pa.string())], schema=schema))
             os.replace(tmp_path, path)
         return datasets.Dataset.from_file(path)
@@ -317,39 +295,6 @@ def _documents(kind, files, sources, text_field, doc_split, hub_config, hub_spli
         raise ValueError(f"{sources!r} has no field {text_field!r}; its fields are {ds.column_names}. Set text_field.")
     ds = ds.select_columns([text_field])
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
-
-
-def _text_documents(files: list[str], doc_split: str) -> Iterator[list[str]]:
-    """Batches of document texts, in file order."""
-    for path in files:
-        with open(path, encoding="utf-8") as f:  # universal newlines: \r\n and \r read as \n
-            if doc_split == "file":
-                yield _nonblank([f.read()])
-                continue
-            if doc_split == "line":
-                carry = ""
-                while chunk := f.read(_READ_CHARS):
-                    lines = (carry + chunk + f.readline()).split("\n")  # ends on a line break ...
-                    carry = lines.pop()  # ... so this is "" unless the file lacks a final one
-                    yield lines
-                if carry:
-                    yield [carry]
-                continue
-            # blank_line: search each chunk only once; `pending` holds the open document.
-            pending: list[str] = []
-            while chunk := f.read(_READ_CHARS):
-                # The leading "\n" stands for the line break that ended the previous chunk.
-                parts = _BLANK_LINES.split("\n" + chunk + f.readline())
-                pending.append(parts[0][1:])
-                if len(parts) > 1:
-                    yield _nonblank(["".join(pending), *parts[1:-1]])
-                    pending = [parts[-1]]
-            yield _nonblank(["".join(pending)])
-
-
-def _nonblank(parts: list[str]) -> list[str]:
-    """The parts without leading and trailing blank lines; blank parts dropped."""
-    return [text for text in (_EDGE_BLANK_LINES.sub("", part) for part in parts) if text]
 
 
 def _flatten(ids, out_dir: str | None) -> tuple[np.ndarray, np.ndarray, int]:

@@ -1,7 +1,8 @@
-"""Input files on disk: expanding sources into files, and the checks that name a bad file by its path.
+"""Input files on disk: expanding sources into files, the checks that name a bad file by its path,
+and splitting plain-text files into documents.
 
-Both the tokenizer trainer and the pretraining corpus reader call these before handing files to a
-library (`tokenizers`, `datasets`) whose own errors would not say which file was at fault.
+Both the tokenizer trainer and the pretraining corpus reader call the checks before handing files to
+a library (`tokenizers`, `datasets`) whose own errors would not say which file was at fault.
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 import codecs
 import glob
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 
-_READ_BYTES = 1 << 22
+_CHUNK = 1 << 22  # bytes (UTF-8 check) or characters (document splitting) read at a time
+# One or more blank lines (the newline ending the previous line included).
+_BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
+_EDGE_BLANK_LINES = re.compile(r"^(?:[^\S\n]*\n)+|(?:\n[^\S\n]*)+$")
 
 
 def resolve_files(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -55,7 +60,7 @@ def check_text_file(path: str | os.PathLike) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset, has_text = 0, False
     with open(path, "rb") as f:
-        while chunk := f.read(_READ_BYTES):
+        while chunk := f.read(_CHUNK):
             pending = len(decoder.getstate()[0])  # bytes of a character split across two chunks
             try:
                 text = decoder.decode(chunk)
@@ -70,3 +75,57 @@ def check_text_file(path: str | os.PathLike) -> None:
         raise ValueError(f"{path}: not valid UTF-8 (truncated character at the end of the file).")
     if not has_text:
         raise ValueError(f"{path}: empty, the file holds only whitespace.")
+
+
+def check_file(path: str, kind: str) -> None:
+    """Raises ValueError naming `path` if it is empty or (text and JSON) whitespace-only or not UTF-8."""
+    if kind != "parquet":
+        check_text_file(path)
+    elif os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: file is empty.")
+
+
+def file_kind(path: str, format: str = "auto") -> str:
+    """The file's kind, "text", "json" or "parquet": `format` itself unless "auto", else by extension."""
+    if format != "auto":
+        return format
+    name = path.lower()
+    if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+        return "json"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "text"
+
+
+def text_documents(files: Sequence[str], doc_split: str) -> Iterator[list[str]]:
+    """Batches of the document texts of plain-text files, in file order, split by `doc_split`
+    ("blank_line", "line" or "file"; the rules are in `data_sources`' docstring)."""
+    for path in files:
+        with open(path, encoding="utf-8") as f:  # universal newlines: \r\n and \r read as \n
+            if doc_split == "file":
+                yield _nonblank([f.read()])
+                continue
+            if doc_split == "line":
+                carry = ""
+                while chunk := f.read(_CHUNK):
+                    lines = (carry + chunk + f.readline()).split("\n")  # ends on a line break ...
+                    carry = lines.pop()  # ... so this is "" unless the file lacks a final one
+                    yield lines
+                if carry:
+                    yield [carry]
+                continue
+            # blank_line: search each chunk only once; `pending` holds the open document.
+            pending: list[str] = []
+            while chunk := f.read(_CHUNK):
+                # The leading "\n" stands for the line break that ended the previous chunk.
+                parts = _BLANK_LINES.split("\n" + chunk + f.readline())
+                pending.append(parts[0][1:])
+                if len(parts) > 1:
+                    yield _nonblank(["".join(pending), *parts[1:-1]])
+                    pending = [parts[-1]]
+            yield _nonblank(["".join(pending)])
+
+
+def _nonblank(parts: list[str]) -> list[str]:
+    """The parts without leading and trailing blank lines; blank parts dropped."""
+    return [text for text in (_EDGE_BLANK_LINES.sub("", part) for part in parts) if text]
