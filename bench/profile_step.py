@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from step import build_ours  # noqa: E402
+from step import add_step_options, build_ours  # noqa: E402
 
 # First match wins; names are matched case-insensitively against the kernel name, then the HLO op.
 KINDS = (
@@ -50,11 +50,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--top", type=int, default=40)
-    parser.add_argument("--attention", default="cudnn")
-    parser.add_argument("--remat", action="store_true")
-    parser.add_argument("--prng", default="threefry2x32")
-    parser.add_argument("--hidden-dropout", type=float, default=0.1)
-    parser.add_argument("--mode", choices=["step", "grad", "forward"], default="step")
+    add_step_options(parser)
     parser.add_argument("--dump", help="write the optimised HLO of the step into this directory")
     args = parser.parse_args()
 

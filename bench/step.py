@@ -57,7 +57,7 @@ def build_ours(model_name: str, length: int, batch: int, args):
     from roberta_jax.heads import RobertaForMaskedLM
 
     jax.config.update("jax_default_prng_impl", args.prng)
-    vocab = {"vocab_size": args.vocab_size} if getattr(args, "vocab_size", 0) else {}
+    vocab = {"vocab_size": args.vocab_size} if args.vocab_size else {}
     config = preset(model_name, attention_probs_dropout_prob=0.0, hidden_dropout_prob=args.hidden_dropout, **vocab)
     model = RobertaForMaskedLM(config, dtype=jnp.bfloat16, implementation=args.attention or None, remat=args.remat)
     opt = ml_collections.ConfigDict(dict(peak_lr=1e-4, warmup_steps=100, total_steps=10_000, end_lr=0.0, b1=0.9,
@@ -166,6 +166,17 @@ def summarise(model_name: str, length: int, batch: int, result: dict) -> dict:
             "peak_gib": result["peak_bytes"] / 2**30, "device": result["device"]}
 
 
+def add_step_options(parser: argparse.ArgumentParser) -> None:
+    """The options `build_ours` reads (also `bench/profile_step.py`'s)."""
+    parser.add_argument("--attention", default="cudnn", help="jax.nn.dot_product_attention implementation; '' = auto")
+    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--prng", default="threefry2x32", help="jax_default_prng_impl for our masks and dropout")
+    parser.add_argument("--hidden-dropout", type=float, default=0.1)
+    parser.add_argument("--mode", choices=["step", "grad", "forward"], default="step",
+                        help="time the whole step, or only its forward+backward, or only its forward (ours)")
+    parser.add_argument("--vocab-size", type=int, default=0, help="instead of the preset's (ours only)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="base,large")
@@ -174,13 +185,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--peer", choices=["compile", "eager", "none"], default="compile")
-    parser.add_argument("--attention", default="cudnn", help="jax.nn.dot_product_attention implementation; '' = auto")
-    parser.add_argument("--remat", action="store_true")
-    parser.add_argument("--prng", default="threefry2x32", help="jax_default_prng_impl for our masks and dropout")
-    parser.add_argument("--hidden-dropout", type=float, default=0.1)
-    parser.add_argument("--mode", choices=["step", "grad", "forward"], default="step",
-                        help="time the whole step, or only its forward+backward, or only its forward (ours)")
-    parser.add_argument("--vocab-size", type=int, default=0, help="instead of the preset's (ours only)")
+    add_step_options(parser)
     parser.add_argument("--xla-flags", default="", help="added to XLA_FLAGS for our side, e.g. to measure one flag")
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
