@@ -40,6 +40,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from roberta_jax import finetune_config  # noqa: E402
+
 # What the runs read from `--data_dir`, per task: (train, eval) files, or one file split by article (squad).
 FILES = {
     "sst2": ("sst2/train.tsv", "sst2/dev.tsv"),
@@ -149,7 +151,7 @@ def main(argv=None) -> None:
     parser.add_argument("--init_from", required=True, help="an HF-format directory (config.json, model.safetensors, "
                         "tokenizer files) or a pretraining workdir")
     parser.add_argument("--tasks", default="sst2,conll,squad,swag", help="comma-separated, of " + ",".join(FILES))
-    parser.add_argument("--data_dir", default=os.path.normpath(os.path.join(REPO, "..", "shared", "data")))
+    parser.add_argument("--data_dir", default=finetune_config.SHARED_DATA)
     parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "finetune_eval"))
     parser.add_argument("--max_train", type=int, default=None, help="training examples per task (0 = all)")
     parser.add_argument("--max_eval", type=int, default=None, help="dev examples per task (0 = all)")

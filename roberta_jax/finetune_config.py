@@ -7,7 +7,17 @@ key is an error that names the nearest valid one. Relative data paths are read f
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
+
+# The task configs' default data: `../shared/data` beside the repository (GLUE, CoNLL-2003, SQuAD, SWAG).
+SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
+
+
+def shared_data(*parts: str) -> str:
+    """A path under `SHARED_DATA`: `shared_data("sst2", "train.tsv")`."""
+    return os.path.join(SHARED_DATA, *parts)
 
 
 def default_config() -> ml_collections.ConfigDict:

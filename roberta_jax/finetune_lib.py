@@ -284,18 +284,9 @@ def _metric_outputs(task: str, out):
     return jnp.argmax(out, -1).astype(jnp.int32) if task == "ner" else out
 
 
-def task_predict(task: str, model: nn.Module):
-    """`predict(params, batch)`: the outputs the task's metrics read (`_metric_outputs`), deterministic."""
-
-    def predict(params, batch):
-        return _metric_outputs(task, _apply(model, params, batch, None))
-
-    return predict
-
-
 def task_eval_step(task: str, model: nn.Module, regression: bool = False):
     """`eval_step(params, batch) -> ({"loss_sum", "count", "correct"}, outputs)`: the eval loss sums
-    (`task_sums`) and the outputs the metrics read (`task_predict`'s), from one deterministic forward pass."""
+    (`task_sums`) and the outputs the metrics read (`_metric_outputs`), from one deterministic forward pass."""
 
     def eval_step(params, batch):
         out = _apply(model, params, batch, None)

@@ -144,9 +144,9 @@ def test_task_end_to_end_exports_a_transformers_model(tmp_path, hf_dir, name):
         assert hf_model.config.label2id == {label: i for i, label in enumerate(data.label_list)}
 
     # The export holds the params of the best evaluation: its metrics come back from the files.
-    outputs = jax.jit(finetune_lib.task_predict(config.task, model))(
-        params, {k: jnp.asarray(v) for k, v in data.arrays("eval").items()}
-    )
+    eval_arrays = {k: jnp.asarray(v) for k, v in data.arrays("eval").items()}
+    eval_arrays["weights"] = jnp.ones(len(eval_arrays["input_ids"]), jnp.float32)
+    _, outputs = jax.jit(finetune_lib.task_eval_step(config.task, model))(params, eval_arrays)
     rescored = finetune_lib.compute_metrics(config, data, jax.device_get(outputs))
     assert rescored[config.best_metric] == pytest.approx(saved["best"][key], abs=1e-6)
 

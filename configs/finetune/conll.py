@@ -11,18 +11,14 @@ Data: `../shared/data/conll2003/{train,valid}.txt` beside the repo (two columns,
 `AutoModelForTokenClassification` and its config carries the tag names (`id2label`).
 """
 
-import os
-
-from roberta_jax.finetune_config import default_config
-
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data")
+from roberta_jax.finetune_config import default_config, shared_data
 
 
 def get_config():
     c = default_config()
     c.task = "ner"
-    c.data.train_file = os.path.normpath(os.path.join(DATA, "conll2003", "train.txt"))
-    c.data.eval_file = os.path.normpath(os.path.join(DATA, "conll2003", "valid.txt"))
+    c.data.train_file = shared_data("conll2003", "train.txt")
+    c.data.eval_file = shared_data("conll2003", "valid.txt")
     c.data.max_length = 128
     c.batch_size = 32
     c.num_epochs = 3.0

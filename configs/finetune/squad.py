@@ -12,18 +12,14 @@ near 86 and F1 near 92. Results go to `WORKDIR/eval_results.json`; `WORKDIR/best
 `AutoModelForQuestionAnswering`.
 """
 
-import os
-
-from roberta_jax.finetune_config import default_config
-
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data")
+from roberta_jax.finetune_config import default_config, shared_data
 
 
 def get_config():
     c = default_config()
     c.task = "qa"
-    c.data.train_file = os.path.normpath(os.path.join(DATA, "squad", "train-v1.1.json"))
-    c.data.eval_file = os.path.normpath(os.path.join(DATA, "squad", "dev-v1.1.json"))
+    c.data.train_file = shared_data("squad", "train-v1.1.json")
+    c.data.eval_file = shared_data("squad", "dev-v1.1.json")
     c.data.max_length = 384
     c.data.doc_stride = 128
     c.batch_size = 48

@@ -13,18 +13,14 @@ Not run here on the full recipe; fairseq's roberta.base reaches dev accuracy 94.
 (`AutoModelForSequenceClassification.from_pretrained`).
 """
 
-import os
-
-from roberta_jax.finetune_config import default_config
-
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data")
+from roberta_jax.finetune_config import default_config, shared_data
 
 
 def get_config():
     c = default_config()
     c.task = "classification"
-    c.data.train_file = os.path.normpath(os.path.join(DATA, "sst2", "train.tsv"))
-    c.data.eval_file = os.path.normpath(os.path.join(DATA, "sst2", "dev.tsv"))
+    c.data.train_file = shared_data("sst2", "train.tsv")
+    c.data.eval_file = shared_data("sst2", "dev.tsv")
     c.data.max_length = 128
     c.batch_size = 32
     c.num_epochs = 10.0

@@ -10,18 +10,14 @@ https://github.com/rowanz/swagaf/tree/master/data). About 13,800 steps. Not run 
 `WORKDIR/eval_results.json`; `WORKDIR/best_hf` loads with `AutoModelForMultipleChoice`.
 """
 
-import os
-
-from roberta_jax.finetune_config import default_config
-
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data")
+from roberta_jax.finetune_config import default_config, shared_data
 
 
 def get_config():
     c = default_config()
     c.task = "multiple_choice"
-    c.data.train_file = os.path.normpath(os.path.join(DATA, "swag", "train.csv"))
-    c.data.eval_file = os.path.normpath(os.path.join(DATA, "swag", "val.csv"))
+    c.data.train_file = shared_data("swag", "train.csv")
+    c.data.eval_file = shared_data("swag", "val.csv")
     c.data.max_length = 128
     c.batch_size = 16
     c.num_epochs = 3.0
