@@ -2,15 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import safetensors.numpy
 
 from roberta_jax import convert, metrics
-from tests.train_runs import REPO, TINY_OVERRIDES, losses, run_train
+from tests.train_runs import losses, run_train
 
 
 def test_tiny_run_loss_falls_and_exports(tmp_path, corpus):
@@ -72,21 +70,11 @@ def test_a_checkpoint_restores_onto_another_mesh(tmp_path, corpus, one_device_lo
 
 
 def test_unknown_config_key_names_the_nearest(tmp_path, corpus):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    out = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), f"--config={REPO}/configs/tiny.py",
-                          f"--workdir={tmp_path}", "--config.optimiser.peak_lr=1e-4"],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0
+    out = run_train(tmp_path, corpus, "--config.optimiser.peak_lr=1e-4", succeeds=False)
     assert "did you mean \"optimizer\"" in out.stderr.lower() and "Traceback" not in out.stderr
 
 
 def test_non_finite_run_stops_with_a_clear_error(tmp_path, corpus):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    cmd = [sys.executable, os.path.join(REPO, "train.py"), f"--config={REPO}/configs/tiny.py", f"--workdir={tmp_path}",
-           f"--config.data.train_files={corpus}", *TINY_OVERRIDES, "--config.total_steps=30",
-           "--config.optimizer.peak_lr=1e30", "--config.optimizer.warmup_steps=0", "--config.max_nonfinite_steps=3"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode != 0
+    out = run_train(tmp_path, corpus, "--config.total_steps=30", "--config.optimizer.peak_lr=1e30",
+                    "--config.optimizer.warmup_steps=0", "--config.max_nonfinite_steps=3", succeeds=False)
     assert "3 consecutive steps with non-finite loss or gradients" in out.stderr
-
-
