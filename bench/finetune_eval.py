@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import logging
 import os
@@ -40,7 +39,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from roberta_jax import finetune_config  # noqa: E402
+from roberta_jax import cli, finetune_config  # noqa: E402
 
 # What the runs read from `--data_dir`, per task: (train, eval) files, or one file split by article (squad).
 FILES = {
@@ -55,11 +54,7 @@ SQUAD_EVAL_ARTICLES = 4
 
 
 def load_config(task: str):
-    path = os.path.join(REPO, "configs", "finetune", f"{task}.py")
-    spec = importlib.util.spec_from_file_location(f"finetune_config_{task}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return cli.load_config(os.path.join(REPO, "configs", "finetune", f"{task}.py"))
 
 
 def split_squad(path: str, out_dir: str) -> tuple[str, str]:

@@ -1,16 +1,30 @@
-"""Command-line pieces shared by the entry points (`train.py`, `finetune.py`): config-flag parsing with a
-one-line error for an unknown key, `jax.distributed` set up from the config, the workdir with the
-resolved config, and the log filter that keeps Orbax's per-save lines out of the way."""
+"""Command-line pieces shared by the entry points (`train.py`, `finetune.py`, the sweep): loading a
+config file, config-flag parsing with a one-line error for an unknown key, `jax.distributed` set up
+from the config, the workdir with the resolved config, and the log filter that keeps Orbax's
+per-save lines out of the way."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
 import sys
 
 import jax
+import ml_collections
 from absl import flags
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/config.py` or `path/to/config.py:arg`, as `--config` takes it: its `get_config([arg])`."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location("_config_file", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:

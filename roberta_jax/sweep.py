@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import importlib.util
 import itertools
 import json
 import math
@@ -38,7 +37,7 @@ from typing import Any
 
 import ml_collections
 
-from roberta_jax import events
+from roberta_jax import cli, events
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_FILE = "sweep.json"
@@ -53,17 +52,6 @@ class Run:
     name: str
     workdir: str
     overrides: dict[str, str]
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """`path/to/config.py` or `path/to/config.py:arg`, as `--config` takes it: its `get_config([arg])`."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location("_sweep_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
 
 
 def config_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -300,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "run":
-            config = load_config(args.config)
+            config = cli.load_config(args.config)
             runs, common = expand(config, args.grid, args.set, args.workdir)
             write_sweep_file(args.workdir, args.config, runs, common)
             if args.print_only:

@@ -1,7 +1,6 @@
 """finetune.py end to end on CPU for the four tasks, from an HF directory and from a pretraining workdir;
 the task losses against `transformers`; the batch iterator; the config files and the command line."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,10 +15,11 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 import finetune
-from roberta_jax import checkpoint, finetune_lib, hf_io, metrics, sharding, sweep, train_lib
+from roberta_jax import checkpoint, cli, finetune_lib, hf_io, sharding, sweep, train_lib
 from roberta_jax.config import RobertaConfig
 from roberta_jax.heads import ARCHITECTURES
 from roberta_jax.tokenizer import RobertaTokenizer
+from tests.train_runs import losses
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -39,10 +39,7 @@ TASKS = {
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", "finetune", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return cli.load_config(os.path.join(REPO, "configs", "finetune", f"{name}.py"))
 
 
 def tiny_config(name, init_from, **overrides):
@@ -160,7 +157,7 @@ def test_resume_finishes_like_an_uninterrupted_run(tmp_path, hf_dir):
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
     resumed = finetune.finetune_and_evaluate(config, str(tmp_path / "b"))
     assert resumed["final"] == straight["final"] and resumed["best"] == straight["best"]
-    assert train_losses(tmp_path / "a") == train_losses(tmp_path / "b")  # exact on CPU
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")  # exact on CPU
     # A finished run started again trains nothing and reports the same.
     assert finetune.finetune_and_evaluate(config, str(tmp_path / "a"))["final"] == straight["final"]
 
@@ -175,12 +172,8 @@ def test_learns_its_training_sentences(tmp_path, hf_dir):
     config.checkpoint.every_steps = 30
     results = finetune.finetune_and_evaluate(config, str(tmp_path))
     assert results["final"]["eval/accuracy"] == 1.0
-    losses = [loss for _, loss in sorted(train_losses(tmp_path).items())]
-    assert len(losses) == 30 and np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
-
-
-def train_losses(workdir):
-    return {s: m["train/loss"] for s, m in metrics.read_metrics(str(workdir)).items() if "train/loss" in m}
+    curve = [loss for _, loss in sorted(losses(tmp_path).items())]
+    assert len(curve) == 30 and np.mean(curve[-3:]) < 0.5 * np.mean(curve[:3])
 
 
 def fresh_zeros(architecture, config):

@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from roberta_jax import sweep
+from roberta_jax import cli, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "tiny.py")
@@ -14,7 +14,7 @@ CONFIG = os.path.join(REPO, "configs", "tiny.py")
 
 @pytest.fixture(scope="module")
 def config():
-    return sweep.load_config(CONFIG)
+    return cli.load_config(CONFIG)
 
 
 def test_grid_expands_to_the_cartesian_product_with_named_workdirs(config, tmp_path):
