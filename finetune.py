@@ -2,7 +2,7 @@
 
 Sequence classification (GLUE-style, single sentences or pairs; regression), token classification
 (CoNLL NER), extractive QA (SQuAD v1.1) and multiple choice (SWAG) on the pretraining step machinery:
-the same sharded state, compiled step (`train_lib.make_train_step` with the task's loss), loop,
+the same sharded state, compiled step (`steps.make_train_step` with the task's loss), loop,
 checkpoints and metrics. Reads top to bottom: distributed setup, workdir, tokenizer and task data, model
 and initial weights, sharded state, compiled steps, checkpoint restore, evaluation with the best export,
 the loop, the results.
@@ -27,11 +27,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from roberta_jax import checkpoint as ckpt
-from roberta_jax import cli, finetune_lib, hf_io, loop, metrics, sharding, train_lib
-from roberta_jax.data import to_global
-from roberta_jax.heads import ARCHITECTURES
-from roberta_jax.tokenizer import RobertaTokenizer
+from roberta_jax.data.batches import to_global
+from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.finetune import lib
+from roberta_jax.model import hf_io
+from roberta_jax.model.heads import ARCHITECTURES
+from roberta_jax.train import checkpoint as ckpt
+from roberta_jax.train import cli, loop, metrics, sharding, steps
 
 log = logging.getLogger("absl")  # absl sets up the handlers
 BEST_HF, BEST_RECORD, RESULTS = "best_hf", "best.json", "eval_results.json"
@@ -39,7 +41,7 @@ BEST_HF, BEST_RECORD, RESULTS = "best_hf", "best.json", "eval_results.json"
 
 def schedule(config, num_train: int) -> tuple[int, ml_collections.ConfigDict]:
     """Total steps (`total_steps`, or `num_epochs` over `num_train` examples at `batch_size`, partial
-    batches dropped) and the optimizer section `train_lib.make_optimizer` takes, warmup from the ratio."""
+    batches dropped) and the optimizer section `steps.make_optimizer` takes, warmup from the ratio."""
     steps_per_epoch = num_train // config.batch_size
     total = config.total_steps or math.ceil(config.num_epochs * steps_per_epoch)
     if total <= 0:
@@ -59,37 +61,37 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
     # -- Workdir and the resolved config ----------------------------------------------------
     if not config.init_from:
         raise ValueError("set --config.init_from to an HF directory (e.g. roberta-base) or a pretraining workdir")
-    base_arch = finetune_lib.initial_config(config.init_from)
-    if config.data.max_length > finetune_lib.max_length_limit(base_arch):
+    base_arch = lib.initial_config(config.init_from)
+    if config.data.max_length > lib.max_length_limit(base_arch):
         raise ValueError(f"data.max_length={config.data.max_length} is longer than the {config.init_from} model's "
-                         f"positions allow ({finetune_lib.max_length_limit(base_arch)}); lower it")
-    names = finetune_lib.metric_names(config)
+                         f"positions allow ({lib.max_length_limit(base_arch)}); lower it")
+    names = lib.metric_names(config)
     if config.best_metric not in names:
         raise ValueError(f"best_metric={config.best_metric!r} is not a metric of this task; choose from {names}")
     workdir = cli.prepare_workdir(workdir, config, "finetune_config.json")
     writer = metrics.MetricWriter(workdir)
 
     # -- Tokenizer and task data ------------------------------------------------------------
-    tokenizer = RobertaTokenizer.from_pretrained(config.tokenizer_path or finetune_lib.tokenizer_dir(config.init_from))
-    data = finetune_lib.load_task_data(config, tokenizer)
+    tokenizer = RobertaTokenizer.from_pretrained(config.tokenizer_path or lib.tokenizer_dir(config.init_from))
+    data = lib.load_task_data(config, tokenizer)
     regression = config.task == "classification" and config.data.regression
     total_steps, opt_config = schedule(config, len(data.train_features["input_ids"]))
-    train_batches = finetune_lib.FeatureBatches(data.arrays("train"), config.batch_size, seed=config.seed)
+    train_batches = lib.FeatureBatches(data.arrays("train"), config.batch_size, seed=config.seed)
     log.info("%s: %d train / %d eval examples (%d / %d rows), %d steps", config.task, len(data.train_examples),
              len(data.eval_examples), train_batches.num_rows, len(data.eval_features["input_ids"]), total_steps)
 
     # -- Model, optimizer, mesh, and the sharded state with the initial weights -------------
-    architecture = finetune_lib.HEADS[config.task]
-    arch = base_arch.replace(**finetune_lib.head_overrides(config, data))
+    architecture = lib.HEADS[config.task]
+    arch = base_arch.replace(**lib.head_overrides(config, data))
     model = ARCHITECTURES[architecture](
         arch, dtype=jnp.dtype(config.dtype), implementation=config.attention_implementation or None,
         remat=config.remat,
     )
-    tx, lr_schedule = train_lib.make_optimizer(opt_config)
+    tx, lr_schedule = steps.make_optimizer(opt_config)
     mesh = sharding.make_mesh(dict(config.mesh))
-    state, state_shardings = train_lib.create_train_state(model, tx, mesh, config.seed)
+    state, state_shardings = steps.create_train_state(model, tx, mesh, config.seed)
     # Adam's moments start at zero whatever the params are, so only the params are replaced.
-    params, report = finetune_lib.load_initial(config.init_from, state.params)
+    params, report = lib.load_initial(config.init_from, state.params)
     state = state.replace(params=jax.tree.map(_put, params, state_shardings.params))
     del params
     log.info("%s from %s; initialised here: %s", architecture, config.init_from, report)
@@ -97,18 +99,18 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
              f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
 
     # -- Compiled steps ---------------------------------------------------------------------
-    loss_fn = finetune_lib.task_loss(config.task, model, regression)
+    loss_fn = lib.task_loss(config.task, model, regression)
     batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     train_step = jax.jit(
-        train_lib.make_train_step(tx, lr_schedule, loss_fn, seed=config.seed,
+        steps.make_train_step(tx, lr_schedule, loss_fn, seed=config.seed,
                                   num_micro=config.grad_accum_steps,
-                                  accuracy_name=finetune_lib.accuracy_name(config.task, regression)),
+                                  accuracy_name=lib.accuracy_name(config.task, regression)),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
     eval_step = jax.jit(
-        finetune_lib.task_eval_step(config.task, model, regression),
+        lib.task_eval_step(config.task, model, regression),
         in_shardings=(state_shardings.params, batch_sharding),
         out_shardings=replicated,
     )
@@ -133,14 +135,14 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
     sign = -1.0 if config.best_metric == "loss" else 1.0
 
     def evaluate(state, step) -> dict[str, float]:
-        batches = finetune_lib.FeatureBatches(eval_arrays, config.eval_batch_size or config.batch_size,
+        batches = lib.FeatureBatches(eval_arrays, config.eval_batch_size or config.batch_size,
                                               shuffle=False, num_epochs=1, drop_remainder=False)
         sums, outputs = {"loss_sum": 0.0, "count": 0.0}, []
         for batch in batches:
             out_sums, out = jax.device_get(eval_step(state.params, to_global(batch, mesh)))
             sums = {k: sums[k] + float(out_sums[k]) for k in sums}
             outputs.append(out)
-        scores = finetune_lib.compute_metrics(config, data, finetune_lib.gather_rows(outputs, num_eval))
+        scores = lib.compute_metrics(config, data, lib.gather_rows(outputs, num_eval))
         results = {f"eval/{k}": float(v) for k, v in scores.items()}
         results["eval/loss"] = sums["loss_sum"] / max(sums["count"], 1.0)
         if not best["metrics"] or sign * results[key] > sign * best["metrics"][key]:

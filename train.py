@@ -19,12 +19,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from roberta_jax import checkpoint as ckpt
-from roberta_jax import cli, convert, hf_io, loop, masking, metrics, sharding, train_lib
-from roberta_jax.config import RobertaConfig
-from roberta_jax.data import BatchIterator, build_pretraining_data, to_global
-from roberta_jax.heads import RobertaForMaskedLM
-from roberta_jax.tokenizer import RobertaTokenizer
+from roberta_jax.data.batches import BatchIterator, build_pretraining_data, to_global
+from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.model import hf_io
+from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model.heads import RobertaForMaskedLM
+from roberta_jax.tools import convert
+from roberta_jax.train import checkpoint as ckpt
+from roberta_jax.train import cli, loop, masking, metrics, sharding, steps
 
 log = logging.getLogger("absl")  # absl sets up the handlers
 MODEL_CONFIG = convert.WORKDIR_MODEL_CONFIG  # the architecture, as HF config.json, beside the checkpoints
@@ -96,9 +98,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     )
     if is_main:
         arch.to_json_file(os.path.join(workdir, MODEL_CONFIG))
-    tx, schedule = train_lib.make_optimizer(config.optimizer)
+    tx, schedule = steps.make_optimizer(config.optimizer)
     mesh = sharding.make_mesh(dict(config.mesh))
-    state, state_shardings = train_lib.create_train_state(model, tx, mesh, config.seed)
+    state, state_shardings = steps.create_train_state(model, tx, mesh, config.seed)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     log.info("mesh %s, %s parameters", dict(mesh.shape), f"{num_params:,}")
 
@@ -107,17 +109,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         masking.mask_tokens, mask_token_id=tokenizer.mask_token_id, vocab_size=arch.vocab_size,
         special_ids=never_masked_ids(tokenizer, arch.vocab_size), **config.masking,
     )
-    prepare, loss_fn = train_lib.mlm_prepare(mask_fn), train_lib.mlm_loss(model)
+    prepare, loss_fn = steps.mlm_prepare(mask_fn), steps.mlm_loss(model)
     batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     train_step = jax.jit(
-        train_lib.make_train_step(tx, schedule, loss_fn, seed=config.seed, num_micro=config.grad_accum_steps,
+        steps.make_train_step(tx, schedule, loss_fn, seed=config.seed, num_micro=config.grad_accum_steps,
                                   prepare=prepare, accuracy_name="mlm_accuracy"),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
     eval_step = jax.jit(
-        train_lib.make_eval_step(loss_fn, seed=config.eval_seed, prepare=prepare),
+        steps.make_eval_step(loss_fn, seed=config.eval_seed, prepare=prepare),
         in_shardings=(state_shardings.params, batch_sharding, None),
         out_shardings=replicated,
     )

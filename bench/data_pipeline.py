@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from roberta_jax.data import BatchIterator, build_pretraining_data, to_global
+from roberta_jax.data.batches import BatchIterator, build_pretraining_data, to_global
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

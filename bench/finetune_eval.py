@@ -39,7 +39,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from roberta_jax import cli, finetune_config  # noqa: E402
+from roberta_jax.finetune import config as finetune_config  # noqa: E402
+from roberta_jax.train import cli  # noqa: E402
 
 # What the runs read from `--data_dir`, per task: (train, eval) files, or one file split by article (squad).
 FILES = {
@@ -75,7 +76,7 @@ def task_config(task: str, args, train_file: str, eval_file: str):
     """The task's config with the data, part, schedule and shapes of this evaluation."""
     import jax
 
-    from roberta_jax import finetune_lib
+    from roberta_jax.finetune import lib
 
     c = load_config(task)
     max_train, max_eval, epochs = PARTS[task]
@@ -88,7 +89,7 @@ def task_config(task: str, args, train_file: str, eval_file: str):
         c.optimizer.peak_lr = args.lr
     if args.batch_size is not None:
         c.batch_size = args.batch_size
-    limit = finetune_lib.max_length_limit(finetune_lib.initial_config(args.init_from))
+    limit = lib.max_length_limit(lib.initial_config(args.init_from))
     c.data.max_length = min(args.max_length or c.data.max_length, limit)
     c.data.doc_stride = min(c.data.doc_stride, c.data.max_length // 2)
     if jax.default_backend() == "cpu":
@@ -101,7 +102,7 @@ def task_config(task: str, args, train_file: str, eval_file: str):
 
 def majority_baseline(config) -> float:
     """Accuracy of always answering the dev set's most frequent label."""
-    from roberta_jax import tasks
+    from roberta_jax.finetune import tasks
 
     options = dict(text_a=config.data.text_a or None, text_b=config.data.text_b or None,
                    label=config.data.label_column)

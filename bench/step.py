@@ -52,9 +52,9 @@ def build_ours(model_name: str, length: int, batch: int, args):
     import ml_collections
     import numpy as np
 
-    from roberta_jax import masking, sharding, train_lib
-    from roberta_jax.config import preset
-    from roberta_jax.heads import RobertaForMaskedLM
+    from roberta_jax.model.config import preset
+    from roberta_jax.model.heads import RobertaForMaskedLM
+    from roberta_jax.train import masking, sharding, steps
 
     jax.config.update("jax_default_prng_impl", args.prng)
     vocab = {"vocab_size": args.vocab_size} if args.vocab_size else {}
@@ -62,14 +62,14 @@ def build_ours(model_name: str, length: int, batch: int, args):
     model = RobertaForMaskedLM(config, dtype=jnp.bfloat16, implementation=args.attention or None, remat=args.remat)
     opt = ml_collections.ConfigDict(dict(peak_lr=1e-4, warmup_steps=100, total_steps=10_000, end_lr=0.0, b1=0.9,
                                          b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=0.0))
-    tx, schedule = train_lib.make_optimizer(opt)
+    tx, schedule = steps.make_optimizer(opt)
     mesh = sharding.make_mesh({"data": -1})
-    state, shardings = train_lib.create_train_state(model, tx, mesh, seed=0)
+    state, shardings = steps.create_train_state(model, tx, mesh, seed=0)
     mask_fn = functools.partial(masking.mask_tokens, mask_token_id=50264, vocab_size=config.vocab_size,
                                 special_ids=(0, 1, 2, 3))
     step_fn = jax.jit(
-        train_lib.make_train_step(tx, schedule, train_lib.mlm_loss(model), seed=0,
-                                  prepare=train_lib.mlm_prepare(mask_fn)),
+        steps.make_train_step(tx, schedule, steps.mlm_loss(model), seed=0,
+                                  prepare=steps.mlm_prepare(mask_fn)),
         in_shardings=(shardings, sharding.batch_sharding(mesh)),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
@@ -86,7 +86,7 @@ def build_ours(model_name: str, length: int, batch: int, args):
     if args.mode == "step":
         return step
     # Parts of the step alone: where the time goes.
-    loss_fn, prepare = train_lib.mlm_loss(model), train_lib.mlm_prepare(mask_fn)
+    loss_fn, prepare = steps.mlm_loss(model), steps.mlm_prepare(mask_fn)
     prepared = jax.jit(prepare)(jax.random.key(1), batch_arrays)
     rng = None if args.mode == "forward" else jax.random.key(2)
     part = jax.jit(loss_fn if args.mode == "forward" else jax.grad(lambda p, b, r: loss_fn(p, b, r)[0]))
@@ -111,7 +111,7 @@ def run_peer(model_name: str, length: int, batch: int, args) -> dict:
     import torch
     import transformers
 
-    from roberta_jax.config import preset
+    from roberta_jax.model.config import preset
 
     arch = preset(model_name).to_dict()
     arch = {k: arch[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -153,8 +153,8 @@ def one(args) -> None:
 
 
 def summarise(model_name: str, length: int, batch: int, result: dict) -> dict:
-    from roberta_jax.config import preset
-    from roberta_jax.metrics import flops_per_token, peak_flops_by_kind
+    from roberta_jax.model.config import preset
+    from roberta_jax.train.metrics import flops_per_token, peak_flops_by_kind
 
     if "error" in result:
         return {"error": result["error"]}

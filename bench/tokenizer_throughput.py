@@ -46,7 +46,7 @@ def _median_seconds(
 
 def worker(batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
     """Tokens/s of ours and HF's per corpus file, in this process's rayon pool."""
-    from roberta_jax.tokenizer import RobertaTokenizer
+    from roberta_jax.data.tokenizer import RobertaTokenizer
 
     ours = RobertaTokenizer.from_files(VOCAB_DIR / "vocab.json", VOCAB_DIR / "merges.txt")
     try:

@@ -26,7 +26,7 @@ sys.path.insert(0, REPO)
 
 
 def train_overrides(args, workdir: str) -> list[str]:
-    from roberta_jax.config import PRESETS
+    from roberta_jax.model.config import PRESETS
 
     arch = {k: v for k, v in PRESETS[args.model].items()
             if k not in ("vocab_size",)}  # the vocabulary is the tokenizer's

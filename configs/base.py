@@ -18,7 +18,7 @@ filesystem every host mounts):
 Expect MLM loss ~2.0 (perplexity ~4) after the full schedule on BookCorpus + Wikipedia scale data.
 """
 
-from roberta_jax.train_config import default_config
+from roberta_jax.train.config import default_config
 
 
 def get_config():

@@ -11,7 +11,7 @@ none, and with it every layer writes out its [batch, heads, 512, 512] probabilit
 Expect MLM loss ~1.8 after the full schedule at paper scale.
 """
 
-from roberta_jax.train_config import default_config, with_preset
+from roberta_jax.train.config import default_config, with_preset
 
 
 def get_config():

@@ -12,7 +12,7 @@ WORKDIR/hf.
 
 import os
 
-from roberta_jax.train_config import default_config
+from roberta_jax.train.config import default_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

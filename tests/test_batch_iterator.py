@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from roberta_jax.data import BatchIterator, to_global
-from roberta_jax.packing import PackedRows
+from roberta_jax.data.batches import BatchIterator, to_global
+from roberta_jax.data.packing import PackedRows
 
 PAD = 1
 

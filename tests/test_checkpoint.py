@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from roberta_jax.checkpoint import Checkpointer
+from roberta_jax.train.checkpoint import Checkpointer
 
 
 def make_state(value: float) -> dict:

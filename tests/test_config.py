@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from roberta_jax.config import RobertaConfig, preset
+from roberta_jax.model.config import RobertaConfig, preset
 
 transformers = pytest.importorskip("transformers")
 
@@ -88,8 +88,8 @@ def test_unknown_preset_field_names_the_nearest_one():
 def test_presets_have_the_published_sizes():
     import jax
 
-    from roberta_jax import hf_io
-    from roberta_jax.heads import RobertaForMaskedLM
+    from roberta_jax.model import hf_io
+    from roberta_jax.model.heads import RobertaForMaskedLM
 
     def count(name):
         shapes = jax.eval_shape(lambda: hf_io.init_params(RobertaForMaskedLM(preset(name)), jax.random.key(0)))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from roberta_jax import convert
+from roberta_jax.tools import convert
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from roberta_jax.data import build_pretraining_data
-from roberta_jax.data_sources import TokenizerInfo, resolve_tokenizer, split_documents, tokenize_corpus
-from roberta_jax.packing import pack_documents, unpack_documents
+from roberta_jax.data.batches import build_pretraining_data
+from roberta_jax.data.packing import pack_documents, unpack_documents
+from roberta_jax.data.sources import TokenizerInfo, resolve_tokenizer, split_documents, tokenize_corpus
 
 BOS, PAD, EOS = 0, 1, 2
 WIKITEXT = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data/corpus/wikitext2-test.raw"
@@ -257,7 +257,7 @@ def test_two_processes_tokenize_like_one(tmp_path, bpe):
 
 
 def test_project_tokenizer_is_used_without_its_padding_state(tmp_path, bpe):
-    tokenizer_module = pytest.importorskip("roberta_jax.tokenizer")
+    tokenizer_module = pytest.importorskip("roberta_jax.data.tokenizer")
     tokenizer = tokenizer_module.RobertaTokenizer(Tokenizer.from_str(bpe.to_str()))
     tokenizer.encode_batch(["the fox", "a lazy dog jumps"], padding="max_length", max_length=32, truncation=True)
     path = write(tmp_path / "a.txt", "the quick brown fox jumps over a lazy dog\n\nthe dog")

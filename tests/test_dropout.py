@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from roberta_jax.dropout import Dropout, keep_mask
+from roberta_jax.model.dropout import Dropout, keep_mask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,7 +92,7 @@ def test_mask_is_the_same_on_any_mesh():
         """
         import jax, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        from roberta_jax.dropout import keep_mask
+        from roberta_jax.model.dropout import keep_mask
         key, shape = jax.random.key(11), (16, 64, 96)
         one = np.asarray(jax.jit(lambda k: keep_mask(k, shape, 0.1)[0])(key))
         mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("a", "b", "c"))

@@ -11,7 +11,8 @@ from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.proto.tensor_pb2 import TensorProto
 
-from roberta_jax import events, metrics
+from roberta_jax.tools import events
+from roberta_jax.train import metrics
 
 
 def write_scalars(logdir, points, suffix=""):

@@ -6,10 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from roberta_jax import explore, hf_io
-from roberta_jax.config import preset
-from roberta_jax.heads import RobertaForMaskedLM
-from roberta_jax.tokenizer import RobertaTokenizer
+from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.model import hf_io
+from roberta_jax.model.config import preset
+from roberta_jax.model.heads import RobertaForMaskedLM
+from roberta_jax.tools import explore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(REPO, "tests", "data", "roberta-base")

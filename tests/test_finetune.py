@@ -15,10 +15,13 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 import finetune
-from roberta_jax import checkpoint, cli, finetune_lib, hf_io, sharding, sweep, train_lib
-from roberta_jax.config import RobertaConfig
-from roberta_jax.heads import ARCHITECTURES
-from roberta_jax.tokenizer import RobertaTokenizer
+from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.finetune import lib
+from roberta_jax.model import hf_io
+from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model.heads import ARCHITECTURES
+from roberta_jax.tools import sweep
+from roberta_jax.train import checkpoint, cli, sharding, steps
 from tests.train_runs import losses
 
 torch = pytest.importorskip("torch")
@@ -85,14 +88,14 @@ def pretraining_workdir(tmp_path_factory, hf_dir):
     `model_config.json` and `tokenizer/`."""
     workdir = tmp_path_factory.mktemp("pretrain")
     params, model, _ = hf_io.load_hf(hf_dir, "RobertaForMaskedLM")
-    tx, _ = train_lib.make_optimizer(ml_collections.ConfigDict(
+    tx, _ = steps.make_optimizer(ml_collections.ConfigDict(
         dict(peak_lr=1e-3, warmup_steps=1, total_steps=10, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01)))
-    state, shardings = train_lib.create_train_state(model, tx, sharding.make_mesh({"data": -1}), seed=0)
+    state, shardings = steps.create_train_state(model, tx, sharding.make_mesh({"data": -1}), seed=0)
     state = state.replace(step=jnp.asarray(3, jnp.int32), params=jax.device_put(params, shardings.params))
     saver = checkpoint.Checkpointer(str(workdir / "checkpoints"), every_steps=1, asynchronous=False)
     saver.save(3, state, {"epoch": 0, "position": 3})
     saver.close()
-    model.config.to_json_file(str(workdir / finetune_lib.PRETRAINING_MODEL_CONFIG))
+    model.config.to_json_file(str(workdir / lib.PRETRAINING_MODEL_CONFIG))
     RobertaTokenizer.from_pretrained(hf_dir).save(workdir / "tokenizer")
     return str(workdir), params
 
@@ -112,7 +115,7 @@ def test_task_end_to_end_exports_a_transformers_model(tmp_path, hf_dir, name):
     assert saved["final_step"] == 4 and saved["best_step"] in (2, 4)
     key = f"eval/{config.best_metric}"
     assert saved["best_metric"] == key and saved["best"][key] >= saved["final"][key]
-    assert set(finetune_lib.metric_names(config)) == {k.removeprefix("eval/") for k in saved["final"]
+    assert set(lib.metric_names(config)) == {k.removeprefix("eval/") for k in saved["final"]
                                                         if not k.startswith("eval/best_")}
     assert saved == json.loads(json.dumps(results))
     assert json.loads((tmp_path / "best.json").read_text())["step"] == saved["best_step"]
@@ -126,8 +129,8 @@ def test_task_end_to_end_exports_a_transformers_model(tmp_path, hf_dir, name):
     hf_model, info = auto.from_pretrained(best, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     hf_model.eval()
-    params, model, report = hf_io.load_hf(best, finetune_lib.HEADS[config.task], strict=True)
-    data = finetune_lib.load_task_data(config, RobertaTokenizer.from_pretrained(best))
+    params, model, report = hf_io.load_hf(best, lib.HEADS[config.task], strict=True)
+    data = lib.load_task_data(config, RobertaTokenizer.from_pretrained(best))
     text = "a warm , funny film"
     assert transformers.AutoTokenizer.from_pretrained(best)(text)["input_ids"] == RobertaTokenizer.from_pretrained(
         best)(text)["input_ids"]
@@ -143,8 +146,8 @@ def test_task_end_to_end_exports_a_transformers_model(tmp_path, hf_dir, name):
     # The export holds the params of the best evaluation: its metrics come back from the files.
     eval_arrays = {k: jnp.asarray(v) for k, v in data.arrays("eval").items()}
     eval_arrays["weights"] = jnp.ones(len(eval_arrays["input_ids"]), jnp.float32)
-    _, outputs = jax.jit(finetune_lib.task_eval_step(config.task, model))(params, eval_arrays)
-    rescored = finetune_lib.compute_metrics(config, data, jax.device_get(outputs))
+    _, outputs = jax.jit(lib.task_eval_step(config.task, model))(params, eval_arrays)
+    rescored = lib.compute_metrics(config, data, jax.device_get(outputs))
     assert rescored[config.best_metric] == pytest.approx(saved["best"][key], abs=1e-6)
 
 
@@ -185,8 +188,8 @@ def fresh_zeros(architecture, config):
 
 def test_init_from_pretraining_workdir(tmp_path, pretraining_workdir):
     workdir, mlm_params = pretraining_workdir
-    config = finetune_lib.initial_config(workdir).replace(num_labels=3)
-    params, report = finetune_lib.load_initial(workdir, fresh_zeros("RobertaForSequenceClassification", config))
+    config = lib.initial_config(workdir).replace(num_labels=3)
+    params, report = lib.load_initial(workdir, fresh_zeros("RobertaForSequenceClassification", config))
     assert sorted(report.missing) == sorted(
         f"classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")
     )
@@ -194,13 +197,13 @@ def test_init_from_pretraining_workdir(tmp_path, pretraining_workdir):
     jax.tree.map(np.testing.assert_array_equal, params["roberta"], jax.device_get(mlm_params["roberta"]))
     assert params["classifier"]["out_proj"]["kernel"].shape == (32, 3)
     assert not np.any(params["classifier"]["out_proj"]["kernel"])  # the fresh value, kept
-    assert finetune_lib.tokenizer_dir(workdir) == os.path.join(workdir, "tokenizer")
+    assert lib.tokenizer_dir(workdir) == os.path.join(workdir, "tokenizer")
     # Multiple choice reads the pooler, which an MLM checkpoint lacks: left fresh, and reported.
-    _, report = finetune_lib.load_initial(workdir, fresh_zeros("RobertaForMultipleChoice", config))
+    _, report = lib.load_initial(workdir, fresh_zeros("RobertaForMultipleChoice", config))
     assert {"roberta.pooler.dense.weight", "classifier.weight"} <= set(report.missing)
     with pytest.raises(ValueError, match="classifier.out_proj.weight"):  # a head of another label count
         hf_io.save_hf(str(tmp_path / "three"), ARCHITECTURES["RobertaForSequenceClassification"](config), params)
-        finetune_lib.load_initial(str(tmp_path / "three"), fresh_zeros("RobertaForSequenceClassification",
+        lib.load_initial(str(tmp_path / "three"), fresh_zeros("RobertaForSequenceClassification",
                                                                         config.replace(num_labels=2)))
 
     results = finetune.finetune_and_evaluate(tiny_config("sst2", workdir), str(tmp_path / "ft"))
@@ -224,21 +227,21 @@ def test_task_losses_equal_transformers(tmp_path, hf_dir, name):
     if name == "stsb":
         path = os.path.join(TASK_DATA, "stsb.jsonl")
         config.data.update(train_file=path, eval_file=path, regression=True)
-    data = finetune_lib.load_task_data(config, RobertaTokenizer.from_pretrained(hf_dir))
-    architecture = finetune_lib.HEADS[config.task]
-    head_config = finetune_lib.initial_config(hf_dir).replace(**finetune_lib.head_overrides(config, data))
+    data = lib.load_task_data(config, RobertaTokenizer.from_pretrained(hf_dir))
+    architecture = lib.HEADS[config.task]
+    head_config = lib.initial_config(hf_dir).replace(**lib.head_overrides(config, data))
     torch.manual_seed(1)
     hf_model = getattr(transformers, architecture)(transformers.RobertaConfig(**head_config.to_dict())).eval()
     hf_model.save_pretrained(tmp_path)
     params, model, _ = hf_io.load_hf(str(tmp_path), architecture, strict=True)
 
-    batch = next(finetune_lib.FeatureBatches(data.arrays("train"), 3, shuffle=False, process_index=0,
+    batch = next(lib.FeatureBatches(data.arrays("train"), 3, shuffle=False, process_index=0,
                                              process_count=1))
-    loss_sum, (count, _) = finetune_lib.task_loss(config.task, model, config.data.regression)(
+    loss_sum, (count, _) = lib.task_loss(config.task, model, config.data.regression)(
         params, {k: jnp.asarray(v) for k, v in batch.items()}, None
     )
     inputs = {k: torch.tensor(np.asarray(batch[k], np.int64)) for k in ("input_ids", "attention_mask")}
-    targets = {k: torch.tensor(batch[k]) for k in finetune_lib.TARGETS[config.task]}
+    targets = {k: torch.tensor(batch[k]) for k in lib.TARGETS[config.task]}
     if not config.data.regression:
         targets = {k: v.long() for k, v in targets.items()}
     with torch.no_grad():
@@ -248,13 +251,13 @@ def test_task_losses_equal_transformers(tmp_path, hf_dir, name):
 
 def test_padding_rows_change_no_loss(hf_dir):
     config = tiny_config("conll", hf_dir)
-    data = finetune_lib.load_task_data(config, RobertaTokenizer.from_pretrained(hf_dir))
-    head_config = finetune_lib.initial_config(hf_dir).replace(**finetune_lib.head_overrides(config, data))
+    data = lib.load_task_data(config, RobertaTokenizer.from_pretrained(hf_dir))
+    head_config = lib.initial_config(hf_dir).replace(**lib.head_overrides(config, data))
     model = ARCHITECTURES["RobertaForTokenClassification"](head_config)
-    params, _ = finetune_lib.load_initial(hf_dir, fresh_zeros("RobertaForTokenClassification", head_config))
-    loss_fn = jax.jit(finetune_lib.task_loss("ner", model), static_argnums=2)
+    params, _ = lib.load_initial(hf_dir, fresh_zeros("RobertaForTokenClassification", head_config))
+    loss_fn = jax.jit(lib.task_loss("ner", model), static_argnums=2)
     arrays = data.arrays("eval")  # 4 sentences; batches of 3 leave 2 padding rows
-    batches = list(finetune_lib.FeatureBatches(arrays, 3, shuffle=False, num_epochs=1, drop_remainder=False,
+    batches = list(lib.FeatureBatches(arrays, 3, shuffle=False, num_epochs=1, drop_remainder=False,
                                                process_index=0, process_count=1))
     assert [b["weights"].tolist() for b in batches] == [[1, 1, 1], [1, 0, 0]]
     sums = [loss_fn(params, b, None) for b in batches]
@@ -265,23 +268,23 @@ def test_padding_rows_change_no_loss(hf_dir):
 
 def test_feature_batches_shuffle_resume_and_host_shares():
     arrays = {"x": np.arange(10), "y": np.arange(10) * 2}
-    batches = finetune_lib.FeatureBatches(arrays, 4, seed=3, process_index=0, process_count=1)
+    batches = lib.FeatureBatches(arrays, 4, seed=3, process_index=0, process_count=1)
     assert batches.steps_per_epoch == 2
     straight = [next(batches)["x"].tolist() for _ in range(5)]
     epoch0 = np.random.default_rng([3, 0]).permutation(10)
     assert straight[:2] == [epoch0[:4].tolist(), epoch0[4:8].tolist()]
     assert straight[2] == np.random.default_rng([3, 1]).permutation(10)[:4].tolist()
 
-    again = finetune_lib.FeatureBatches(arrays, 4, seed=3, process_index=0, process_count=1)
+    again = lib.FeatureBatches(arrays, 4, seed=3, process_index=0, process_count=1)
     next(again)
     state = json.loads(json.dumps(again.get_state()))
-    resumed = finetune_lib.FeatureBatches(arrays, 4, seed=3, process_index=0, process_count=1)
+    resumed = lib.FeatureBatches(arrays, 4, seed=3, process_index=0, process_count=1)
     resumed.set_state(state)
     assert [next(resumed)["x"].tolist() for _ in range(4)] == straight[1:]
     with pytest.raises(ValueError, match="global_batch_size=4"):
-        finetune_lib.FeatureBatches(arrays, 2, seed=3, process_count=1).set_state(state)
+        lib.FeatureBatches(arrays, 2, seed=3, process_count=1).set_state(state)
 
-    hosts = [finetune_lib.FeatureBatches(arrays, 4, seed=3, process_index=p, process_count=2) for p in (0, 1)]
+    hosts = [lib.FeatureBatches(arrays, 4, seed=3, process_index=p, process_count=2) for p in (0, 1)]
     for global_batch in straight[:3]:
         shares = [next(h) for h in hosts]
         assert shares[0]["x"].tolist() + shares[1]["x"].tolist() == global_batch
@@ -296,7 +299,7 @@ def test_configs_hold_the_recipe(name):
     assert (c.optimizer.peak_lr, c.batch_size, c.num_epochs, c.data.max_length) == recipe
     assert (c.optimizer.b1, c.optimizer.b2, c.optimizer.eps, c.optimizer.weight_decay) == (0.9, 0.98, 1e-6, 0.1)
     assert c.optimizer.warmup_ratio == 0.06 and c.task == TASKS[name]["task"]
-    assert c.best_metric in finetune_lib.metric_names(c)
+    assert c.best_metric in lib.metric_names(c)
     assert os.path.normpath(os.path.join(REPO, "..", "shared", "data")) in c.data.train_file
     total, opt = finetune.schedule(c, num_train=1000)
     assert total == int(np.ceil(c.num_epochs * (1000 // c.batch_size)))

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from roberta_jax import hf_io
-from roberta_jax.config import RobertaConfig
+from roberta_jax.model import hf_io
+from roberta_jax.model.config import RobertaConfig
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -120,7 +120,7 @@ def perturbed_params(model, seed: int):
 
 @pytest.mark.parametrize("architecture", HEADS)
 def test_export_to_transformers(architecture, tmp_path):
-    from roberta_jax.heads import ARCHITECTURES
+    from roberta_jax.model.heads import ARCHITECTURES
 
     config = RobertaConfig.from_dict(hf_config(architecture))
     model = ARCHITECTURES[architecture](config)
@@ -134,7 +134,7 @@ def test_export_to_transformers(architecture, tmp_path):
 
 
 def test_export_loads_with_auto_classes(tmp_path):
-    from roberta_jax.heads import RobertaForSequenceClassification
+    from roberta_jax.model.heads import RobertaForSequenceClassification
 
     config = RobertaConfig.from_dict(HF_CONFIG).replace(id2label={0: "neg", 1: "neu", 2: "pos"})
     model = RobertaForSequenceClassification(config)

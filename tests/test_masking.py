@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from roberta_jax.masking import default_max_predictions, mask_eval_batch, mask_tokens, masked_rng
+from roberta_jax.train.masking import default_max_predictions, mask_eval_batch, mask_tokens, masked_rng
 
 BOS, PAD, EOS, UNK, MASK = 0, 1, 2, 3, 4
 SPECIAL = (BOS, PAD, EOS, UNK)

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from roberta_jax import hf_io
-from roberta_jax.config import preset
-from roberta_jax.heads import RobertaForCausalLM, RobertaForMaskedLM, RobertaForSequenceClassification
-from roberta_jax.layers import attention_implementation, position_ids_from_input_ids
+from roberta_jax.model import hf_io
+from roberta_jax.model.config import preset
+from roberta_jax.model.heads import RobertaForCausalLM, RobertaForMaskedLM, RobertaForSequenceClassification
+from roberta_jax.model.layers import attention_implementation, position_ids_from_input_ids
 
 CONFIG = preset("tiny", vocab_size=97, max_position_embeddings=34)
 

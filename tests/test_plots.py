@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from roberta_jax import explore, plots  # noqa: E402
+from roberta_jax.tools import explore, plots  # noqa: E402
 
 
 def png_bytes(fig):

@@ -4,9 +4,10 @@ import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from roberta_jax import hf_io, sharding
-from roberta_jax.config import preset
-from roberta_jax.heads import RobertaForMaskedLM
+from roberta_jax.model import hf_io
+from roberta_jax.model.config import preset
+from roberta_jax.model.heads import RobertaForMaskedLM
+from roberta_jax.train import sharding
 
 
 def test_mesh_shape_fills_the_one_free_axis():

@@ -6,7 +6,8 @@ import shlex
 
 import pytest
 
-from roberta_jax import cli, sweep
+from roberta_jax.tools import sweep
+from roberta_jax.train import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "tiny.py")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roberta_jax.tasks import classification
+from roberta_jax.finetune.tasks import classification
 
 DATA = Path(__file__).parent / "data"
 TASKS = DATA / "tasks"

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from roberta_jax.tasks import metrics
+from roberta_jax.finetune.tasks import task_metrics
 
 # Reference: the official SQuAD v1.1 evaluation script (https://rajpurkar.github.io/SQuAD-explorer/,
 # "evaluate-v1.1.py"), functions copied verbatim.
@@ -92,10 +92,10 @@ ANSWERS = [
 
 def test_squad_normalize_em_f1_match_official_script():
     for a in ANSWERS:
-        assert metrics.normalize_answer(a) == normalize_answer(a), a
+        assert task_metrics.normalize_answer(a) == normalize_answer(a), a
         for b in ANSWERS:
-            assert metrics.squad_exact_match(a, b) == float(exact_match_score(a, b)), (a, b)
-            assert metrics.squad_f1(a, b) == pytest.approx(f1_score(a, b), abs=1e-12), (a, b)
+            assert task_metrics.squad_exact_match(a, b) == float(exact_match_score(a, b)), (a, b)
+            assert task_metrics.squad_f1(a, b) == pytest.approx(f1_score(a, b), abs=1e-12), (a, b)
 
 
 def test_squad_scores_match_official_evaluate():
@@ -106,7 +106,7 @@ def test_squad_scores_match_official_evaluate():
     ]
     dataset = [{"paragraphs": [{"qas": qas[:25]}, {"qas": qas[25:]}]}]
     predictions = {q["id"]: str(rng.choice(ANSWERS)) for q in qas[:-3]}  # the last 3 unanswered: 0
-    ours = metrics.squad_scores(predictions, {q["id"]: [a["text"] for a in q["answers"]] for q in qas})
+    ours = task_metrics.squad_scores(predictions, {q["id"]: [a["text"] for a in q["answers"]] for q in qas})
     reference = evaluate(dataset, predictions)
     assert ours == pytest.approx(reference, abs=1e-9)
     assert 0 < ours["exact_match"] < ours["f1"] < 100
@@ -132,14 +132,15 @@ def _label_pairs():
 def test_classification_metrics_match_sklearn():
     sk = pytest.importorskip("sklearn.metrics")
     for predictions, labels in _label_pairs():
-        assert metrics.accuracy(predictions, labels) == pytest.approx(sk.accuracy_score(labels, predictions))
+        assert task_metrics.accuracy(predictions, labels) == pytest.approx(sk.accuracy_score(labels, predictions))
         mcc = sk.matthews_corrcoef(labels, predictions)
-        assert metrics.matthews_corrcoef(predictions, labels) == pytest.approx(mcc)
-        assert metrics.f1(predictions, labels, "macro") == pytest.approx(
+        assert task_metrics.matthews_corrcoef(predictions, labels) == pytest.approx(mcc)
+        assert task_metrics.f1(predictions, labels, "macro") == pytest.approx(
             sk.f1_score(labels, predictions, average="macro", zero_division=0)
         )
         if set(np.unique(np.r_[labels, predictions])) <= {0, 1}:
-            assert metrics.f1(predictions, labels) == pytest.approx(sk.f1_score(labels, predictions, zero_division=0))
+            reference = sk.f1_score(labels, predictions, zero_division=0)
+            assert task_metrics.f1(predictions, labels) == pytest.approx(reference)
 
 
 def test_correlations_match_scipy():
@@ -153,9 +154,9 @@ def test_correlations_match_scipy():
         (np.array([1.0, 2.0, 2.0, 2.0, 5.0]), np.array([0.3, 0.3, 0.1, 0.9, 0.9])),
     ]
     for a, b in cases:
-        assert metrics.pearson(a, b) == pytest.approx(stats.pearsonr(a, b)[0], abs=1e-12)
-        assert metrics.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
-        np.testing.assert_array_equal(metrics.rank(a), stats.rankdata(a))
+        assert task_metrics.pearson(a, b) == pytest.approx(stats.pearsonr(a, b)[0], abs=1e-12)
+        assert task_metrics.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
+        np.testing.assert_array_equal(task_metrics.rank(a), stats.rankdata(a))
 
 
 TRICKY_TAGS = [
@@ -179,9 +180,9 @@ def _random_tags(rng, n, types=("PER", "LOC", "ORG")):
 def test_entities_match_seqeval_get_entities():
     seqeval = pytest.importorskip("seqeval.metrics.sequence_labeling")
     sentences = TRICKY_TAGS + _random_tags(np.random.default_rng(3), 30)
-    assert metrics.entities(sentences) == set(seqeval.get_entities(sentences))
+    assert task_metrics.entities(sentences) == set(seqeval.get_entities(sentences))
     for sentence in sentences:
-        assert metrics.entities([sentence]) == set(seqeval.get_entities(sentence))
+        assert task_metrics.entities([sentence]) == set(seqeval.get_entities(sentence))
 
 
 def test_entity_scores_match_seqeval():
@@ -193,19 +194,20 @@ def test_entity_scores_match_seqeval():
             [t if rng.random() >= noise else str(rng.choice(["O", "B-PER", "I-PER", "I-LOC", "B-ORG"])) for t in s]
             for s in gold
         ]
-        ours = metrics.entity_scores(gold, predicted)
+        ours = task_metrics.entity_scores(gold, predicted)
         assert ours["precision"] == pytest.approx(seqeval.precision_score(gold, predicted))
         assert ours["recall"] == pytest.approx(seqeval.recall_score(gold, predicted))
         assert ours["f1"] == pytest.approx(seqeval.f1_score(gold, predicted))
         assert ours["accuracy"] == pytest.approx(seqeval.accuracy_score(gold, predicted))
     all_o = [["O"] * len(s) for s in gold]
-    assert metrics.entity_scores(gold, all_o) | {"accuracy": 0} == {"precision": 0, "recall": 0, "f1": 0, "accuracy": 0}
+    nothing = {"precision": 0, "recall": 0, "f1": 0, "accuracy": 0}
+    assert task_metrics.entity_scores(gold, all_o) | {"accuracy": 0} == nothing
 
 
 def test_entity_scores_exact_values():
     gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
     predicted = [["B-PER", "I-PER", "O", "O"], ["I-ORG", "O"]]  # PER and ORG found, LOC missed
-    scores = metrics.entity_scores(gold, predicted)
+    scores = task_metrics.entity_scores(gold, predicted)
     assert scores == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "accuracy": 4 / 6})
     with pytest.raises(ValueError, match="differ"):
-        metrics.entity_scores(gold, predicted[:1])
+        task_metrics.entity_scores(gold, predicted[:1])

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roberta_jax.tasks import multiple_choice
+from roberta_jax.finetune.tasks import multiple_choice
 
 DATA = Path(__file__).parent / "data"
 SWAG = DATA / "tasks" / "swag.csv"

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roberta_jax.tasks import tokens
+from roberta_jax.finetune.tasks import ner
 
 DATA = Path(__file__).parent / "data"
 CONLL = DATA / "tasks" / "conll.txt"
@@ -21,25 +21,25 @@ def hf(make_hf):
 
 @pytest.fixture(scope="module")
 def examples():
-    return tokens.load_examples(CONLL)
+    return ner.load_examples(CONLL)
 
 
 def test_load_conll(examples, tmp_path):
     assert [len(e.words) for e in examples] == [7, 7, 4, 3]  # -DOCSTART- skipped; last sentence unterminated
     assert examples[0].words == ("Angela", "Merkel", "visited", "Zürich", "on", "1996-08-22", ".")
     assert examples[0].tags == ("B-PER", "I-PER", "O", "B-LOC", "O", "O", "O")
-    assert examples[3] == tokens.Example(("Blackburn", "scored", "twice"), ("B-PER", "O", "O"))
-    assert tokens.infer_label_list(examples) == LABELS
+    assert examples[3] == ner.Example(("Blackburn", "scored", "twice"), ("B-PER", "O", "O"))
+    assert ner.infer_label_list(examples) == LABELS
     four = tmp_path / "four.txt"
     four.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\nPeter NNP B-NP B-PER\n")
-    assert tokens.load_examples(four) == [
-        tokens.Example(("EU", "rejects"), ("B-ORG", "O")), tokens.Example(("Peter",), ("B-PER",))
+    assert ner.load_examples(four) == [
+        ner.Example(("EU", "rejects"), ("B-ORG", "O")), ner.Example(("Peter",), ("B-PER",))
     ]
-    assert tokens.load_examples(four, tag_column=None)[1] == tokens.Example(("Peter",))
+    assert ner.load_examples(four, tag_column=None)[1] == ner.Example(("Peter",))
     one = tmp_path / "one.txt"
     one.write_text("EU\nrejects\n")
     with pytest.raises(ValueError, match=r"one.txt:1: 'EU' has no tag column; .* tag_column=None"):
-        tokens.load_examples(one)
+        ner.load_examples(one)
 
 
 def _hf_run_ner_labels(hf_enc, examples, label_ids):
@@ -56,7 +56,7 @@ def _hf_run_ner_labels(hf_enc, examples, label_ids):
 
 @pytest.mark.parametrize("max_length", [32, 9])
 def test_featurize_first_sub_word_labels_as_hf(tok, hf, examples, max_length):
-    features = tokens.featurize(examples, tok, max_length=max_length, label_list=LABELS)
+    features = ner.featurize(examples, tok, max_length=max_length, label_list=LABELS)
     expected = hf(
         [list(e.words) for e in examples], is_split_into_words=True, truncation=True, max_length=max_length,
         padding="max_length",
@@ -80,11 +80,11 @@ def test_featurize_first_sub_word_labels_as_hf(tok, hf, examples, max_length):
 
 def test_featurize_errors_and_unlabelled(tok, examples):
     with pytest.raises(ValueError, match="label_list is needed"):
-        tokens.featurize(examples, tok)
+        ner.featurize(examples, tok)
     with pytest.raises(ValueError, match=r"tags \['B-MISC'\] are not in label_list"):
-        tokens.featurize(examples, tok, label_list=[t for t in LABELS if t != "B-MISC"])
-    unlabelled = [tokens.Example(e.words) for e in examples]
-    assert set(tokens.featurize(unlabelled, tok, max_length=16)) == {"input_ids", "attention_mask", "word_index"}
+        ner.featurize(examples, tok, label_list=[t for t in LABELS if t != "B-MISC"])
+    unlabelled = [ner.Example(e.words) for e in examples]
+    assert set(ner.featurize(unlabelled, tok, max_length=16)) == {"input_ids", "attention_mask", "word_index"}
 
 
 def _logits_for(features, tag_per_word, examples):
@@ -98,9 +98,9 @@ def _logits_for(features, tag_per_word, examples):
 
 def test_compute_metrics_maps_first_sub_words_back_to_words(tok, examples):
     seqeval = pytest.importorskip("seqeval.metrics")
-    features = tokens.featurize(examples, tok, max_length=32, label_list=LABELS)
+    features = ner.featurize(examples, tok, max_length=32, label_list=LABELS)
     gold = [list(e.tags) for e in examples]
-    assert tokens.compute_metrics(_logits_for(features, gold, examples), features, examples, LABELS) == {
+    assert ner.compute_metrics(_logits_for(features, gold, examples), features, examples, LABELS) == {
         "precision": 1.0, "recall": 1.0, "f1": 1.0, "accuracy": 1.0
     }
     guess = [list(t) for t in gold]
@@ -108,8 +108,8 @@ def test_compute_metrics_maps_first_sub_words_back_to_words(tok, examples):
     guess[1][4] = "O"  # "European Commission" -> "European"
     guess[2][3] = "I-LOC"  # "results": an I- of another type than the MISC before it starts a LOC entity
     guess[3][0] = "I-PER"  # I- without B- still starts the entity: found
-    scores = tokens.compute_metrics(_logits_for(features, guess, examples), features, examples, LABELS)
-    assert tokens.predict_tags(_logits_for(features, guess, examples), features, examples, LABELS) == guess
+    scores = ner.compute_metrics(_logits_for(features, guess, examples), features, examples, LABELS)
+    assert ner.predict_tags(_logits_for(features, guess, examples), features, examples, LABELS) == guess
     assert scores == pytest.approx({
         "precision": seqeval.precision_score(gold, guess), "recall": seqeval.recall_score(gold, guess),
         "f1": seqeval.f1_score(gold, guess), "accuracy": seqeval.accuracy_score(gold, guess),
@@ -118,23 +118,23 @@ def test_compute_metrics_maps_first_sub_words_back_to_words(tok, examples):
 
 
 def test_truncated_words_are_predicted_o(tok, examples):
-    features = tokens.featurize(examples, tok, max_length=5, label_list=LABELS)
+    features = ner.featurize(examples, tok, max_length=5, label_list=LABELS)
     gold = [list(e.tags) for e in examples]
-    predicted = tokens.predict_tags(_logits_for(features, gold, examples), features, examples, LABELS)
+    predicted = ner.predict_tags(_logits_for(features, gold, examples), features, examples, LABELS)
     # <s> + 3 tokens + </s>: "Angela Merkel visited" stay, "Zürich" (B-LOC) and the rest are cut off.
     assert predicted[0] == ["B-PER", "I-PER", "O", "O", "O", "O", "O"]
     assert predicted[3] == gold[3]
-    scores = tokens.compute_metrics(_logits_for(features, gold, examples), features, examples, LABELS)
+    scores = ner.compute_metrics(_logits_for(features, gold, examples), features, examples, LABELS)
     assert scores["precision"] == 1.0 and scores["recall"] < 1.0
     with pytest.raises(ValueError, match="do not match 3 examples"):
-        tokens.predict_tags(features["labels"], features, examples[:3], LABELS)
+        ner.predict_tags(features["labels"], features, examples[:3], LABELS)
 
 
 def test_shared_conll_valid_loads():
     path = SHARED / "conll2003" / "valid.txt"
     if not path.exists():
         pytest.skip("shared CoNLL-2003 data not present")
-    examples = tokens.load_examples(path)
+    examples = ner.load_examples(path)
     assert (len(examples), sum(len(e.words) for e in examples)) == (3250, 51362)  # the standard dev set size
-    assert tokens.infer_label_list(examples) == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG",
+    assert ner.infer_label_list(examples) == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG",
                                                  "B-PER", "I-PER"]

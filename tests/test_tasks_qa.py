@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roberta_jax.tasks import metrics, qa
+from roberta_jax.finetune.tasks import qa, task_metrics
 
 DATA = Path(__file__).parent / "data"
 SQUAD = DATA / "tasks" / "squad.json"
@@ -156,7 +156,7 @@ def test_compute_metrics_scores_like_squad(examples, features):
     start[shift, features["start_positions"][shift] + 1] = 10.0  # starts one token late: partial answers
     predictions = qa.postprocess(start, end, features, examples)
     scores = qa.compute_metrics((start, end), features, examples)
-    reference = metrics.squad_scores(predictions, {e.id: e.answers for e in examples})
+    reference = task_metrics.squad_scores(predictions, {e.id: e.answers for e in examples})
     assert scores == reference
     assert 0 <= scores["exact_match"] < scores["f1"] < 100
 
@@ -180,7 +180,7 @@ def test_shared_squad_gold_spans_find_the_answers(tok):
     features = qa.featurize(examples, tok)  # max_length 384, doc_stride 128
     predictions = qa.postprocess(*_gold_logits(features), features, examples)
     for e in examples:
-        if not any(metrics.squad_exact_match(predictions[e.id], t) for t in e.answers):
+        if not any(task_metrics.squad_exact_match(predictions[e.id], t) for t in e.answers):
             # Spans are whole tokens: a gold answer that is part of a word ("8" of "18") is found as the word.
             assert e.answers[0] in predictions[e.id] and e.answers[0] != predictions[e.id]
     assert qa.compute_metrics(_gold_logits(features), features, examples)["exact_match"] > 97

@@ -2,12 +2,12 @@
 
 import pytest
 
-from roberta_jax import tasks
+from roberta_jax.finetune import tasks
 
 
 def test_registry_names_the_task_modules():
     expected = {
-        "classification": tasks.classification, "ner": tasks.tokens, "qa": tasks.qa,
+        "classification": tasks.classification, "ner": tasks.ner, "qa": tasks.qa,
         "multiple_choice": tasks.multiple_choice,
     }
     assert tasks.TASKS == expected

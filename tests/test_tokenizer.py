@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roberta_jax.tokenizer import RobertaTokenizer
-from roberta_jax.tokenizer_cli import main
+from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.tools.tokenizer import main
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -357,7 +357,8 @@ def test_cli_trains_and_saves_for_hf(tmp_path):
         str(tmp_path / "tok"),
     ]
     repo = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "roberta_jax.tokenizer", *args], cwd=repo, check=True, capture_output=True)
+    command = [sys.executable, "-m", "roberta_jax.tools.tokenizer", *args]
+    subprocess.run(command, cwd=repo, check=True, capture_output=True)
     ours = RobertaTokenizer.from_pretrained(tmp_path / "tok")
     hf_loaded = transformers.RobertaTokenizerFast.from_pretrained(tmp_path / "tok")
     assert len(hf_loaded) == len(ours) and hf_loaded.mask_token_id == ours.mask_token_id == len(ours) - 1

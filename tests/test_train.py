@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from roberta_jax import convert, metrics
+from roberta_jax.tools import convert
+from roberta_jax.train import metrics
 from tests.train_runs import losses, run_train
 
 

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from roberta_jax import masking, sharding, train_lib
-from roberta_jax.config import preset
-from roberta_jax.heads import RobertaForMaskedLM
+from roberta_jax.model.config import preset
+from roberta_jax.model.heads import RobertaForMaskedLM
+from roberta_jax.train import masking, sharding, steps
 
 CONFIG = preset("tiny", vocab_size=101, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 MASK_FN = functools.partial(masking.mask_tokens, mask_token_id=100, vocab_size=101, special_ids=(0, 1, 2, 3))
@@ -19,11 +19,11 @@ OPT = ml_collections.ConfigDict(dict(peak_lr=3e-3, warmup_steps=2, total_steps=1
 
 def setup(num_micro=1, model=None):
     model = model or RobertaForMaskedLM(CONFIG)
-    tx, schedule = train_lib.make_optimizer(OPT)
+    tx, schedule = steps.make_optimizer(OPT)
     mesh = sharding.make_mesh({"data": -1})
-    state, _ = train_lib.create_train_state(model, tx, mesh, seed=0)
-    step = jax.jit(train_lib.make_train_step(
-        tx, schedule, train_lib.mlm_loss(model), seed=0, num_micro=num_micro, prepare=train_lib.mlm_prepare(MASK_FN),
+    state, _ = steps.create_train_state(model, tx, mesh, seed=0)
+    step = jax.jit(steps.make_train_step(
+        tx, schedule, steps.mlm_loss(model), seed=0, num_micro=num_micro, prepare=steps.mlm_prepare(MASK_FN),
         accuracy_name="mlm_accuracy",
     ))
     return state, step
@@ -76,13 +76,13 @@ def test_non_finite_update_is_skipped_and_counted():
 
 
 def test_schedule_warms_up_then_decays_linearly():
-    schedule = train_lib.learning_rate_schedule(1.0, warmup_steps=10, total_steps=110)
+    schedule = steps.learning_rate_schedule(1.0, warmup_steps=10, total_steps=110)
     np.testing.assert_allclose([schedule(s) for s in (0, 5, 10, 60, 110)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
 
 
 def test_no_weight_decay_on_biases_and_layer_norms():
     state, _ = setup()
-    mask = train_lib.decay_mask(state.params)
+    mask = steps.decay_mask(state.params)
     layer = mask["roberta"]["encoder"]["layer_0"]
     assert layer["attention"]["self"]["query"]["kernel"] and not layer["attention"]["self"]["query"]["bias"]
     assert not layer["output"]["LayerNorm"]["scale"] and mask["roberta"]["embeddings"]["word_embeddings"]["embedding"]

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from roberta_jax import metrics
+from roberta_jax.train import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ https://github.com/rowanz/swagaf/tree/master/data). About 13,800 steps. Not run 
 `WORKDIR/eval_results.json`; `WORKDIR/best_hf` loads with `AutoModelForMultipleChoice`.
 """
 
-from roberta_jax.finetune_config import default_config, shared_data
+from roberta_jax.finetune.config import default_config, shared_data
 
 
 def get_config():

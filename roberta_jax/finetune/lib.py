@@ -3,7 +3,7 @@ predictions and metrics around the pretraining step machinery (`train_lib`).
 
     data = load_task_data(config, tokenizer)                       # examples and features of both splits
     arch = initial_config("runs/base").replace(**head_overrides(config, data))
-    state, _ = train_lib.create_train_state(model, tx, mesh, seed)  # model = HEADS[task] class on `arch`
+    state, _ = steps.create_train_state(model, tx, mesh, seed)  # model = HEADS[task] class on `arch`
     params, report = load_initial("runs/base", state.params)       # a pretraining workdir or an HF directory
     batches = FeatureBatches(data.arrays("train"), global_batch_size=32, seed=0)
     loss_fn = task_loss(config.task, model, regression=False)     # (params, batch, rng) -> (loss_sum, (count, correct))
@@ -26,10 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from roberta_jax import checkpoint, hf_io, tasks, train_lib
-from roberta_jax.config import RobertaConfig
-from roberta_jax.data import RowBatches
-from roberta_jax.tasks import tokens
+from roberta_jax.data.batches import RowBatches
+from roberta_jax.finetune import tasks
+from roberta_jax.finetune.tasks import ner
+from roberta_jax.model import hf_io
+from roberta_jax.model.config import RobertaConfig
+from roberta_jax.train import checkpoint, steps
 
 PRETRAINING_MODEL_CONFIG = "model_config.json"  # written by train.py beside its checkpoints
 
@@ -89,7 +91,7 @@ def pretrained_state_dict(init_from: str) -> dict[str, np.ndarray]:
 
 def load_initial(init_from: str, fresh_params: Mapping[str, Any]) -> tuple[dict, hf_io.LoadReport]:
     """The weights of `init_from` (see `pretrained_state_dict`) in the tree of `fresh_params`, the freshly
-    initialised params of the head model (from `train_lib.create_train_state`); the leaves the checkpoint
+    initialised params of the head model (from `steps.create_train_state`); the leaves the checkpoint
     lacks (a new task head, the pooler of an MLM checkpoint) keep their fresh value, as `from_pretrained`
     initialises them. Returns (params: loaded leaves as host arrays, the rest as they were; the report
     of missing and unexpected weights, by HF name).
@@ -245,25 +247,25 @@ def task_sums(task: str, out, batch, regression: bool = False):
     w = batch["weights"]
     if task == "qa":
         start, end = out
-        s_sum, count, _ = train_lib.xent_sums(start, batch["start_positions"], w)
-        e_sum, _, _ = train_lib.xent_sums(end, batch["end_positions"], w)
+        s_sum, count, _ = steps.xent_sums(start, batch["start_positions"], w)
+        e_sum, _, _ = steps.xent_sums(end, batch["end_positions"], w)
         both = (jnp.argmax(start, -1) == batch["start_positions"]) & (jnp.argmax(end, -1) == batch["end_positions"])
         return (s_sum + e_sum) / 2, (count, jnp.sum(both * w))
     if task == "ner":
         labels = batch["labels"]
-        valid = labels != tokens.IGNORE_INDEX
-        loss_sum, count, correct = train_lib.xent_sums(out, jnp.where(valid, labels, 0), valid * w[:, None])
+        valid = labels != ner.IGNORE_INDEX
+        loss_sum, count, correct = steps.xent_sums(out, jnp.where(valid, labels, 0), valid * w[:, None])
         return loss_sum, (count, correct)
     if regression:
         error = out[:, 0] - batch["labels"]
         return jnp.sum(w * error**2), (jnp.sum(w), jnp.sum(w * (jnp.abs(error) < 0.5)))
-    loss_sum, count, correct = train_lib.xent_sums(out, batch["labels"], w)
+    loss_sum, count, correct = steps.xent_sums(out, batch["labels"], w)
     return loss_sum, (count, correct)
 
 
 def task_loss(task: str, model: nn.Module, regression: bool = False):
     """`loss_fn(params, batch, dropout_rng) -> (loss_sum, (count, correct))` of a task (`task_sums`), the
-    objective `train_lib.make_train_step` takes. `dropout_rng=None` is deterministic."""
+    objective `steps.make_train_step` takes. `dropout_rng=None` is deterministic."""
 
     def loss_fn(params, batch, dropout_rng):
         return task_sums(task, _apply(model, params, batch, dropout_rng), batch, regression)

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from roberta_jax.tasks import metrics
-from roberta_jax.tokenizer import RobertaTokenizer
+from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.finetune.tasks import task_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,4 +168,4 @@ def compute_metrics(
         raise ValueError("every example needs gold answers to be scored")
     start_logits, end_logits = outputs
     predictions = postprocess(start_logits, end_logits, features, examples, n_best, max_answer_length)
-    return metrics.squad_scores(predictions, {e.id: e.answers for e in examples})
+    return task_metrics.squad_scores(predictions, {e.id: e.answers for e in examples})

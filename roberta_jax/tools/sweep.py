@@ -1,9 +1,9 @@
 """Grid sweeps over `train.py`: one workdir per combination of config overrides, then a comparison.
 
-    python -m roberta_jax.sweep run --config configs/tiny.py --workdir runs/sweep \\
+    python -m roberta_jax.tools.sweep run --config configs/tiny.py --workdir runs/sweep \\
         --grid optimizer.peak_lr=1e-4,3e-4,6e-4 --grid model.hidden_dropout_prob=0,0.1 --set total_steps=200
-    python -m roberta_jax.sweep run ... --print-only     # one `python train.py ...` line per run
-    python -m roberta_jax.sweep compare --workdir runs/sweep --metric eval/loss --plot runs/sweep/eval_loss.png
+    python -m roberta_jax.tools.sweep run ... --print-only     # one `python train.py ...` line per run
+    python -m roberta_jax.tools.sweep compare --workdir runs/sweep --metric eval/loss --plot runs/sweep/eval_loss.png
 
 `run` expands the cartesian product of the `--grid` values (each run also gets every `--set`),
 checks every key against the config (an unknown key names the nearest valid one) and parses each
@@ -37,7 +37,8 @@ from typing import Any
 
 import ml_collections
 
-from roberta_jax import cli, events
+from roberta_jax.tools import events
+from roberta_jax.train import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_FILE = "sweep.json"
@@ -260,7 +261,7 @@ def save_plot(rows: list[Summary], metric: str, path: str) -> None:
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt
 
-    from roberta_jax import plots
+    from roberta_jax.tools import plots
 
     fig = plots.run_curves({r.name: r.curve for r in rows if r.curve is not None}, metric)
     fig.savefig(path, dpi=120)
@@ -271,7 +272,7 @@ def save_plot(rows: list[Summary], metric: str, path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m roberta_jax.sweep", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m roberta_jax.tools.sweep", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="expand a grid into runs and train them (or print their commands)")
     run.add_argument("--config", required=True, help="config file, as train.py's --config (path[:arg])")

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from roberta_jax.tasks import metrics
-from roberta_jax.tokenizer import RobertaTokenizer
+from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.finetune.tasks import task_metrics
 
 # Text columns tried in order when none are named: (first text, second text or None), as GLUE's tasks name them.
 KNOWN_TEXT_COLUMNS = (
@@ -182,10 +182,10 @@ def compute_metrics(
         raise ValueError(f"{logits.shape[0]} rows of logits for {labels.shape[0]} labelled features")
     if logits.ndim == 1 or logits.shape[-1] == 1:
         scores = logits.reshape(-1)
-        return {"pearson": metrics.pearson(scores, labels), "spearman": metrics.spearman(scores, labels)}
+        return {"pearson": task_metrics.pearson(scores, labels), "spearman": task_metrics.spearman(scores, labels)}
     predictions = logits.argmax(axis=-1)
     return {
-        "accuracy": metrics.accuracy(predictions, labels),
-        "f1": metrics.f1(predictions, labels, average="binary" if logits.shape[-1] == 2 else "macro"),
-        "matthews_correlation": metrics.matthews_corrcoef(predictions, labels),
+        "accuracy": task_metrics.accuracy(predictions, labels),
+        "f1": task_metrics.f1(predictions, labels, average="binary" if logits.shape[-1] == 2 else "macro"),
+        "matthews_correlation": task_metrics.matthews_corrcoef(predictions, labels),
     }

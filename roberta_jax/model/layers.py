@@ -18,8 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from roberta_jax.config import RobertaConfig
-from roberta_jax.dropout import Dropout
+from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model.dropout import Dropout
 
 Dtype = Any
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from roberta_jax.config import PRESETS
+from roberta_jax.model.config import PRESETS
 
 
 def default_config() -> ml_collections.ConfigDict:

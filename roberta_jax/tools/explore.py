@@ -26,11 +26,12 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from roberta_jax import checkpoint, hf_io, masking
-from roberta_jax.config import RobertaConfig
-from roberta_jax.heads import RobertaForMaskedLM
-from roberta_jax.packing import PackedRows, pack_documents
-from roberta_jax.tokenizer import RobertaTokenizer
+from roberta_jax.data.packing import PackedRows, pack_documents
+from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.model import hf_io
+from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model.heads import RobertaForMaskedLM
+from roberta_jax.train import checkpoint, masking
 
 MODEL_CONFIG = "model_config.json"  # written by train.py beside the checkpoints
 

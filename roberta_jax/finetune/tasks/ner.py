@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from roberta_jax.tasks import metrics
-from roberta_jax.tokenizer import RobertaTokenizer
+from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.finetune.tasks import task_metrics
 
 IGNORE_INDEX = -100  # label of sub-words after the first, special and pad tokens: no loss there
 
@@ -140,4 +140,4 @@ def compute_metrics(
     """seqeval's entity-level micro `precision`, `recall`, `f1` and the word-level tag `accuracy` of
     `predict_tags` against the examples' tags."""
     predicted = predict_tags(logits, features, examples, label_list)
-    return metrics.entity_scores([list(e.tags) for e in examples], predicted)
+    return task_metrics.entity_scores([list(e.tags) for e in examples], predicted)

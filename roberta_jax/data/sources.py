@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import tokenizers
 
-from roberta_jax import text_files
+from roberta_jax.data import text_files
 
 # Bump when the cached format or the document rules change.
 _CACHE_VERSION = 1
@@ -81,7 +81,7 @@ def resolve_tokenizer(
     fingerprint: str | None = None,
 ) -> TokenizerInfo:
     """Accepts a `tokenizers.Tokenizer`; an object holding one as `.backend` or `._tokenizer`
-    (`roberta_jax.tokenizer.RobertaTokenizer`, the `tokenizers` implementations); a
+    (`roberta_jax.data.tokenizer.RobertaTokenizer`, the `tokenizers` implementations); a
     `TokenizerInfo`; or a callable `list[str] -> list[list[int]]`. Special ids come from the
     arguments, else the object's `bos_token_id`/`eos_token_id`/`pad_token_id`, else the
     backend's `<s>`/`</s>`/`<pad>`. A backend is copied with padding and truncation off, so

@@ -26,8 +26,8 @@ import numpy as np
 import safetensors.numpy
 from flax import traverse_util
 
-from roberta_jax.config import RobertaConfig
-from roberta_jax.heads import ARCHITECTURES, RobertaForMultipleChoice, architecture_name
+from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model.heads import ARCHITECTURES, RobertaForMultipleChoice, architecture_name
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

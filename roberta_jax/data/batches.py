@@ -31,8 +31,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from roberta_jax.data_sources import TokenizedCorpus, resolve_tokenizer, split_documents, tokenize_corpus
-from roberta_jax.packing import PackedRows, pack_documents, packed_shape
+from roberta_jax.data.packing import PackedRows, pack_documents, packed_shape
+from roberta_jax.data.sources import TokenizedCorpus, resolve_tokenizer, split_documents, tokenize_corpus
 
 __all__ = ["BatchIterator", "PretrainingData", "RowBatches", "build_pretraining_data", "to_global"]
 

@@ -22,7 +22,7 @@ def shared_data(*parts: str) -> str:
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.task = "classification"  # a name of `roberta_jax.tasks.TASKS`: classification | ner | qa | multiple_choice
+    c.task = "classification"  # a task of `roberta_jax.finetune.tasks`: classification | ner | qa | multiple_choice
     # Initial weights: an HF-format directory (config.json + model.safetensors, e.g. roberta-base or a
     # pretraining run's WORKDIR/hf) or a pretraining workdir (its newest Orbax checkpoint).
     c.init_from = ""
@@ -31,7 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(
         dict(
-            train_file="",  # the task's file format (see `roberta_jax.tasks`); relative to the working directory
+            train_file="",  # the task's file format (`roberta_jax.finetune.tasks`); relative to the working dir
             eval_file="",  # evaluated every eval_every_steps and at the end; must hold labels too
             max_train_examples=0,  # 0 = all; else a random subset of this size (chosen by `seed`)
             max_eval_examples=0,  # 0 = all; else the first this many

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import jax
 
-from roberta_jax.config import RobertaConfig
+from roberta_jax.model.config import RobertaConfig
 
 # Dense bf16 peak FLOP/s per device, by `jax.Device.device_kind` prefix.
 PEAK_FLOPS = {

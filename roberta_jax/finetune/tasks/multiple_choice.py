@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from roberta_jax.tasks import metrics
-from roberta_jax.tasks.classification import read_rows
-from roberta_jax.tokenizer import RobertaTokenizer
+from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.finetune.tasks import task_metrics
+from roberta_jax.finetune.tasks.classification import read_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,4 +108,4 @@ def compute_metrics(
     logits, labels = np.asarray(logits), features["labels"]
     if logits.shape[0] != labels.shape[0]:
         raise ValueError(f"{logits.shape[0]} rows of logits for {labels.shape[0]} labelled features")
-    return {"accuracy": metrics.accuracy(logits.argmax(axis=-1), labels)}
+    return {"accuracy": task_metrics.accuracy(logits.argmax(axis=-1), labels)}

@@ -1,6 +1,6 @@
 """Command line for the tokenizer: train byte-level BPE on text files and save it for HF and `RobertaTokenizer`.
 
-python -m roberta_jax.tokenizer train --files a.txt b.txt --vocab-size 50265 --min-frequency 2 --out DIR
+python -m roberta_jax.tools.tokenizer train --files a.txt b.txt --vocab-size 50265 --min-frequency 2 --out DIR
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from roberta_jax.tokenizer import RobertaTokenizer
+from roberta_jax.data.tokenizer import RobertaTokenizer
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m roberta_jax.tokenizer train --files a.txt b.txt --vocab-size 50265 --min-frequency 2 --out DIR`."""
-    parser = argparse.ArgumentParser(prog="python -m roberta_jax.tokenizer", description=__doc__.splitlines()[0])
+    """`python -m roberta_jax.tools.tokenizer train --files a.txt --vocab-size 50265 --min-frequency 2 --out DIR`."""
+    parser = argparse.ArgumentParser(prog="python -m roberta_jax.tools.tokenizer", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train byte-level BPE on UTF-8 text files and save it to --out")
     train.add_argument("--files", nargs="+", required=True, help="UTF-8 text files")

@@ -23,11 +23,11 @@ from __future__ import annotations
 import difflib
 from types import ModuleType
 
-from roberta_jax.tasks import classification, multiple_choice, qa, tokens
+from roberta_jax.finetune.tasks import classification, multiple_choice, ner, qa
 
 TASKS: dict[str, ModuleType] = {
     "classification": classification,
-    "ner": tokens,
+    "ner": ner,
     "qa": qa,
     "multiple_choice": multiple_choice,
 }

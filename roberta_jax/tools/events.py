@@ -22,7 +22,7 @@ import numpy as np
 from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.record_writer import masked_crc32c
 
-from roberta_jax import metrics
+from roberta_jax.train import metrics
 
 EVENTS_GLOB = "events.out.tfevents.*"
 

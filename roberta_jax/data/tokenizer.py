@@ -7,7 +7,7 @@ Load the released vocabulary, or train a new one, and save it where
     batch = tok(["Hello world", "The capital of France is <mask>."], padding=True, return_tensors="np")
     batch["input_ids"]  # int32 [batch, length]
 
-    python -m roberta_jax.tokenizer train --files a.txt b.txt --vocab-size 50265 --min-frequency 2 --out DIR
+    python -m roberta_jax.tools.tokenizer train --files a.txt b.txt --vocab-size 50265 --min-frequency 2 --out DIR
 
 Ids follow fairseq/HF roberta: `<s>`=0 (bos, cls), `<pad>`=1, `</s>`=2 (eos, sep), `<unk>`=3 and `<mask>` last.
 All batch encoding runs in the Rust `encode_batch`, which is parallel over the batch (RAYON_NUM_THREADS).
@@ -27,7 +27,7 @@ import numpy as np
 from tokenizers import AddedToken, Encoding, Tokenizer, decoders, pre_tokenizers, processors, trainers
 from tokenizers.models import BPE
 
-from roberta_jax.text_files import check_text_file
+from roberta_jax.data.text_files import check_text_file
 
 BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
 # Ids 0..3 in this order; <mask> is added after training so that it takes the last id.
@@ -379,8 +379,3 @@ class RobertaTokenizer:
             paths.append(str(directory / name))
         return paths
 
-
-if __name__ == "__main__":
-    from roberta_jax.tokenizer_cli import main
-
-    main()

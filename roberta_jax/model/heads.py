@@ -14,9 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from roberta_jax.config import RobertaConfig
-from roberta_jax.dropout import Dropout
-from roberta_jax.layers import ACTIVATIONS, RobertaModel, dense, layer_norm
+from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model.dropout import Dropout
+from roberta_jax.model.layers import ACTIVATIONS, RobertaModel, dense, layer_norm
 
 Dtype = Any
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import jax
 
-from roberta_jax import checkpoint as ckpt
-from roberta_jax import metrics
-from roberta_jax.data import to_global
+from roberta_jax.data.batches import to_global
+from roberta_jax.train import checkpoint as ckpt
+from roberta_jax.train import metrics
 
 log = logging.getLogger("absl")
 

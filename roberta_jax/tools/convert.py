@@ -1,7 +1,7 @@
 """Command line: convert between HF-format directories and Orbax parameter checkpoints.
 
-    python -m roberta_jax.convert from-hf HF_DIR PARAMS_DIR [--architecture RobertaForMaskedLM]
-    python -m roberta_jax.convert to-hf PARAMS_DIR HF_DIR
+    python -m roberta_jax.tools.convert from-hf HF_DIR PARAMS_DIR [--architecture RobertaForMaskedLM]
+    python -m roberta_jax.tools.convert to-hf PARAMS_DIR HF_DIR
 
 A parameter checkpoint is a directory holding `config.json` (with `architectures`) and an Orbax
 `params/` tree; `to-hf` also accepts a pretraining workdir (its newest checkpoint).
@@ -17,9 +17,10 @@ import shutil
 import jax
 import orbax.checkpoint as ocp
 
-from roberta_jax import checkpoint, hf_io
-from roberta_jax.config import RobertaConfig
-from roberta_jax.heads import ARCHITECTURES
+from roberta_jax.model import hf_io
+from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model.heads import ARCHITECTURES
+from roberta_jax.train import checkpoint
 
 WORKDIR_MODEL_CONFIG = "model_config.json"  # written by train.py beside its checkpoints
 TOKENIZER_FILES = (
@@ -63,7 +64,7 @@ def copy_tokenizer_files(src: str, dst: str) -> list[str]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m roberta_jax.convert", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m roberta_jax.tools.convert", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     from_hf = sub.add_parser("from-hf", help="HF directory -> Orbax parameter checkpoint")
     from_hf.add_argument("src")

@@ -22,8 +22,9 @@ import optax
 from flax import struct, traverse_util
 from jax.sharding import Mesh
 
-from roberta_jax import hf_io, sharding
-from roberta_jax.masking import masked_rng
+from roberta_jax.model import hf_io
+from roberta_jax.train import sharding
+from roberta_jax.train.masking import masked_rng
 
 
 class TrainState(struct.PyTreeNode):

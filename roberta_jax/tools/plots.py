@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from roberta_jax.events import Scalars
-from roberta_jax.explore import MASKED, NOT_CHOSEN, PADDING, RANDOM, SPECIAL, UNCHANGED
+from roberta_jax.tools.events import Scalars
+from roberta_jax.tools.explore import MASKED, NOT_CHOSEN, PADDING, RANDOM, SPECIAL, UNCHANGED
 
 # Tick labels on every token only up to this length; longer sequences get numbered ticks.
 MAX_LABELLED_TOKENS = 40

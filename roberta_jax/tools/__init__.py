@@ -1,0 +1,1 @@
+"""Tools around runs and checkpoints: sweeps, exploration, event files, plots, conversion, tokenizer training."""
