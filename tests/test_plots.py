@@ -1,6 +1,8 @@
-"""The figures: panel layout, and that each one renders to a PNG."""
+"""The figures: panel layout, that each one renders to a PNG, and that drawing needs no JAX."""
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from roberta_jax.tools import explore, plots  # noqa: E402
+from roberta_jax.tools import plots, views  # noqa: E402
 
 
 def png_bytes(fig):
@@ -41,14 +43,14 @@ def test_training_curves_skip_tags_the_run_lacks():
 
 
 def test_packed_and_masked_rows_render_with_labels():
-    docs = np.array([[explore.SPECIAL, 0, 0, explore.SPECIAL, 1, explore.SPECIAL],
-                     [explore.SPECIAL, 1, explore.SPECIAL, explore.PADDING, explore.PADDING, explore.PADDING]])
+    docs = np.array([[views.SPECIAL, 0, 0, views.SPECIAL, 1, views.SPECIAL],
+                     [views.SPECIAL, 1, views.SPECIAL, views.PADDING, views.PADDING, views.PADDING]])
     labels = [["<s>", "a", "b", "</s>", "c", "</s>"], ["<s>", "d", "</s>", "<pad>", "<pad>", "<pad>"]]
     fig = plots.packed_rows(docs, labels)
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["document 0", "document 1", "<s> / </s>"]
     assert png_bytes(fig).startswith(b"\x89PNG")
     kind = np.zeros((2, 6), np.int8)
-    kind[0, 1], kind[0, 4], kind[1, 1] = explore.MASKED, explore.RANDOM, explore.UNCHANGED
+    kind[0, 1], kind[0, 4], kind[1, 1] = views.MASKED, views.RANDOM, views.UNCHANGED
     fig = plots.masked_rows({"step 1": (kind, labels), "step 2": (kind[::-1], None)})
     assert [ax.get_title() for ax in fig.axes] == ["step 1", "step 2"]
     assert png_bytes(fig).startswith(b"\x89PNG")
@@ -60,3 +62,11 @@ def test_run_curves_draw_one_line_per_run():
     assert [line.get_label() for line in fig.axes[0].get_lines()] == ["a", "b"]
     assert fig.axes[0].get_ylabel() == "eval/loss"
     assert png_bytes(fig).startswith(b"\x89PNG")
+
+
+def test_importing_plots_imports_neither_jax_nor_orbax():
+    # A fresh interpreter: this one has imported JAX through other tests already.
+    code = ("import sys, roberta_jax.tools.plots; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'orbax', 'flax')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

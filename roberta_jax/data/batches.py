@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from roberta_jax.data.packing import PackedRows, pack_documents, packed_shape
-from roberta_jax.data.sources import TokenizedCorpus, resolve_tokenizer, split_documents, tokenize_corpus
+from roberta_jax.data.sources import TokenizedCorpus, TokenizerInfo, resolve_tokenizer, split_documents, tokenize_corpus
 
 __all__ = ["BatchIterator", "PretrainingData", "RowBatches", "build_pretraining_data", "to_global"]
 
@@ -82,33 +82,11 @@ def build_pretraining_data(
     def tokenized(sources) -> TokenizedCorpus:
         return tokenize_corpus(sources, tok, num_proc=num_proc, cache_dir=cache_dir, **source_kwargs)
 
-    def packed(corpus: TokenizedCorpus, doc_indices: np.ndarray | None, drop: bool) -> PackedRows:
-        kwargs = {"max_seq_length": max_seq_length, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id}
-        if cache_dir is None:
-            return pack_documents(
-                corpus.tokens, corpus.doc_offsets, doc_indices=doc_indices, drop_remainder=drop, **kwargs
-            )
-        selection = "all" if doc_indices is None else hashlib.sha256(doc_indices.tobytes()).hexdigest()[:16]
-        name = (
-            f"rows-{selection}-L{max_seq_length}-{'drop' if drop else 'pad'}-{tok.bos_id}.{tok.eos_id}.{tok.pad_id}.npy"
-        )
-        path = os.path.join(cache_dir, f"tokenized-{corpus.fingerprint}", name)
-        if os.path.exists(path):
-            num_docs = corpus.num_documents if doc_indices is None else len(doc_indices)
-            stream_length = _num_tokens(corpus, doc_indices) + num_docs - 1
-            num_rows, last_row_length = packed_shape(stream_length, max_seq_length, drop)
-            rows = np.load(path, mmap_mode="r")
-            if rows.shape == (num_rows, max_seq_length):
-                return PackedRows(rows, last_row_length, tok.pad_id)
-        return pack_documents(
-            corpus.tokens, corpus.doc_offsets, doc_indices=doc_indices, drop_remainder=drop, out_path=path, **kwargs
-        )
-
     train_corpus = tokenized(train_sources)
     train_docs = eval_docs = None
     if eval_fraction:
         train_docs, eval_docs = split_documents(train_corpus.num_documents, eval_fraction, split_seed)
-    train_rows = packed(train_corpus, train_docs, drop_remainder)
+    train_rows = _pack(train_corpus, train_docs, tok, max_seq_length, drop_remainder, cache_dir)
     stats: dict[str, int | bool] = {
         "train/documents": train_corpus.num_documents if train_docs is None else len(train_docs),
         "train/empty_documents": train_corpus.num_empty_documents,
@@ -122,11 +100,45 @@ def build_pretraining_data(
         stats["eval/empty_documents"] = eval_corpus.num_empty_documents
     eval_rows = None
     if eval_corpus is not None:
-        eval_rows = packed(eval_corpus, eval_docs, False)
+        eval_rows = _pack(eval_corpus, eval_docs, tok, max_seq_length, False, cache_dir)
         stats["eval/documents"] = eval_corpus.num_documents if eval_docs is None else len(eval_docs)
         stats["eval/tokens"] = _num_tokens(eval_corpus, eval_docs)
         stats["eval/rows"] = eval_rows.num_rows
     return PretrainingData(train_rows, eval_rows, stats)
+
+
+def _pack(
+    corpus: TokenizedCorpus, doc_indices: np.ndarray | None, tok: TokenizerInfo, max_seq_length: int, drop: bool,
+    cache_dir: str | None,
+) -> PackedRows:
+    """The documents `doc_indices` (all if None) of `corpus` packed into rows of `max_seq_length`;
+    with `cache_dir`, kept in a `.npy` beside the corpus's cached tokens and read back from there."""
+    kwargs = {"max_seq_length": max_seq_length, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
+              "doc_indices": doc_indices, "drop_remainder": drop}
+    if cache_dir is None:
+        return pack_documents(corpus.tokens, corpus.doc_offsets, **kwargs)
+    selection = "all" if doc_indices is None else hashlib.sha256(doc_indices.tobytes()).hexdigest()[:16]
+    name = f"rows-{selection}-L{max_seq_length}-{'drop' if drop else 'pad'}-{tok.bos_id}.{tok.eos_id}.{tok.pad_id}.npy"
+    path = os.path.join(cache_dir, f"tokenized-{corpus.fingerprint}", name)
+    cached = _cached_rows(path, corpus, doc_indices, max_seq_length, drop, tok.pad_id)
+    if cached is not None:
+        return cached
+    return pack_documents(corpus.tokens, corpus.doc_offsets, out_path=path, **kwargs)
+
+
+def _cached_rows(
+    path: str, corpus: TokenizedCorpus, doc_indices: np.ndarray | None, max_seq_length: int, drop: bool, pad_id: int
+) -> PackedRows | None:
+    """The rows `_pack` stored at `path` (memory-mapped), or None when there are none of the expected shape."""
+    if not os.path.exists(path):
+        return None
+    num_docs = corpus.num_documents if doc_indices is None else len(doc_indices)
+    stream_length = _num_tokens(corpus, doc_indices) + num_docs - 1
+    num_rows, last_row_length = packed_shape(stream_length, max_seq_length, drop)
+    rows = np.load(path, mmap_mode="r")
+    if rows.shape != (num_rows, max_seq_length):
+        return None
+    return PackedRows(rows, last_row_length, pad_id)
 
 
 def _num_tokens(corpus: TokenizedCorpus, doc_indices: np.ndarray | None) -> int:

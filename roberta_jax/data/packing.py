@@ -114,7 +114,7 @@ def pack_documents(
         doc_indices = np.arange(len(doc_offsets) - 1)
     doc_indices = np.asarray(doc_indices, np.int64)
     lengths = doc_offsets[doc_indices + 1] - doc_offsets[doc_indices]
-    stream_len = int(lengths.sum()) + max(len(doc_indices) - 1, 0)
+    stream_len = _stream_length(lengths)
     num_rows, last_row_length = packed_shape(stream_len, max_seq_length, drop_remainder)
     if num_rows == 0:
         raise ValueError(
@@ -122,18 +122,46 @@ def pack_documents(
             f"{width} content tokens (max_seq_length={max_seq_length}); add data, lower "
             "max_seq_length, or pass drop_remainder=False to keep a padded row."
         )
+    tmp_path = None if out_path is None else f"{out_path}.tmp-{uuid.uuid4().hex}.npy"
+    rows = _framed_rows(num_rows, max_seq_length, last_row_length, bos_id, eos_id, pad_id, tmp_path)
+    limit = num_rows * width if drop_remainder else stream_len
+    _write_documents(rows, tokens, doc_offsets, doc_indices, lengths, eos_id, limit, chunk_tokens)
     if out_path is None:
+        return PackedRows(rows, last_row_length, pad_id)
+    rows.flush()
+    del rows
+    os.replace(tmp_path, out_path)
+    return PackedRows(np.load(out_path, mmap_mode="r"), last_row_length, pad_id)
+
+
+def _framed_rows(
+    num_rows: int, max_seq_length: int, last_row_length: int, bos_id: int, eos_id: int, pad_id: int,
+    path: str | None,
+) -> np.ndarray:
+    """int32 [num_rows, max_seq_length] holding only the frame: `<s>` first, `</s>` last, and the
+    padding of a short last row; the content slots are left to `_write_documents`. In memory, or
+    a memory-mapped `.npy` file at `path`."""
+    if path is None:
         rows = np.empty((num_rows, max_seq_length), np.int32)
     else:
-        tmp_path = f"{out_path}.tmp-{uuid.uuid4().hex}.npy"
-        rows = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.int32, shape=(num_rows, max_seq_length))
+        rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=(num_rows, max_seq_length))
     rows[:, 0] = bos_id
     rows[:, -1] = eos_id
     if last_row_length < max_seq_length:
         rows[-1, last_row_length - 1] = eos_id
         rows[-1, last_row_length:] = pad_id
-    limit = num_rows * width if drop_remainder else stream_len
+    return rows
 
+
+def _write_documents(
+    rows: np.ndarray, tokens: np.ndarray, doc_offsets: np.ndarray, doc_indices: np.ndarray, lengths: np.ndarray,
+    sep: int, limit: int, chunk_tokens: int,
+) -> None:
+    """Writes the first `limit` tokens of the stream S of the documents `doc_indices` (`lengths`
+    tokens each, joined by `sep`) into the content slots of `rows`, a chunk of whole documents of
+    about `chunk_tokens` tokens at a time."""
+    width = rows.shape[1] - 2
+    stream_len = _stream_length(lengths)
     # Chunks of whole documents; chunk k > 0 starts with the separator before its first document.
     ends = np.cumsum(lengths)
     cuts = np.searchsorted(ends, np.arange(chunk_tokens, stream_len, chunk_tokens)) + 1
@@ -142,17 +170,10 @@ def pack_documents(
     for first, last in itertools.pairwise(bounds):
         if position >= limit:
             break
-        segment = _joined(tokens, doc_offsets, doc_indices[first:last], lengths[first:last], eos_id, first > 0)
+        segment = _joined(tokens, doc_offsets, doc_indices[first:last], lengths[first:last], sep, first > 0)
         segment = segment[: limit - position]
         _write_stream(rows, position, segment, width)
         position += len(segment)
-
-    if out_path is None:
-        return PackedRows(rows, last_row_length, pad_id)
-    rows.flush()
-    del rows
-    os.replace(tmp_path, out_path)
-    return PackedRows(np.load(out_path, mmap_mode="r"), last_row_length, pad_id)
 
 
 def unpack_documents(packed: PackedRows, eos_id: int) -> list[np.ndarray]:
@@ -166,6 +187,11 @@ def _split_at(stream: np.ndarray, sep: int) -> list[np.ndarray]:
     cuts = np.flatnonzero(stream == sep)
     pieces = np.split(stream, cuts)
     return [pieces[0]] + [p[1:] for p in pieces[1:]]
+
+
+def _stream_length(lengths: np.ndarray) -> int:
+    """len(S) of documents of `lengths` tokens: their tokens and one `</s>` between each two."""
+    return int(lengths.sum()) + max(len(lengths) - 1, 0)
 
 
 def _content_width(max_seq_length: int) -> int:

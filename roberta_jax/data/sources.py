@@ -152,9 +152,6 @@ class TokenizedCorpus:
     def num_tokens(self) -> int:
         return len(self.tokens)
 
-    def document(self, i: int) -> np.ndarray:
-        return self.tokens[self.doc_offsets[i] : self.doc_offsets[i + 1]]
-
 
 def tokenize_corpus(
     sources: str | Sequence[str],
@@ -178,16 +175,7 @@ def tokenize_corpus(
         raise ValueError(f"format={format!r} is not one of {_FORMATS}.")
     if doc_split not in _DOC_SPLITS:
         raise ValueError(f"doc_split={doc_split!r} is not one of {_DOC_SPLITS}.")
-    if format == "hub":
-        files, kinds = [], []
-        source_key: Any = [sources, hub_config, hub_split]
-    else:
-        files = text_files.resolve_files(sources)
-        kinds = [text_files.file_kind(path, format) for path in files]
-        if len(set(kinds)) > 1:
-            raise ValueError(f"sources mix formats {sorted(set(kinds))}; pass one format at a time.")
-        source_key = [[os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns] for p in files]
-    kind = kinds[0] if kinds else "hub"
+    files, kind, source_key = _resolve_sources(sources, format, hub_config, hub_split)
     source_fp = _sha256(json.dumps([_CACHE_VERSION, kind, text_field, doc_split, source_key]))
     fingerprint = _sha256(source_fp + tok.fingerprint)
 
@@ -195,37 +183,20 @@ def tokenize_corpus(
     if final_dir and os.path.exists(os.path.join(final_dir, "meta.json")):
         return _load_cached(final_dir, fingerprint)
 
-    for path, file_kind in zip(files, kinds):
-        text_files.check_file(path, file_kind)
+    for path in files:
+        text_files.check_file(path, kind)
     with _scratch_dir(cache_dir) as work_dir:
         docs = _documents(kind, files, sources, text_field, doc_split, hub_config, hub_split, work_dir, source_fp)
-        import datasets
-
-        ids = docs.map(
-            _EncodeBatch(tok.encode),
-            batched=True,
-            batch_size=batch_size,
-            num_proc=num_proc if num_proc > 1 else None,
-            input_columns=["text"],
-            remove_columns=docs.column_names,
-            features=datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))}),
-            new_fingerprint=fingerprint,
-            desc="Tokenizing",
-        )
+        ids = _encode_documents(docs, tok.encode, batch_size, num_proc, fingerprint)
         out_dir = f"{final_dir}.tmp-{uuid.uuid4().hex}" if final_dir else None
         tokens, offsets, num_empty = _flatten(ids, out_dir)
     if not len(offsets) > 1:
         raise ValueError(f"{sources!r}: no non-empty documents ({num_empty} empty ones).")
     if out_dir is None:
         return TokenizedCorpus(tokens, offsets, num_empty, False, fingerprint)
-    with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump({"num_empty_documents": num_empty, "sources": source_key, "tokenizer": tok.fingerprint}, f)
-    del tokens, offsets
-    try:
-        os.rename(out_dir, final_dir)
-    except OSError:  # another process finished first; its result is identical
-        shutil.rmtree(out_dir, ignore_errors=True)
-    corpus = _load_cached(final_dir, fingerprint)
+    del tokens, offsets  # closes the memmap before its directory is renamed
+    meta = {"num_empty_documents": num_empty, "sources": source_key, "tokenizer": tok.fingerprint}
+    corpus = _publish(out_dir, final_dir, meta, fingerprint)
     return dataclasses.replace(corpus, from_cache=False)
 
 
@@ -268,6 +239,51 @@ class _EncodeBatch:
         for i, ids in zip(keep, self.encode([texts[i] for i in keep]) if keep else []):
             out[i] = ids
         return {"input_ids": out}
+
+
+def _resolve_sources(
+    sources: str | Sequence[str], format: str, hub_config: str | None, hub_split: str
+) -> tuple[list[str], str, Any]:
+    """(files, kind, key): the files of `sources`, their one format ("text", "json", "parquet"; "hub"
+    without files) and what names them in the cache key (each file's path, size and mtime; the Hub names)."""
+    if format == "hub":
+        return [], "hub", [sources, hub_config, hub_split]
+    files = text_files.resolve_files(sources)
+    kinds = [text_files.file_kind(path, format) for path in files]
+    if len(set(kinds)) > 1:
+        raise ValueError(f"sources mix formats {sorted(set(kinds))}; pass one format at a time.")
+    source_key = [[os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns] for p in files]
+    return files, kinds[0] if kinds else "hub", source_key
+
+
+def _encode_documents(docs, encode: EncodeFn, batch_size: int, num_proc: int, fingerprint: str):
+    """`docs` ("text" column) → a `datasets.Dataset` with one int32 list column "input_ids", one row
+    per document (empty for an empty one), encoded by `num_proc` processes."""
+    import datasets
+
+    return docs.map(
+        _EncodeBatch(encode),
+        batched=True,
+        batch_size=batch_size,
+        num_proc=num_proc if num_proc > 1 else None,
+        input_columns=["text"],
+        remove_columns=docs.column_names,
+        features=datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))}),
+        new_fingerprint=fingerprint,
+        desc="Tokenizing",
+    )
+
+
+def _publish(out_dir: str, final_dir: str, meta: dict[str, Any], fingerprint: str) -> TokenizedCorpus:
+    """Completes the cache entry written in `out_dir` with `meta.json`, moves it to `final_dir` and
+    reads it back (memory-mapped)."""
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    try:
+        os.rename(out_dir, final_dir)
+    except OSError:  # another process finished first; its result is identical
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return _load_cached(final_dir, fingerprint)
 
 
 def _documents(kind, files, sources, text_field, doc_split, hub_config, hub_split, work_dir, source_fp):

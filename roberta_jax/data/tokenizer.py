@@ -95,6 +95,35 @@ def _as_array(key: str, rows: list) -> np.ndarray:
     return np.asarray(rows, dtype=np.int32)
 
 
+def _checked_options(truncation, padding, return_tensors) -> tuple[str | bool, str | bool]:
+    """`encode_batch`'s truncation and padding with True spelled out ("longest_first", "longest");
+    ValueError for a value it does not take."""
+    truncation = "longest_first" if truncation is True else truncation
+    padding = "longest" if padding is True else padding
+    if truncation and truncation not in TRUNCATION_STRATEGIES:
+        raise ValueError(f"truncation={truncation!r}; expected True, False or one of {TRUNCATION_STRATEGIES}")
+    if padding and padding not in PADDING_STRATEGIES:
+        raise ValueError(f"padding={padding!r}; expected True, False or one of {PADDING_STRATEGIES}")
+    if return_tensors not in (None, "np"):
+        raise ValueError(f"return_tensors={return_tensors!r}; expected 'np' (numpy) or None (lists)")
+    return truncation, padding
+
+
+def _set_length_rules(
+    tok: Tokenizer, truncation: str | bool, max_length: int | None, stride: int, padding: str | bool, pad_id: int
+) -> None:
+    """Turns the backend's truncation and padding on (to `max_length`) or off for the next encoding."""
+    if truncation:
+        tok.enable_truncation(max_length, stride=stride, strategy=truncation)
+    else:
+        tok.no_truncation()
+    if padding:
+        length = max_length if padding == "max_length" else None
+        tok.enable_padding(pad_id=pad_id, pad_token=PAD, length=length)
+    else:
+        tok.no_padding()
+
+
 class RobertaTokenizer:
     """RoBERTa's byte-level BPE tokenizer with HF `RobertaTokenizerFast`'s encoding API and outputs."""
 
@@ -287,28 +316,13 @@ class RobertaTokenizer:
         if asked for; lists of lists, or int32 numpy arrays with return_tensors="np" (rows must then have
         equal lengths, i.e. padding). `word_ids(i)` / `sequence_ids(i)` map row i's tokens to words/texts.
         """
-        truncation = "longest_first" if truncation is True else truncation
-        padding = "longest" if padding is True else padding
-        if truncation and truncation not in TRUNCATION_STRATEGIES:
-            raise ValueError(f"truncation={truncation!r}; expected True, False or one of {TRUNCATION_STRATEGIES}")
-        if padding and padding not in PADDING_STRATEGIES:
-            raise ValueError(f"padding={padding!r}; expected True, False or one of {PADDING_STRATEGIES}")
-        if return_tensors not in (None, "np"):
-            raise ValueError(f"return_tensors={return_tensors!r}; expected 'np' (numpy) or None (lists)")
+        truncation, padding = _checked_options(truncation, padding, return_tensors)
         if max_length is None and (truncation or padding == "max_length"):
             max_length = self.model_max_length
         inputs = list(texts) if text_pairs is None else list(zip(texts, text_pairs, strict=True))
         tok = self._backend(add_prefix_space)
-        with self._lock:
-            if truncation:
-                tok.enable_truncation(max_length, stride=stride, strategy=truncation)
-            else:
-                tok.no_truncation()
-            if padding:
-                length = max_length if padding == "max_length" else None
-                tok.enable_padding(pad_id=self.pad_token_id, pad_token=PAD, length=length)
-            else:
-                tok.no_padding()
+        with self._lock:  # the Rust object holds truncation and padding: set and used by one call at a time
+            _set_length_rules(tok, truncation, max_length, stride, padding, self.pad_token_id)
             encodings = tok.encode_batch(
                 inputs, is_pretokenized=is_split_into_words, add_special_tokens=add_special_tokens
             )

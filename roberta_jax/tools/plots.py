@@ -7,6 +7,7 @@ script saves it (`fig.savefig(path)`) and closes it (`plt.close(fig)`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,8 +15,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from roberta_jax.tools.events import Scalars
-from roberta_jax.tools.explore import MASKED, NOT_CHOSEN, PADDING, RANDOM, SPECIAL, UNCHANGED
+from roberta_jax.tools.views import MASKED, NOT_CHOSEN, PADDING, RANDOM, SPECIAL, UNCHANGED
+
+if TYPE_CHECKING:  # a type only: `events` imports the training metrics and, with them, JAX
+    from roberta_jax.tools.events import Scalars
 
 # Tick labels on every token only up to this length; longer sequences get numbered ticks.
 MAX_LABELLED_TOKENS = 40

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import itertools
 import json
 import math
@@ -37,10 +36,12 @@ from typing import Any
 
 import ml_collections
 
+from roberta_jax.suggest import did_you_mean
 from roberta_jax.tools import events
 from roberta_jax.train import cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The checkout root (roberta_jax/tools/sweep.py is three levels down), where train.py lives.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SWEEP_FILE = "sweep.json"
 _TRUE, _FALSE = ("true", "t", "yes", "1"), ("false", "f", "no", "0")
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number"}
@@ -68,10 +69,9 @@ def config_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[s
 
 def check_key(fields: dict[str, Any], key: str) -> None:
     """Raises ValueError naming the nearest valid key when `key` is not a config field."""
-    if key in fields:
-        return
-    nearest = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.0)
-    raise ValueError(f"unknown config key {key!r}; did you mean {nearest[0]!r}?")
+    if key not in fields:
+        # Any key is a better hint than none: a bare `peak_lr` should still lead to `optimizer.peak_lr`.
+        raise ValueError(f"unknown config key {key!r}{did_you_mean(key, fields, cutoff=0.0)}")
 
 
 def parse_value(key: str, raw: str, current: Any) -> Any:
