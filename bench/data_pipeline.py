@@ -20,11 +20,11 @@ import tempfile
 import time
 
 import jax
-import numpy as np
-from jax.sharding import Mesh
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from roberta_jax.data.batches import BatchIterator, build_pretraining_data, to_global
+from roberta_jax.train import sharding
+from roberta_jax.train.config import default_config
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -102,16 +102,18 @@ def main() -> None:
             next(iterator)
         host_ms = (time.perf_counter() - start) / args.batches * 1e3
 
-        devices = np.array(jax.devices())
-        mesh = Mesh(devices.reshape(-1, 1), ("data", "fsdp"))
-        jax.block_until_ready(to_global(next(iterator), mesh))
+        # The batch placed as `train.runtime.Runtime.put` places it: the default mesh and logical-axis rules.
+        config = default_config()
+        mesh = sharding.make_mesh(dict(config.mesh))
+        batch_axes = sharding.batch_axes(sharding.axis_rules(config.logical_axis_rules))
+        jax.block_until_ready(to_global(next(iterator), mesh, batch_axes))
         start = time.perf_counter()
         for _ in range(args.batches):
-            jax.block_until_ready(to_global(next(iterator), mesh))
+            jax.block_until_ready(to_global(next(iterator), mesh, batch_axes))
         total_ms = (time.perf_counter() - start) / args.batches * 1e3
         print(
             f"batch {args.batch_size}x{args.max_seq_length} from {rows.num_rows:,} rows: iterator {host_ms:.3f} ms, "
-            f"iterator + to_global ({len(devices)} x {devices[0].platform}) {total_ms:.3f} ms "
+            f"iterator + to_global ({jax.device_count()} x {jax.devices()[0].platform}) {total_ms:.3f} ms "
             f"= {total_ms / args.step_time_ms:.2%} of a {args.step_time_ms:g} ms step"
         )
     finally:

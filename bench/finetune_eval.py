@@ -3,7 +3,7 @@
     python bench/finetune_eval.py --init_from runs/tiny/hf
     python bench/finetune_eval.py --init_from path/to/roberta-base --tasks sst2,conll --max_train 0 --epochs 3
 
-Each task runs `finetune.finetune_and_evaluate` with its config from `configs/finetune/` (the recipe's
+Each task runs `roberta_jax.finetune.run.finetune_and_evaluate` with its config from `configs/finetune/` (the recipe's
 optimizer, warmup and weight decay) on a part of the data sized for a CPU: a random subset of the training
 set (`--max_train`, 0 = all), the first `--max_eval` dev examples, `--epochs` epochs, float32 compute on
 a CPU, rows no longer than the model's positions allow. SST-2 and CoNLL-2003 train on their train files and
@@ -39,7 +39,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from roberta_jax.finetune import config as finetune_config  # noqa: E402
+from configs.common import SHARED_DATA  # noqa: E402
 from roberta_jax.train import cli  # noqa: E402
 
 # What the runs read from `--data_dir`, per task: (train, eval) files, or one file split by article (squad).
@@ -76,7 +76,7 @@ def task_config(task: str, args, train_file: str, eval_file: str):
     """The task's config with the data, part, schedule and shapes of this evaluation."""
     import jax
 
-    from roberta_jax.finetune import lib
+    from roberta_jax.finetune import weights
 
     c = load_config(task)
     max_train, max_eval, epochs = PARTS[task]
@@ -89,7 +89,7 @@ def task_config(task: str, args, train_file: str, eval_file: str):
         c.optimizer.peak_lr = args.lr
     if args.batch_size is not None:
         c.batch_size = args.batch_size
-    limit = lib.max_length_limit(lib.initial_config(args.init_from))
+    limit = weights.max_length_limit(weights.initial_config(args.init_from))
     c.data.max_length = min(args.max_length or c.data.max_length, limit)
     c.data.doc_stride = min(c.data.doc_stride, c.data.max_length // 2)
     if jax.default_backend() == "cpu":
@@ -104,9 +104,7 @@ def majority_baseline(config) -> float:
     """Accuracy of always answering the dev set's most frequent label."""
     from roberta_jax.finetune import tasks
 
-    options = dict(text_a=config.data.text_a or None, text_b=config.data.text_b or None,
-                   label=config.data.label_column)
-    examples = tasks.get_task("classification").load_examples(config.data.eval_file, **options)
+    examples = tasks.get_task(config.task).read_split(config, config.data.eval_file)
     if config.data.max_eval_examples:
         examples = examples[: config.data.max_eval_examples]
     counts = collections.Counter(e.label for e in examples)
@@ -114,7 +112,7 @@ def majority_baseline(config) -> float:
 
 
 def run_task(task: str, args) -> dict | None:
-    import finetune
+    from roberta_jax.finetune import run
 
     train, dev = (os.path.join(args.data_dir, f) if f else None for f in FILES[task])
     missing = [p for p in (train, dev) if p and not os.path.isfile(p)]
@@ -127,7 +125,7 @@ def run_task(task: str, args) -> dict | None:
     config = task_config(task, args, train, dev)
     print(f"{task}: fine-tuning from {args.init_from} in {workdir}", flush=True)
     start = time.perf_counter()
-    results = finetune.finetune_and_evaluate(config, workdir)
+    results = run.finetune_and_evaluate(config, workdir)
     summary = {
         "task": task, "wall_s": round(time.perf_counter() - start, 1), "steps": results["final_step"],
         "max_train_examples": config.data.max_train_examples, "max_eval_examples": config.data.max_eval_examples,
@@ -147,7 +145,7 @@ def main(argv=None) -> None:
     parser.add_argument("--init_from", required=True, help="an HF-format directory (config.json, model.safetensors, "
                         "tokenizer files) or a pretraining workdir")
     parser.add_argument("--tasks", default="sst2,conll,squad,swag", help="comma-separated, of " + ",".join(FILES))
-    parser.add_argument("--data_dir", default=finetune_config.SHARED_DATA)
+    parser.add_argument("--data_dir", default=SHARED_DATA)
     parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "finetune_eval"))
     parser.add_argument("--max_train", type=int, default=None, help="training examples per task (0 = all)")
     parser.add_argument("--max_eval", type=int, default=None, help="dev examples per task (0 = all)")

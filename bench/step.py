@@ -42,41 +42,52 @@ def timed(step, warmup: int, steps: int) -> list[float]:
     return times
 
 
+class SpecialIds:
+    """What `pretrain.mlm_steps` reads of a tokenizer, without vocabulary files: roberta-base's special ids
+    (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=50264), every other id below `vocab_size` a token."""
+
+    mask_token_id = 50264
+    all_special_ids = (0, 1, 2, 3, 50264)
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def get_vocab(self) -> dict[str, int]:
+        return {str(i): i for i in range(self.vocab_size)}
+
+
 def build_ours(model_name: str, length: int, batch: int, args):
     """Our jitted MLM train step on one random batch: returns `step()`, which runs one step and
-    blocks until it is done (or, with `args.mode` "grad"/"forward", only that part of it)."""
+    blocks until it is done (or, with `args.mode` "grad"/"forward", only that part of it).
+
+    The step is train.py's: `pretrain.mlm_steps` with the default config's masking, optimizer and
+    logical-axis rules, compiled by `runtime.jit_train_step` on a data-parallel mesh of every device."""
     import functools
 
     import jax
     import jax.numpy as jnp
-    import ml_collections
     import numpy as np
 
     from roberta_jax.model.config import preset
     from roberta_jax.model.heads import RobertaForMaskedLM
-    from roberta_jax.train import masking, sharding, steps
+    from roberta_jax.train import masking, objectives, optimizer, pretrain, runtime, sharding, steps
+    from roberta_jax.train.config import default_config
 
     jax.config.update("jax_default_prng_impl", args.prng)
     vocab = {"vocab_size": args.vocab_size} if args.vocab_size else {}
-    config = preset(model_name, attention_probs_dropout_prob=0.0, hidden_dropout_prob=args.hidden_dropout, **vocab)
-    model = RobertaForMaskedLM(config, dtype=jnp.bfloat16, implementation=args.attention or None, remat=args.remat)
-    opt = ml_collections.ConfigDict(dict(peak_lr=1e-4, warmup_steps=100, total_steps=10_000, end_lr=0.0, b1=0.9,
-                                         b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=0.0))
-    tx, schedule = steps.make_optimizer(opt)
-    mesh = sharding.make_mesh({"data": -1})
-    state, shardings = steps.create_train_state(model, tx, mesh, seed=0)
-    mask_fn = functools.partial(masking.mask_tokens, mask_token_id=50264, vocab_size=config.vocab_size,
-                                special_ids=(0, 1, 2, 3))
-    step_fn = jax.jit(
-        steps.make_train_step(tx, schedule, steps.mlm_loss(model), seed=0,
-                                  prepare=steps.mlm_prepare(mask_fn)),
-        in_shardings=(shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    arch = preset(model_name, attention_probs_dropout_prob=0.0, hidden_dropout_prob=args.hidden_dropout, **vocab)
+    model = RobertaForMaskedLM(arch, dtype=jnp.bfloat16, implementation=args.attention or None, remat=args.remat)
+    config = default_config()
+    tx, schedule = optimizer.make_optimizer(config.optimizer)
+    rules = sharding.axis_rules(config.logical_axis_rules)
+    mesh = sharding.make_mesh(dict(config.mesh))
+    state, shardings = steps.create_train_state(model, tx, mesh, config.seed, rules)
+    tokenizer = SpecialIds(arch.vocab_size)
+    train_fn, _ = pretrain.mlm_steps(config, model, tokenizer, tx, schedule)
+    step_fn = runtime.jit_train_step(train_fn, shardings, mesh, rules)
     ids = np.random.default_rng(0).integers(4, 50260, (batch, length), dtype=np.int32)
     ids[:, 0], ids[:, -1] = 0, 2
-    batch_arrays = {"input_ids": jax.device_put(ids, sharding.batch_sharding(mesh))}
+    batch_arrays = {"input_ids": jax.device_put(ids, sharding.batch_sharding(mesh, rules))}
     holder = {"state": state}
 
     def step():
@@ -85,9 +96,13 @@ def build_ours(model_name: str, length: int, batch: int, args):
 
     if args.mode == "step":
         return step
-    # Parts of the step alone: where the time goes.
-    loss_fn, prepare = steps.mlm_loss(model), steps.mlm_prepare(mask_fn)
-    prepared = jax.jit(prepare)(jax.random.key(1), batch_arrays)
+    # Parts of the step alone: where the time goes. The masks are mlm_steps's, made once, untimed.
+    mask_fn = functools.partial(
+        masking.mask_tokens, mask_token_id=tokenizer.mask_token_id, vocab_size=arch.vocab_size,
+        special_ids=objectives.never_masked_ids(tokenizer, arch.vocab_size), **config.masking,
+    )
+    loss_fn = objectives.mlm_loss(model)
+    prepared = jax.jit(objectives.mlm_prepare(mask_fn))(jax.random.key(1), batch_arrays)
     rng = None if args.mode == "forward" else jax.random.key(2)
     part = jax.jit(loss_fn if args.mode == "forward" else jax.grad(lambda p, b, r: loss_fn(p, b, r)[0]))
     params = holder["state"].params

@@ -58,15 +58,17 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=20)
     args = parser.parse_args()
 
+    from roberta_jax.train import workdir as workdir_files
+
     with tempfile.TemporaryDirectory() as workdir:
         cmd = train_overrides(args, workdir)
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"train.py failed:\n{out.stderr[-3000:]}")
-        with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        with open(os.path.join(workdir, workdir_files.METRICS), encoding="utf-8") as f:
             rows = [json.loads(line) for line in f]
         per_step = [r["perf/tokens_per_sec"] for r in rows if "perf/tokens_per_sec" in r and r["step"] > args.skip]
-        saved = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+        saved = sorted(os.listdir(os.path.join(workdir, workdir_files.CHECKPOINTS)))
     # Mean throughput over the window: total tokens over total time, checkpoint steps included.
     tokens = args.batch * args.length
     train_median = statistics.median(per_step)

@@ -66,7 +66,7 @@ def test_our_config_json_loads_in_transformers(tmp_path):
 def test_num_labels_makes_label_maps_like_transformers():
     ours = RobertaConfig.from_dict({"num_labels": 5})
     assert ours.id2label == transformers.RobertaConfig(num_labels=5).id2label
-    assert preset("tiny", num_labels=1).num_labels == 1
+    assert preset("micro", num_labels=1).num_labels == 1
 
 
 def test_unimplemented_settings_are_errors():
@@ -80,7 +80,7 @@ def test_unimplemented_settings_are_errors():
 
 def test_unknown_preset_field_names_the_nearest_one():
     with pytest.raises(ValueError, match="did you mean 'hidden_dropout_prob'"):
-        preset("tiny", hiden_dropout_prob=0.0)
+        preset("micro", hiden_dropout_prob=0.0)
     with pytest.raises(ValueError, match="did you mean 'large'"):
         preset("larg")
 
@@ -88,11 +88,10 @@ def test_unknown_preset_field_names_the_nearest_one():
 def test_presets_have_the_published_sizes():
     import jax
 
-    from roberta_jax.model import hf_io
-    from roberta_jax.model.heads import RobertaForMaskedLM
+    from roberta_jax.model.heads import RobertaForMaskedLM, init_params
 
     def count(name):
-        shapes = jax.eval_shape(lambda: hf_io.init_params(RobertaForMaskedLM(preset(name)), jax.random.key(0)))
+        shapes = jax.eval_shape(lambda: init_params(RobertaForMaskedLM(preset(name)), jax.random.key(0)))
         return sum(x.size for x in jax.tree.leaves(shapes))
 
     assert round(count("base") / 1e6) == 125

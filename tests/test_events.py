@@ -13,6 +13,7 @@ from tensorboardX.proto.tensor_pb2 import TensorProto
 
 from roberta_jax.tools import events
 from roberta_jax.train import metrics
+from roberta_jax.train import workdir as workdir_files
 
 
 def write_scalars(logdir, points, suffix=""):
@@ -69,20 +70,20 @@ def test_events_agree_with_metrics_jsonl_where_both_have_the_step(tmp_path):
 
 
 def test_metrics_jsonl_is_the_fallback_and_missing_logs_are_an_error(tmp_path):
-    with open(tmp_path / "metrics.jsonl", "w") as f:
+    with open(tmp_path / workdir_files.METRICS, "w") as f:
         for step, loss in [(1, 3.0), (2, 2.0), (2, 1.5)]:  # a resumed step: the later record wins
             f.write(json.dumps({"step": step, "train/loss": loss}) + "\n")
     steps, values = events.read_scalars(str(tmp_path))["train/loss"]
     assert steps.tolist() == [1, 2] and values.tolist() == [3.0, 1.5]
     with pytest.raises(FileNotFoundError, match="events.out.tfevents"):
         events.read_scalars(str(tmp_path), source="events")
-    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+    with pytest.raises(FileNotFoundError, match=workdir_files.METRICS):
         events.read_scalars(str(tmp_path / "nothing"))
 
 
 def test_find_logdir_looks_in_the_directory_then_around_an_hf_export(tmp_path):
-    (tmp_path / "hf").mkdir()
-    assert events.find_logdir(str(tmp_path / "hf")) is None
-    (tmp_path / "metrics.jsonl").write_text("")
-    assert events.find_logdir(str(tmp_path / "hf")) == str(tmp_path)
+    (tmp_path / workdir_files.HF_EXPORT).mkdir()
+    assert events.find_logdir(str(tmp_path / workdir_files.HF_EXPORT)) is None
+    (tmp_path / workdir_files.METRICS).write_text("")
+    assert events.find_logdir(str(tmp_path / workdir_files.HF_EXPORT)) == str(tmp_path)
     assert events.find_logdir(str(tmp_path)) == str(tmp_path)

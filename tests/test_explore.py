@@ -9,7 +9,7 @@ import pytest
 from roberta_jax.data.tokenizer import RobertaTokenizer
 from roberta_jax.model import hf_io
 from roberta_jax.model.config import preset
-from roberta_jax.model.heads import RobertaForMaskedLM
+from roberta_jax.model.heads import RobertaForMaskedLM, init_params
 from roberta_jax.tools import explore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,9 +23,9 @@ def tok():
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, tok):
-    model = RobertaForMaskedLM(preset("tiny", vocab_size=50265, hidden_size=32, intermediate_size=64,
+    model = RobertaForMaskedLM(preset("micro", vocab_size=50265, hidden_size=32, intermediate_size=64,
                                       max_position_embeddings=34))
-    params = hf_io.init_params(model, jax.random.key(0))
+    params = init_params(model, jax.random.key(0))
     # " queen" gets a scaled copy of " king": its cosine similarity to " king" is exactly 1.
     table = np.array(params["roberta"]["embeddings"]["word_embeddings"]["embedding"])
     king, queen = (tok.get_vocab()[t] for t in ("Ġking", "Ġqueen"))

@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-import finetune
 from roberta_jax.data.tokenizer import RobertaTokenizer
-from roberta_jax.finetune import lib
+from roberta_jax.finetune import run, tasks, weights
+from roberta_jax.finetune.data import FeatureBatches, load_task_data
 from roberta_jax.model import hf_io
 from roberta_jax.model.config import RobertaConfig
-from roberta_jax.model.heads import ARCHITECTURES
+from roberta_jax.model.heads import ARCHITECTURES, init_params
 from roberta_jax.tools import sweep
-from roberta_jax.train import checkpoint, cli, sharding, steps
+from roberta_jax.train import checkpoint, cli, optimizer, sharding, steps
+from roberta_jax.train import workdir as workdir_files
+from roberta_jax.train.config import default_config
 from tests.train_runs import losses
 
 torch = pytest.importorskip("torch")
@@ -88,14 +90,15 @@ def pretraining_workdir(tmp_path_factory, hf_dir):
     `model_config.json` and `tokenizer/`."""
     workdir = tmp_path_factory.mktemp("pretrain")
     params, model, _ = hf_io.load_hf(hf_dir, "RobertaForMaskedLM")
-    tx, _ = steps.make_optimizer(ml_collections.ConfigDict(
+    tx, _ = optimizer.make_optimizer(ml_collections.ConfigDict(
         dict(peak_lr=1e-3, warmup_steps=1, total_steps=10, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01)))
-    state, shardings = steps.create_train_state(model, tx, sharding.make_mesh({"data": -1}), seed=0)
+    rules = sharding.axis_rules(default_config().logical_axis_rules)
+    state, shardings = steps.create_train_state(model, tx, sharding.make_mesh({"data": -1}), 0, rules)
     state = state.replace(step=jnp.asarray(3, jnp.int32), params=jax.device_put(params, shardings.params))
     saver = checkpoint.Checkpointer(str(workdir / "checkpoints"), every_steps=1, asynchronous=False)
     saver.save(3, state, {"epoch": 0, "position": 3})
     saver.close()
-    model.config.to_json_file(str(workdir / lib.PRETRAINING_MODEL_CONFIG))
+    model.config.to_json_file(str(workdir / workdir_files.MODEL_CONFIG))
     RobertaTokenizer.from_pretrained(hf_dir).save(workdir / "tokenizer")
     return str(workdir), params
 
@@ -109,14 +112,14 @@ def hf_logits(hf_model, inputs):
 @pytest.mark.parametrize("name", list(TASKS))
 def test_task_end_to_end_exports_a_transformers_model(tmp_path, hf_dir, name):
     config = tiny_config(name, hf_dir)
-    results = finetune.finetune_and_evaluate(config, str(tmp_path))
+    results = run.finetune_and_evaluate(config, str(tmp_path))
 
     saved = json.loads((tmp_path / "eval_results.json").read_text())
     assert saved["final_step"] == 4 and saved["best_step"] in (2, 4)
     key = f"eval/{config.best_metric}"
     assert saved["best_metric"] == key and saved["best"][key] >= saved["final"][key]
-    assert set(lib.metric_names(config)) == {k.removeprefix("eval/") for k in saved["final"]
-                                                        if not k.startswith("eval/best_")}
+    names = {*tasks.get_task(config.task).metric_names(config), "loss"}
+    assert names == {k.removeprefix("eval/") for k in saved["final"] if not k.startswith("eval/best_")}
     assert saved == json.loads(json.dumps(results))
     assert json.loads((tmp_path / "best.json").read_text())["step"] == saved["best_step"]
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -129,8 +132,9 @@ def test_task_end_to_end_exports_a_transformers_model(tmp_path, hf_dir, name):
     hf_model, info = auto.from_pretrained(best, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     hf_model.eval()
-    params, model, report = hf_io.load_hf(best, lib.HEADS[config.task], strict=True)
-    data = lib.load_task_data(config, RobertaTokenizer.from_pretrained(best))
+    task = tasks.get_task(config.task)
+    params, model, report = hf_io.load_hf(best, task.ARCHITECTURE, strict=True)
+    data = load_task_data(config, RobertaTokenizer.from_pretrained(best), task)
     text = "a warm , funny film"
     assert transformers.AutoTokenizer.from_pretrained(best)(text)["input_ids"] == RobertaTokenizer.from_pretrained(
         best)(text)["input_ids"]
@@ -139,30 +143,30 @@ def test_task_end_to_end_exports_a_transformers_model(tmp_path, hf_dir, name):
     ours = ours if isinstance(ours, tuple) else (ours,)
     for a, b in zip(ours, hf_logits(hf_model, inputs), strict=True):
         np.testing.assert_allclose(np.asarray(a), b, atol=1e-4, rtol=0)
-    if data.label_list is not None:
-        assert hf_model.config.id2label == dict(enumerate(data.label_list))
-        assert hf_model.config.label2id == {label: i for i, label in enumerate(data.label_list)}
+    if data.labels is not None:
+        assert hf_model.config.id2label == dict(enumerate(data.labels))
+        assert hf_model.config.label2id == {label: i for i, label in enumerate(data.labels)}
 
     # The export holds the params of the best evaluation: its metrics come back from the files.
     eval_arrays = {k: jnp.asarray(v) for k, v in data.arrays("eval").items()}
     eval_arrays["weights"] = jnp.ones(len(eval_arrays["input_ids"]), jnp.float32)
-    _, outputs = jax.jit(lib.task_eval_step(config.task, model))(params, eval_arrays)
-    rescored = lib.compute_metrics(config, data, jax.device_get(outputs))
+    _, outputs = jax.jit(run.task_eval_fn(config, task, model))(params, eval_arrays, 0)
+    rescored = task.score(config, jax.device_get(outputs), data.eval_features, data.eval_examples, data.labels)
     assert rescored[config.best_metric] == pytest.approx(saved["best"][key], abs=1e-6)
 
 
 def test_resume_finishes_like_an_uninterrupted_run(tmp_path, hf_dir):
     config = tiny_config("sst2", hf_dir)
     config.checkpoint.keep = 3
-    straight = finetune.finetune_and_evaluate(config, str(tmp_path / "a"))
+    straight = run.finetune_and_evaluate(config, str(tmp_path / "a"))
     # The same run, its last checkpoint lost: restarted, it resumes at step 2 and trains steps 3 and 4 again.
-    finetune.finetune_and_evaluate(config, str(tmp_path / "b"))
+    run.finetune_and_evaluate(config, str(tmp_path / "b"))
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
-    resumed = finetune.finetune_and_evaluate(config, str(tmp_path / "b"))
+    resumed = run.finetune_and_evaluate(config, str(tmp_path / "b"))
     assert resumed["final"] == straight["final"] and resumed["best"] == straight["best"]
     assert losses(tmp_path / "a") == losses(tmp_path / "b")  # exact on CPU
     # A finished run started again trains nothing and reports the same.
-    assert finetune.finetune_and_evaluate(config, str(tmp_path / "a"))["final"] == straight["final"]
+    assert run.finetune_and_evaluate(config, str(tmp_path / "a"))["final"] == straight["final"]
 
 
 def test_learns_its_training_sentences(tmp_path, hf_dir):
@@ -173,7 +177,7 @@ def test_learns_its_training_sentences(tmp_path, hf_dir):
     config.model.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     config.optimizer.peak_lr = 1e-2
     config.checkpoint.every_steps = 30
-    results = finetune.finetune_and_evaluate(config, str(tmp_path))
+    results = run.finetune_and_evaluate(config, str(tmp_path))
     assert results["final"]["eval/accuracy"] == 1.0
     curve = [loss for _, loss in sorted(losses(tmp_path).items())]
     assert len(curve) == 30 and np.mean(curve[-3:]) < 0.5 * np.mean(curve[:3])
@@ -182,14 +186,14 @@ def test_learns_its_training_sentences(tmp_path, hf_dir):
 def fresh_zeros(architecture, config):
     """Stand-ins for a head model's fresh params: zeros of the right shapes."""
     model = ARCHITECTURES[architecture](config)
-    shapes = jax.eval_shape(lambda: hf_io.init_params(model, jax.random.key(0)))
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
     return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
 
 
 def test_init_from_pretraining_workdir(tmp_path, pretraining_workdir):
     workdir, mlm_params = pretraining_workdir
-    config = lib.initial_config(workdir).replace(num_labels=3)
-    params, report = lib.load_initial(workdir, fresh_zeros("RobertaForSequenceClassification", config))
+    config = weights.initial_config(workdir).replace(num_labels=3)
+    params, report = weights.load_initial(workdir, fresh_zeros("RobertaForSequenceClassification", config))
     assert sorted(report.missing) == sorted(
         f"classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")
     )
@@ -197,16 +201,16 @@ def test_init_from_pretraining_workdir(tmp_path, pretraining_workdir):
     jax.tree.map(np.testing.assert_array_equal, params["roberta"], jax.device_get(mlm_params["roberta"]))
     assert params["classifier"]["out_proj"]["kernel"].shape == (32, 3)
     assert not np.any(params["classifier"]["out_proj"]["kernel"])  # the fresh value, kept
-    assert lib.tokenizer_dir(workdir) == os.path.join(workdir, "tokenizer")
+    assert weights.tokenizer_dir(workdir) == os.path.join(workdir, "tokenizer")
     # Multiple choice reads the pooler, which an MLM checkpoint lacks: left fresh, and reported.
-    _, report = lib.load_initial(workdir, fresh_zeros("RobertaForMultipleChoice", config))
+    _, report = weights.load_initial(workdir, fresh_zeros("RobertaForMultipleChoice", config))
     assert {"roberta.pooler.dense.weight", "classifier.weight"} <= set(report.missing)
     with pytest.raises(ValueError, match="classifier.out_proj.weight"):  # a head of another label count
         hf_io.save_hf(str(tmp_path / "three"), ARCHITECTURES["RobertaForSequenceClassification"](config), params)
-        lib.load_initial(str(tmp_path / "three"), fresh_zeros("RobertaForSequenceClassification",
+        weights.load_initial(str(tmp_path / "three"), fresh_zeros("RobertaForSequenceClassification",
                                                                         config.replace(num_labels=2)))
 
-    results = finetune.finetune_and_evaluate(tiny_config("sst2", workdir), str(tmp_path / "ft"))
+    results = run.finetune_and_evaluate(tiny_config("sst2", workdir), str(tmp_path / "ft"))
     assert results["final_step"] == 4 and np.isfinite(results["final"]["eval/loss"])
     exported = RobertaConfig.from_json_file(str(tmp_path / "ft" / "best_hf"))
     assert exported.architectures == ("RobertaForSequenceClassification",)
@@ -217,7 +221,7 @@ def test_rows_longer_than_the_position_table_are_refused(tmp_path, hf_dir):
     config = tiny_config("sst2", hf_dir)  # 66 positions: <s> ... </s> in 64 tokens
     config.data.max_length = 65
     with pytest.raises(ValueError, match=r"data.max_length=65 is longer .* allow \(64\)"):
-        finetune.finetune_and_evaluate(config, str(tmp_path))
+        run.finetune_and_evaluate(config, str(tmp_path))
 
 
 @pytest.mark.parametrize("name", ["sst2", "stsb", "conll", "squad", "swag"])
@@ -227,21 +231,22 @@ def test_task_losses_equal_transformers(tmp_path, hf_dir, name):
     if name == "stsb":
         path = os.path.join(TASK_DATA, "stsb.jsonl")
         config.data.update(train_file=path, eval_file=path, regression=True)
-    data = lib.load_task_data(config, RobertaTokenizer.from_pretrained(hf_dir))
-    architecture = lib.HEADS[config.task]
-    head_config = lib.initial_config(hf_dir).replace(**lib.head_overrides(config, data))
+    task = tasks.get_task(config.task)
+    data = load_task_data(config, RobertaTokenizer.from_pretrained(hf_dir), task)
+    architecture = task.ARCHITECTURE
+    head_config = run.head_architecture(weights.initial_config(hf_dir), config, task, data.labels)
     torch.manual_seed(1)
     hf_model = getattr(transformers, architecture)(transformers.RobertaConfig(**head_config.to_dict())).eval()
     hf_model.save_pretrained(tmp_path)
     params, model, _ = hf_io.load_hf(str(tmp_path), architecture, strict=True)
 
-    batch = next(lib.FeatureBatches(data.arrays("train"), 3, shuffle=False, process_index=0,
+    batch = next(FeatureBatches(data.arrays("train"), 3, shuffle=False, process_index=0,
                                              process_count=1))
-    loss_sum, (count, _) = lib.task_loss(config.task, model, config.data.regression)(
+    loss_sum, (count, _) = run.task_loss_fn(config, task, model)(
         params, {k: jnp.asarray(v) for k, v in batch.items()}, None
     )
     inputs = {k: torch.tensor(np.asarray(batch[k], np.int64)) for k in ("input_ids", "attention_mask")}
-    targets = {k: torch.tensor(batch[k]) for k in lib.TARGETS[config.task]}
+    targets = {k: torch.tensor(batch[k]) for k in task.TARGETS}
     if not config.data.regression:
         targets = {k: v.long() for k, v in targets.items()}
     with torch.no_grad():
@@ -251,13 +256,14 @@ def test_task_losses_equal_transformers(tmp_path, hf_dir, name):
 
 def test_padding_rows_change_no_loss(hf_dir):
     config = tiny_config("conll", hf_dir)
-    data = lib.load_task_data(config, RobertaTokenizer.from_pretrained(hf_dir))
-    head_config = lib.initial_config(hf_dir).replace(**lib.head_overrides(config, data))
+    task = tasks.get_task("ner")
+    data = load_task_data(config, RobertaTokenizer.from_pretrained(hf_dir), task)
+    head_config = run.head_architecture(weights.initial_config(hf_dir), config, task, data.labels)
     model = ARCHITECTURES["RobertaForTokenClassification"](head_config)
-    params, _ = lib.load_initial(hf_dir, fresh_zeros("RobertaForTokenClassification", head_config))
-    loss_fn = jax.jit(lib.task_loss("ner", model), static_argnums=2)
+    params, _ = weights.load_initial(hf_dir, fresh_zeros("RobertaForTokenClassification", head_config))
+    loss_fn = jax.jit(run.task_loss_fn(config, task, model), static_argnums=2)
     arrays = data.arrays("eval")  # 4 sentences; batches of 3 leave 2 padding rows
-    batches = list(lib.FeatureBatches(arrays, 3, shuffle=False, num_epochs=1, drop_remainder=False,
+    batches = list(FeatureBatches(arrays, 3, shuffle=False, num_epochs=1, drop_remainder=False,
                                                process_index=0, process_count=1))
     assert [b["weights"].tolist() for b in batches] == [[1, 1, 1], [1, 0, 0]]
     sums = [loss_fn(params, b, None) for b in batches]
@@ -268,23 +274,23 @@ def test_padding_rows_change_no_loss(hf_dir):
 
 def test_feature_batches_shuffle_resume_and_host_shares():
     arrays = {"x": np.arange(10), "y": np.arange(10) * 2}
-    batches = lib.FeatureBatches(arrays, 4, seed=3, process_index=0, process_count=1)
+    batches = FeatureBatches(arrays, 4, seed=3, process_index=0, process_count=1)
     assert batches.steps_per_epoch == 2
     straight = [next(batches)["x"].tolist() for _ in range(5)]
     epoch0 = np.random.default_rng([3, 0]).permutation(10)
     assert straight[:2] == [epoch0[:4].tolist(), epoch0[4:8].tolist()]
     assert straight[2] == np.random.default_rng([3, 1]).permutation(10)[:4].tolist()
 
-    again = lib.FeatureBatches(arrays, 4, seed=3, process_index=0, process_count=1)
+    again = FeatureBatches(arrays, 4, seed=3, process_index=0, process_count=1)
     next(again)
     state = json.loads(json.dumps(again.get_state()))
-    resumed = lib.FeatureBatches(arrays, 4, seed=3, process_index=0, process_count=1)
+    resumed = FeatureBatches(arrays, 4, seed=3, process_index=0, process_count=1)
     resumed.set_state(state)
     assert [next(resumed)["x"].tolist() for _ in range(4)] == straight[1:]
     with pytest.raises(ValueError, match="global_batch_size=4"):
-        lib.FeatureBatches(arrays, 2, seed=3, process_count=1).set_state(state)
+        FeatureBatches(arrays, 2, seed=3, process_count=1).set_state(state)
 
-    hosts = [lib.FeatureBatches(arrays, 4, seed=3, process_index=p, process_count=2) for p in (0, 1)]
+    hosts = [FeatureBatches(arrays, 4, seed=3, process_index=p, process_count=2) for p in (0, 1)]
     for global_batch in straight[:3]:
         shares = [next(h) for h in hosts]
         assert shares[0]["x"].tolist() + shares[1]["x"].tolist() == global_batch
@@ -299,9 +305,9 @@ def test_configs_hold_the_recipe(name):
     assert (c.optimizer.peak_lr, c.batch_size, c.num_epochs, c.data.max_length) == recipe
     assert (c.optimizer.b1, c.optimizer.b2, c.optimizer.eps, c.optimizer.weight_decay) == (0.9, 0.98, 1e-6, 0.1)
     assert c.optimizer.warmup_ratio == 0.06 and c.task == TASKS[name]["task"]
-    assert c.best_metric in lib.metric_names(c)
+    assert c.best_metric in tasks.get_task(c.task).metric_names(c)
     assert os.path.normpath(os.path.join(REPO, "..", "shared", "data")) in c.data.train_file
-    total, opt = finetune.schedule(c, num_train=1000)
+    total, opt = run.schedule(c, num_train=1000)
     assert total == int(np.ceil(c.num_epochs * (1000 // c.batch_size)))
     assert opt.warmup_steps == round(0.06 * total) and opt.total_steps == total
 

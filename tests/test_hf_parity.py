@@ -7,6 +7,7 @@ import pytest
 
 from roberta_jax.model import hf_io
 from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model.heads import ARCHITECTURES, RobertaForSequenceClassification, init_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -112,7 +113,7 @@ def test_import_from_transformers(architecture, tmp_path):
 
 
 def perturbed_params(model, seed: int):
-    params = hf_io.init_params(model, jax.random.key(seed))
+    params = init_params(model, jax.random.key(seed))
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
     return jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
@@ -120,8 +121,6 @@ def perturbed_params(model, seed: int):
 
 @pytest.mark.parametrize("architecture", HEADS)
 def test_export_to_transformers(architecture, tmp_path):
-    from roberta_jax.model.heads import ARCHITECTURES
-
     config = RobertaConfig.from_dict(hf_config(architecture))
     model = ARCHITECTURES[architecture](config)
     params = perturbed_params(model, seed=3)
@@ -134,8 +133,6 @@ def test_export_to_transformers(architecture, tmp_path):
 
 
 def test_export_loads_with_auto_classes(tmp_path):
-    from roberta_jax.model.heads import RobertaForSequenceClassification
-
     config = RobertaConfig.from_dict(HF_CONFIG).replace(id2label={0: "neg", 1: "neu", 2: "pos"})
     model = RobertaForSequenceClassification(config)
     hf_io.save_hf(str(tmp_path), model, perturbed_params(model, seed=5))

@@ -5,12 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from roberta_jax.model import hf_io
 from roberta_jax.model.config import preset
-from roberta_jax.model.heads import RobertaForCausalLM, RobertaForMaskedLM, RobertaForSequenceClassification
+from roberta_jax.model.heads import (
+    RobertaForCausalLM,
+    RobertaForMaskedLM,
+    RobertaForSequenceClassification,
+    init_params,
+)
 from roberta_jax.model.layers import attention_implementation, position_ids_from_input_ids
 
-CONFIG = preset("tiny", vocab_size=97, max_position_embeddings=34)
+CONFIG = preset("micro", vocab_size=97, max_position_embeddings=34)
 
 
 def padded_batch(seed=0):
@@ -24,7 +28,7 @@ def padded_batch(seed=0):
 @pytest.fixture(scope="module")
 def mlm():
     model = RobertaForMaskedLM(CONFIG)
-    return model, hf_io.init_params(model, jax.random.key(0))
+    return model, init_params(model, jax.random.key(0))
 
 
 def test_position_ids_count_from_pad_plus_one_and_skip_padding():
@@ -117,7 +121,7 @@ def test_remat_gives_the_same_loss_and_gradients():
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), labels])
 
     plain, remat = RobertaForSequenceClassification(CONFIG), RobertaForSequenceClassification(CONFIG, remat=True)
-    params = hf_io.init_params(plain, jax.random.key(0))
+    params = init_params(plain, jax.random.key(0))
     (l1, g1), (l2, g2) = (jax.value_and_grad(lambda p, m=m: loss(m, p))(params) for m in (plain, remat))
     np.testing.assert_allclose(l1, l2, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
@@ -141,7 +145,7 @@ def test_params_carry_logical_axis_names():
 @pytest.mark.parametrize("is_decoder", [False, True])
 def test_no_attention_mask_means_attend_to_everything(is_decoder):
     model = RobertaForMaskedLM(CONFIG) if not is_decoder else RobertaForCausalLM(CONFIG.replace(is_decoder=True))
-    params = hf_io.init_params(model, jax.random.key(0))
+    params = init_params(model, jax.random.key(0))
     ids, _ = padded_batch()
     ones = jnp.ones_like(ids)
     np.testing.assert_allclose(model.apply({"params": params}, ids), model.apply({"params": params}, ids, ones),

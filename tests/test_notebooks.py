@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from roberta_jax.train import workdir as workdir_files
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("matplotlib")
@@ -72,7 +74,7 @@ def check_outputs(nb, num_figures):
 
 @pytest.mark.parametrize("source", ["workdir", "hf"])
 def test_explore_checkpoint_notebook(workdir, monkeypatch, source):
-    path = str(workdir if source == "workdir" else workdir / "hf")
+    path = str(workdir if source == "workdir" else workdir / workdir_files.HF_EXPORT)
     text = check_outputs(execute("explore_checkpoint", monkeypatch, CHECKPOINT=path, LOGDIR=None), num_figures=2)
     assert (f"orbax checkpoint {path}, step {STEPS}" if source == "workdir" else f"hf checkpoint {path}") in text
     assert "2 layers, hidden size 32, 4 heads" in text
@@ -81,7 +83,7 @@ def test_explore_checkpoint_notebook(workdir, monkeypatch, source):
 
 
 def test_data_and_masking_notebook(workdir, monkeypatch):
-    text = check_outputs(execute("data_and_masking", monkeypatch, TOKENIZER=str(workdir / "tokenizer"),
+    text = check_outputs(execute("data_and_masking", monkeypatch, TOKENIZER=str(workdir / workdir_files.TOKENIZER),
                                  MAX_SEQ_LENGTH=24), num_figures=2)
     assert "5 documents -> " in text and "step 1: " in text and "step 2: " in text
 

@@ -9,6 +9,7 @@ import safetensors.numpy
 
 from roberta_jax.tools import convert
 from roberta_jax.train import metrics
+from roberta_jax.train import workdir as workdir_files
 from tests.train_runs import losses, run_train
 
 
@@ -26,15 +27,17 @@ def test_tiny_run_loss_falls_and_exports(tmp_path, corpus):
                 "perf/tokens_per_sec", "perf/step_time", "eval/accuracy"):
         assert key in record
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
-    assert json.loads((tmp_path / "train_config.json").read_text())["total_steps"] == 40
-    assert {"model.safetensors", "config.json", "vocab.json", "merges.txt"} <= set(os.listdir(tmp_path / "hf"))
+    assert json.loads((tmp_path / workdir_files.TRAIN_CONFIG).read_text())["total_steps"] == 40
+    hf_export = tmp_path / workdir_files.HF_EXPORT
+    assert {"model.safetensors", "config.json", "vocab.json", "merges.txt"} <= set(os.listdir(hf_export))
     # The final checkpoint converts to the same HF weights as the export at the end of the run.
-    convert.main(["to-hf", str(tmp_path), str(tmp_path / "converted")])
-    exported, converted = (safetensors.numpy.load_file(tmp_path / d / "model.safetensors") for d in ("hf", "converted"))
+    converted_dir = tmp_path / "converted"
+    convert.main(["to-hf", str(tmp_path), str(converted_dir)])
+    exported, converted = (safetensors.numpy.load_file(d / "model.safetensors") for d in (hf_export, converted_dir))
     assert sorted(exported) == sorted(converted)
     for name in exported:
         np.testing.assert_array_equal(exported[name], converted[name])
-    assert (tmp_path / "converted" / "merges.txt").exists()
+    assert (converted_dir / "merges.txt").exists()
 
 
 MESH_STEPS = ["--config.total_steps=4", "--config.checkpoint.every_steps=100", "--config.model.hidden_dropout_prob=0.1",

@@ -6,6 +6,7 @@ import sys
 import time
 
 from roberta_jax.train import metrics
+from roberta_jax.train import workdir as workdir_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +41,7 @@ def losses(workdir):
 def wait_for_step(workdir, proc, step, timeout=300):
     start = time.time()
     while time.time() - start < timeout:
-        if os.path.exists(os.path.join(workdir, "metrics.jsonl")) and max(losses(workdir), default=0) >= step:
+        if os.path.exists(os.path.join(workdir, workdir_files.METRICS)) and max(losses(workdir), default=0) >= step:
             return
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.02)

@@ -11,7 +11,8 @@ Data: `../shared/data/conll2003/{train,valid}.txt` beside the repo (two columns,
 `AutoModelForTokenClassification` and its config carries the tag names (`id2label`).
 """
 
-from roberta_jax.finetune.config import default_config, shared_data
+from configs.common import shared_data
+from roberta_jax.finetune.config import default_config
 
 
 def get_config():

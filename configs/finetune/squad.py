@@ -12,7 +12,8 @@ near 86 and F1 near 92. Results go to `WORKDIR/eval_results.json`; `WORKDIR/best
 `AutoModelForQuestionAnswering`.
 """
 
-from roberta_jax.finetune.config import default_config, shared_data
+from configs.common import shared_data
+from roberta_jax.finetune.config import default_config
 
 
 def get_config():

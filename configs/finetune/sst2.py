@@ -13,7 +13,8 @@ Not run here on the full recipe; fairseq's roberta.base reaches dev accuracy 94.
 (`AutoModelForSequenceClassification.from_pretrained`).
 """
 
-from roberta_jax.finetune.config import default_config, shared_data
+from configs.common import shared_data
+from roberta_jax.finetune.config import default_config
 
 
 def get_config():

@@ -10,7 +10,8 @@ https://github.com/rowanz/swagaf/tree/master/data). About 13,800 steps. Not run 
 `WORKDIR/eval_results.json`; `WORKDIR/best_hf` loads with `AutoModelForMultipleChoice`.
 """
 
-from roberta_jax.finetune.config import default_config, shared_data
+from configs.common import shared_data
+from roberta_jax.finetune.config import default_config
 
 
 def get_config():

@@ -2,22 +2,15 @@
 
 Every field can be overridden on the command line (`--config.optimizer.peak_lr=2e-5`); an unknown
 key is an error that names the nearest valid one. Relative data paths are read from the directory
-`finetune.py` runs in.
+`finetune.py` runs in. The runtime fields (dtype, mesh, checkpoints, ...) are pretraining's
+(`train.config.add_runtime_fields`).
 """
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
-# The task configs' default data: `../shared/data` beside the repository (GLUE, CoNLL-2003, SQuAD, SWAG).
-SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
-
-
-def shared_data(*parts: str) -> str:
-    """A path under `SHARED_DATA`: `shared_data("sst2", "train.tsv")`."""
-    return os.path.join(SHARED_DATA, *parts)
+from roberta_jax.train.config import add_runtime_fields
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -46,9 +39,6 @@ def default_config() -> ml_collections.ConfigDict:
     )
     # Dropout of the fine-tuned model, replacing the checkpoint's (RoBERTa fine-tunes with 0.1).
     c.model = ml_collections.ConfigDict(dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1))
-    c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
-    c.attention_implementation = ""  # "": cuDNN flash attention on GPU where it applies, else XLA; or force one
-    c.remat = False  # recompute each layer's activations in the backward pass (memory for time)
 
     c.batch_size = 32  # global examples per step (all hosts, all microbatches)
     c.grad_accum_steps = 1  # microbatches per step, accumulated inside the compiled step
@@ -69,13 +59,5 @@ def default_config() -> ml_collections.ConfigDict:
     c.n_best = 20  # qa: start/end candidates per window
     c.max_answer_length = 30  # qa: longest answer, in tokens
 
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # as in pretraining; -1 = the remaining devices
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=1, asynchronous=True))  # for resuming
     c.log_every_steps = 50  # TensorBoard interval; metrics.jsonl gets every step
-    c.max_nonfinite_steps = 10  # consecutive skipped (non-finite) updates before the run stops
-    c.progress = True  # the one-line progress display
-    # Multi-host: jax.distributed.initialize with these (empty / -1: detected from the cluster).
-    c.distributed = ml_collections.ConfigDict(
-        dict(initialize=False, coordinator_address="", num_processes=0, process_id=-1)
-    )
-    return c
+    return add_runtime_fields(c, checkpoint_keep=1)

@@ -8,11 +8,12 @@ loads here unchanged and the one written here loads in `transformers` unchanged.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
+
+from roberta_jax.suggest import did_you_mean
 
 # Activations by their HF names; `layers.ACTIVATIONS` implements each.
 _SUPPORTED_ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_pytorch_tanh", "tanh")
@@ -134,14 +135,18 @@ class RobertaConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # A few hundred thousand parameters: unit tests and CPU smoke runs.
-    "tiny": dict(
+    # 146k parameters: the unit tests' model.
+    "micro": dict(
         vocab_size=1024,
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=128,
         max_position_embeddings=130,
+    ),
+    # The README's quickstart (`configs/tiny.py`): 1.36M parameters with its 4096-token vocabulary.
+    "tiny": dict(
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, max_position_embeddings=130
     ),
     # roberta-base, 125M parameters.
     "base": dict(),
@@ -162,9 +167,3 @@ def preset(name: str, **overrides) -> RobertaConfig:
             raise ValueError(f"unknown RobertaConfig field {key!r}{did_you_mean(key, fields)}.")
     config = RobertaConfig(**PRESETS[name])
     return config.replace(**overrides)
-
-
-def did_you_mean(name: str, choices) -> str:
-    """'; did you mean 'x'?' for the closest of `choices`, or '' when none is close."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else ""

@@ -205,3 +205,14 @@ def architecture_name(model: nn.Module) -> str:
         if type(model) is cls:
             return name
     raise ValueError(f"{type(model).__name__} is not one of {list(ARCHITECTURES)}.")
+
+
+def dummy_inputs(model: nn.Module) -> jax.Array:
+    """Token ids of the rank `model` takes, for `init`: [1, 8] or [1, 2, 8] for multiple choice."""
+    shape = (1, 2, 8) if isinstance(model, RobertaForMultipleChoice) else (1, 8)
+    return jnp.zeros(shape, jnp.int32)
+
+
+def init_params(model: nn.Module, rng: jax.Array) -> dict:
+    """Freshly initialised params (unboxed) of `model`."""
+    return nn.meta.unbox(model.init(rng, dummy_inputs(model))["params"])

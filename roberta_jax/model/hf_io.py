@@ -27,7 +27,7 @@ import safetensors.numpy
 from flax import traverse_util
 
 from roberta_jax.model.config import RobertaConfig
-from roberta_jax.model.heads import ARCHITECTURES, RobertaForMultipleChoice, architecture_name
+from roberta_jax.model.heads import ARCHITECTURES, architecture_name, init_params
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -132,17 +132,6 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         f"no {SAFETENSORS} or {SAFETENSORS_INDEX} in {path!r}; save the PyTorch model with "
         "`save_pretrained(dir)` (safetensors is its default)."
     )
-
-
-def dummy_inputs(model: nn.Module) -> jax.Array:
-    """Token ids of the rank `model` takes, for `init`: [1, 8] or [1, 2, 8] for multiple choice."""
-    shape = (1, 2, 8) if isinstance(model, RobertaForMultipleChoice) else (1, 8)
-    return jnp.zeros(shape, jnp.int32)
-
-
-def init_params(model: nn.Module, rng: jax.Array) -> dict:
-    """Freshly initialised params (unboxed) of `model`."""
-    return nn.meta.unbox(model.init(rng, dummy_inputs(model))["params"])
 
 
 def load_hf(

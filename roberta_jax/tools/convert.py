@@ -19,10 +19,10 @@ import orbax.checkpoint as ocp
 
 from roberta_jax.model import hf_io
 from roberta_jax.model.config import RobertaConfig
-from roberta_jax.model.heads import ARCHITECTURES
+from roberta_jax.model.heads import ARCHITECTURES, init_params
 from roberta_jax.train import checkpoint
+from roberta_jax.train import workdir as workdir_files
 
-WORKDIR_MODEL_CONFIG = "model_config.json"  # written by train.py beside its checkpoints
 TOKENIZER_FILES = (
     "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
 )
@@ -41,14 +41,14 @@ def load_params(directory: str, **model_kwargs):
     """Reads a directory written by `save_params`, or a pretraining workdir (its newest
     checkpoint, architecture in `model_config.json`): returns (params, model)."""
     directory = os.path.abspath(directory)
-    if os.path.isfile(os.path.join(directory, WORKDIR_MODEL_CONFIG)):
-        config = RobertaConfig.from_json_file(os.path.join(directory, WORKDIR_MODEL_CONFIG))
+    if workdir_files.is_pretraining_workdir(directory):
+        config = RobertaConfig.from_json_file(os.path.join(directory, workdir_files.MODEL_CONFIG))
         params, _ = checkpoint.load_params(directory)
         return params, ARCHITECTURES["RobertaForMaskedLM"](config, **model_kwargs)
     config = RobertaConfig.from_json_file(directory)
     architecture = (config.architectures or ("RobertaForMaskedLM",))[0]
     model = ARCHITECTURES[architecture](config, **model_kwargs)
-    template = jax.eval_shape(lambda: hf_io.init_params(model, jax.random.key(0)))
+    template = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(os.path.join(directory, "params"), template)
     return params, model
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
         params, model = load_params(args.src)
         hf_io.save_hf(args.dst, model, params)
     copied = copy_tokenizer_files(args.src, args.dst) or copy_tokenizer_files(
-        os.path.join(args.src, "tokenizer"), args.dst
+        os.path.join(args.src, workdir_files.TOKENIZER), args.dst
     )
     print(f"wrote {args.dst}" + (f" (with {', '.join(copied)})" if copied else ""))
 

@@ -23,6 +23,7 @@ from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.record_writer import masked_crc32c
 
 from roberta_jax.train import metrics
+from roberta_jax.train import workdir as workdir_files
 
 EVENTS_GLOB = "events.out.tfevents.*"
 
@@ -36,7 +37,7 @@ def event_files(logdir: str) -> list[str]:
 
 def has_logs(logdir: str) -> bool:
     """Whether `logdir` holds event files or a `metrics.jsonl`."""
-    return bool(event_files(logdir)) or os.path.isfile(os.path.join(logdir, "metrics.jsonl"))
+    return bool(event_files(logdir)) or os.path.isfile(os.path.join(logdir, workdir_files.METRICS))
 
 
 def find_logdir(path: str) -> str | None:
@@ -107,7 +108,7 @@ def read_scalars(logdir: str, source: str = "auto") -> Scalars:
             for tag, series in read_event_scalars(path).items():
                 merged.setdefault(tag, {}).update(series)
     else:
-        if not os.path.isfile(os.path.join(logdir, "metrics.jsonl")):
+        if not os.path.isfile(os.path.join(logdir, workdir_files.METRICS)):
             raise FileNotFoundError(f"no {EVENTS_GLOB} files and no metrics.jsonl in {logdir}")
         merged = {}
         for step, record in metrics.read_metrics(logdir).items():

@@ -15,7 +15,6 @@ Everything runs eagerly in float32 on the default device; it is meant for small 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import warnings
@@ -31,14 +30,9 @@ from roberta_jax.data.tokenizer import RobertaTokenizer
 from roberta_jax.model import hf_io
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
+from roberta_jax.tools.views import MASKED, NOT_CHOSEN, PADDING, RANDOM, SPECIAL, UNCHANGED
 from roberta_jax.train import checkpoint, masking
-
-MODEL_CONFIG = "model_config.json"  # written by train.py beside the checkpoints
-
-# `document_index` values besides document numbers.
-SPECIAL, PADDING = -1, -2
-# `mask_rows` kinds: what the masking did to each token.
-NOT_CHOSEN, MASKED, RANDOM, UNCHANGED = 0, 1, 2, 3
+from roberta_jax.train import workdir as workdir_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +51,10 @@ def load_checkpoint(path: str, step: int | None = None) -> Checkpoint:
     """Loads a pretraining workdir (`train.py --workdir`; newest checkpoint unless `step`) or an
     HF directory (`config.json` + `model.safetensors` + tokenizer files) as a masked LM."""
     path = os.path.abspath(path)
-    if os.path.isfile(os.path.join(path, MODEL_CONFIG)):
+    if workdir_files.is_pretraining_workdir(path):
         params, step = checkpoint.load_params(path, step)
-        model = RobertaForMaskedLM(RobertaConfig.from_json_file(os.path.join(path, MODEL_CONFIG)))
-        return Checkpoint(model, params, RobertaTokenizer.from_pretrained(_workdir_tokenizer(path)), path,
+        model = RobertaForMaskedLM(RobertaConfig.from_json_file(os.path.join(path, workdir_files.MODEL_CONFIG)))
+        return Checkpoint(model, params, RobertaTokenizer.from_pretrained(workdir_files.tokenizer_dir(path)), path,
                           "orbax", step)
     if os.path.isfile(os.path.join(path, "config.json")):
         params, model, report = hf_io.load_hf(path, RobertaForMaskedLM)
@@ -69,17 +63,9 @@ def load_checkpoint(path: str, step: int | None = None) -> Checkpoint:
                           stacklevel=2)
         return Checkpoint(model, params, RobertaTokenizer.from_pretrained(path), path, "hf", None)
     raise FileNotFoundError(
-        f"{path} is neither a pretraining workdir (no {MODEL_CONFIG}) nor an HF directory (no config.json)."
+        f"{path} is neither a pretraining workdir (no {workdir_files.MODEL_CONFIG}) nor an HF directory "
+        "(no config.json)."
     )
-
-
-def _workdir_tokenizer(workdir: str) -> str:
-    """WORKDIR/tokenizer, or the `tokenizer.path` the run was configured with."""
-    saved = os.path.join(workdir, "tokenizer")
-    if os.path.isdir(saved):
-        return saved
-    with open(os.path.join(workdir, "train_config.json"), encoding="utf-8") as f:
-        return json.load(f)["tokenizer"]["path"]
 
 
 def token_strings(tokenizer: RobertaTokenizer, ids: Sequence[int]) -> list[str]:

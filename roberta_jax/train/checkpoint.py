@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from roberta_jax.train import workdir as workdir_files
+
 log = logging.getLogger(__name__)
 
 
@@ -74,9 +76,6 @@ class Checkpointer:
         batches.set_state(data_state)
         return state, step
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
@@ -88,7 +87,7 @@ class Checkpointer:
 def load_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
     """The params of a pretraining workdir's checkpoint (newest when `step` is None), as a
     tree of host arrays, and its step. The matching architecture is `WORKDIR/model_config.json`."""
-    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
+    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), workdir_files.CHECKPOINTS))
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")

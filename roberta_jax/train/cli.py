@@ -1,7 +1,6 @@
 """Command-line pieces shared by the entry points (`train.py`, `finetune.py`, the sweep): loading a
-config file, config-flag parsing with a one-line error for an unknown key, `jax.distributed` set up
-from the config, the workdir with the resolved config, and the log filter that keeps Orbax's
-per-save lines out of the way."""
+config file, config-flag parsing with a one-line error for an unknown key, and the log filter that
+keeps Orbax's per-save lines out of the way."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import os
 import re
 import sys
 
-import jax
 import ml_collections
 from absl import flags
 
@@ -58,30 +56,14 @@ def unknown_key_message(err: BaseException, argv: list[str]) -> str:
     return f'unknown config key "{key}"' + (f'; did you mean "{suggestion.group(1)}"?' if suggestion else "")
 
 
-def initialize_distributed(dist) -> None:
-    """`jax.distributed.initialize` from a config's `distributed` section when `dist.initialize` is set
-    (multi-host runs; empty or negative fields let JAX detect them from the cluster)."""
-    if dist.initialize:
-        jax.distributed.initialize(
-            coordinator_address=dist.coordinator_address or None,
-            num_processes=dist.num_processes or None,
-            process_id=None if dist.process_id < 0 else dist.process_id,
-        )
-
-
-def prepare_workdir(workdir: str, config, config_name: str) -> str:
-    """Creates `workdir` and (process 0) writes the resolved `config` into it as JSON `config_name`, the
-    record of what ran; returns the absolute path."""
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, config_name), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    return workdir
-
-
 class QuietLibraries(logging.Filter):
     """Keeps Orbax's per-save INFO lines out of the log; its warnings still show."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_libraries() -> None:
+    """Adds `QuietLibraries` to every handler of the root logger (absl's, once `app.run` started)."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(QuietLibraries())

@@ -24,10 +24,6 @@ def default_config() -> ml_collections.ConfigDict:
             attention_probs_dropout_prob=0.1,
         )
     )
-    # Training knobs beside the architecture.
-    c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
-    c.attention_implementation = ""  # "": cuDNN flash attention on GPU where it applies, else XLA; or force one
-    c.remat = False  # recompute each layer in the backward pass (less memory, ~30% more compute)
 
     # Tokenizer: a directory with vocab.json + merges.txt (e.g. roberta-base's), or "" to train a
     # byte-level BPE of `vocab_size` on the training files into WORKDIR/tokenizer.
@@ -38,7 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
             train_files="",  # comma-separated files, directories or globs; or a Hub name with format=hub
             eval_files="",
             eval_fraction=0.0,  # without eval_files: hold out this fraction of the documents
-            format="auto",  # auto (by extension) | text | jsonl | parquet | hub
+            format="auto",  # auto (by extension) | text | json (JSON lines) | parquet | hub
             text_field="text",
             doc_split="blank_line",  # text files: blank_line | file | line
             max_seq_length=512,
@@ -58,14 +54,36 @@ def default_config() -> ml_collections.ConfigDict:
         )
     )
 
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # one axis may be -1
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, asynchronous=True))
     c.log_every_steps = 100  # TensorBoard cadence; metrics.jsonl gets every step
     c.eval_every_steps = 5000
     c.eval_batches = 50  # at most this many eval batches per evaluation
-    c.max_nonfinite_steps = 10  # consecutive skipped (non-finite) updates before the run stops
-    c.progress = True
     c.export_hf = True  # write WORKDIR/hf (model.safetensors, config.json, tokenizer) at the end
+    return add_runtime_fields(c, checkpoint_keep=3)
+
+
+def add_runtime_fields(c: ml_collections.ConfigDict, checkpoint_keep: int) -> ml_collections.ConfigDict:
+    """The fields `train.runtime.Runtime` reads, the same for pretraining and fine-tuning configs."""
+    c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
+    c.attention_implementation = ""  # "": cuDNN flash attention on GPU where it applies, else XLA; or force one
+    c.remat = False  # recompute each layer in the backward pass (less memory, ~30% more compute)
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # one axis may be -1 (the rest)
+    # Logical axis of the layers -> mesh axes (a tuple: split over all of them; None: replicated). An axis
+    # already used by an earlier dimension of the same array is skipped, so activations [batch, length,
+    # embed] split batch over (data, fsdp) and keep embed whole, while a kernel [embed, mlp] splits embed
+    # over fsdp. `tensor` splits heads, the FFN and the vocabulary.
+    c.logical_axis_rules = (
+        ("batch", ("data", "fsdp")),
+        ("length", None),
+        ("embed", "fsdp"),
+        ("vocab", "tensor"),
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+    )
+    # every_steps: the interval (the last step and a SIGTERM's step are saved too); keep: the newest N.
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=checkpoint_keep, asynchronous=True))
+    c.max_nonfinite_steps = 10  # consecutive skipped (non-finite) updates before the run stops
+    c.progress = True  # the one-line progress display
 
     # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
     c.distributed = ml_collections.ConfigDict(

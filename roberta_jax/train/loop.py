@@ -18,7 +18,6 @@ from typing import Any
 
 import jax
 
-from roberta_jax.data.batches import to_global
 from roberta_jax.train import checkpoint as ckpt
 from roberta_jax.train import metrics
 
@@ -47,11 +46,41 @@ class LoopResult:
     stopped_by_signal: bool
 
 
+class _Reporter:
+    """Writes a step's metrics with its timing (step time, tokens/s, MFU), updates the progress line, and
+    stops the run after `max_nonfinite_steps` consecutive skipped updates. `last` keeps the newest values."""
+
+    def __init__(self, cfg: LoopConfig, writer: metrics.MetricWriter):
+        self.cfg, self.writer = cfg, writer
+        self.peak = metrics.peak_flops()
+        self.progress = metrics.Progress(cfg.total_steps, enabled=cfg.progress)
+        self.clock = time.perf_counter()
+        self.last: dict[str, float] = {}
+
+    def __call__(self, step_metrics: dict, step: int) -> None:
+        cfg = self.cfg
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        now = time.perf_counter()
+        step_time, self.clock = now - self.clock, now
+        values["perf/step_time"] = step_time
+        values["perf/tokens_per_sec"] = cfg.tokens_per_step / step_time
+        if self.peak and cfg.flops_per_step:
+            values["perf/mfu"] = cfg.flops_per_step / step_time / (self.peak * jax.device_count())
+        self.writer.write(step, values, to_tensorboard=step % cfg.log_every_steps == 0 or step == cfg.total_steps)
+        self.progress.update(step, values["train/loss"], values["perf/tokens_per_sec"])
+        if values["train/nonfinite_streak"] >= cfg.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{int(values['train/nonfinite_streak'])} consecutive steps with non-finite loss or gradients "
+                f"(up to step {step}); stopping. Lower the learning rate or raise max_nonfinite_steps."
+            )
+        self.last.update(values)
+
+
 def run(
     state: Any,
     train_step: Callable,
     batches: Iterator[dict],
-    mesh: jax.sharding.Mesh,
+    put: Callable[[dict], dict],
     cfg: LoopConfig,
     checkpointer: ckpt.Checkpointer,
     writer: metrics.MetricWriter,
@@ -59,8 +88,9 @@ def run(
 ) -> LoopResult:
     """Trains from `state.step + 1` to `cfg.total_steps`.
 
-    `batches` must have `get_state()` (saved with every checkpoint). `evaluate(state, step)`
-    returns scalars written under their own names; it runs every `eval_every_steps` and at the end.
+    `batches` yields host-local batches, which `put` makes global arrays, and must have `get_state()`
+    (saved with every checkpoint). `evaluate(state, step)` returns scalars written under their own
+    names; it runs every `eval_every_steps` and at the end.
     """
     stop = {"signal": None}
 
@@ -68,32 +98,11 @@ def run(
         stop["signal"] = signum
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    peak = metrics.peak_flops()
-    progress = metrics.Progress(cfg.total_steps, enabled=cfg.progress)
-    last: dict[str, float] = {}
-    clock = {"t": time.perf_counter()}
-
-    def report(step_metrics, step):
-        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        now = time.perf_counter()
-        step_time, clock["t"] = now - clock["t"], now
-        values["perf/step_time"] = step_time
-        values["perf/tokens_per_sec"] = cfg.tokens_per_step / step_time
-        if peak and cfg.flops_per_step:
-            values["perf/mfu"] = cfg.flops_per_step / step_time / (peak * jax.device_count())
-        writer.write(step, values, to_tensorboard=step % cfg.log_every_steps == 0 or step == cfg.total_steps)
-        progress.update(step, values["train/loss"], values["perf/tokens_per_sec"])
-        if values["train/nonfinite_streak"] >= cfg.max_nonfinite_steps:
-            raise NonFiniteError(
-                f"{int(values['train/nonfinite_streak'])} consecutive steps with non-finite loss or gradients "
-                f"(up to step {step}); stopping. Lower the learning rate or raise max_nonfinite_steps."
-            )
-        last.update(values)
-
+    report = _Reporter(cfg, writer)
     pending = None
     try:
         for step in range(int(state.step) + 1, cfg.total_steps + 1):
-            state, step_metrics = train_step(state, to_global(next(batches), mesh))
+            state, step_metrics = train_step(state, put(next(batches)))
             if pending is not None:
                 report(*pending)
             pending = (step_metrics, step)
@@ -103,7 +112,7 @@ def run(
                 pending = None
                 eval_metrics = evaluate(state, step)
                 writer.write(step, eval_metrics)
-                last.update(eval_metrics)
+                report.last.update(eval_metrics)
                 log.info("step %d: %s", step, {k: round(v, 4) for k, v in eval_metrics.items()})
             if stop["signal"] is not None:
                 log.warning("signal %d: saving step %d and stopping", stop["signal"], step)
@@ -116,4 +125,4 @@ def run(
         writer.flush()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return LoopResult(state, last, stop["signal"] is not None)
+    return LoopResult(state, report.last, stop["signal"] is not None)

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import jax
 
 from roberta_jax.model.config import RobertaConfig
+from roberta_jax.train import workdir as workdir_files
 
 # Dense bf16 peak FLOP/s per device, by `jax.Device.device_kind` prefix.
 PEAK_FLOPS = {
@@ -62,7 +63,7 @@ class MetricWriter:
 
             os.makedirs(logdir, exist_ok=True)
             self._tb = SummaryWriter(logdir)
-            self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+            self._jsonl = open(os.path.join(logdir, workdir_files.METRICS), "a", encoding="utf-8")
 
     def write(self, step: int, scalars: Mapping[str, float], to_tensorboard: bool = True) -> None:
         if not self.enabled:
@@ -87,7 +88,7 @@ class MetricWriter:
 def read_metrics(logdir: str) -> dict[int, dict[str, float]]:
     """`metrics.jsonl` as {step: scalars}; after a resume the later record of a step wins."""
     out: dict[int, dict[str, float]] = {}
-    with open(os.path.join(logdir, "metrics.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(logdir, workdir_files.METRICS), encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
             out.setdefault(record.pop("step"), {}).update(record)

@@ -1,8 +1,9 @@
-"""The device mesh and the one table that maps logical axis names onto it.
+"""The device mesh and the logical-axis rules that map the layers' axis names onto it.
 
-Layers name their axes (`batch`, `length`, `embed`, `mlp`, `heads`, `vocab`); `LOGICAL_RULES`
-maps them onto a mesh of (`data`, `fsdp`, `tensor`). Pure data parallel, FSDP and tensor
-parallel are the same code under another mesh shape:
+Layers name their axes (`batch`, `length`, `embed`, `mlp`, `heads`, `vocab`); a run's
+`logical_axis_rules` (a config field; `train/config.py` holds the default table) map them onto a
+mesh of (`data`, `fsdp`, `tensor`). Pure data parallel, FSDP and tensor parallel are the same code
+under another mesh shape:
 
     data=8              params replicated, batch split 8 ways
     fsdp=8              batch split 8 ways, params and optimizer state split over `embed`
@@ -15,7 +16,7 @@ whole, while a kernel [embed, mlp] shards embed over fsdp.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -24,16 +25,30 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
 
-LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", BATCH_AXES),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("vocab", "tensor"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-)
+Rules = tuple[tuple[str, Any], ...]
+
+
+def axis_rules(rules: Sequence[Sequence[Any]]) -> Rules:
+    """A config's rules as Flax takes them: ((logical name, mesh axis | (mesh axes...) | None), ...).
+    Lists (as a config record in JSON holds them) become tuples; a mesh axis outside `MESH_AXES`
+    is an error naming it."""
+    out = []
+    for name, target in rules:
+        axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+        unknown = [a for a in axes if a not in MESH_AXES]
+        if unknown:
+            raise ValueError(f"logical_axis_rules: {name!r} maps to {unknown}, not axes of the mesh {MESH_AXES}.")
+        out.append((str(name), target if target is None or isinstance(target, str) else tuple(target)))
+    return tuple(out)
+
+
+def batch_axes(rules: Rules) -> tuple[str, ...]:
+    """The mesh axes the logical `batch` axis is split over (the first rule for `batch`)."""
+    for name, target in rules:
+        if name == "batch":
+            return () if target is None else (target,) if isinstance(target, str) else tuple(target)
+    return ()
 
 
 def mesh_shape(axes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -63,7 +78,7 @@ def make_mesh(axes: Mapping[str, int], devices=None) -> Mesh:
     return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
-def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes (as
     `jax.eval_shape(model.init ...)` returns them); unboxed leaves are replicated."""
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_tree), mesh, rules)
@@ -83,9 +98,9 @@ def divisible(named: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
     return NamedSharding(named.mesh, PartitionSpec(*spec))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
     """Arrays whose first dimension is the global batch."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    return NamedSharding(mesh, PartitionSpec(batch_axes(rules)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

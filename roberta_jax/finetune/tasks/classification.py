@@ -20,10 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from roberta_jax.data.tokenizer import RobertaTokenizer
 from roberta_jax.finetune.tasks import task_metrics
+from roberta_jax.train.objectives import xent_sums
 
 # Text columns tried in order when none are named: (first text, second text or None), as GLUE's tasks name them.
 KNOWN_TEXT_COLUMNS = (
@@ -189,3 +191,62 @@ def compute_metrics(
         "f1": task_metrics.f1(predictions, labels, average="binary" if logits.shape[-1] == 2 else "macro"),
         "matthews_correlation": task_metrics.matthews_corrcoef(predictions, labels),
     }
+
+
+# -- The task protocol (`roberta_jax.finetune.tasks.Task`) ----------------------------------------
+
+ARCHITECTURE = "RobertaForSequenceClassification"
+TARGETS = ("labels",)
+
+
+def read_split(config, path: str) -> list[Example]:
+    d = config.data
+    return load_examples(path, text_a=d.text_a or None, text_b=d.text_b or None, label=d.label_column)
+
+
+def config_labels(config) -> list[str]:
+    """`config.data.labels`, comma-separated, as a list ([] when unset)."""
+    return [s.strip() for s in config.data.labels.split(",")] if config.data.labels else []
+
+
+def choose_labels(config, examples: Sequence[Example]) -> list[str] | None:
+    if config.data.regression:
+        return None
+    return config_labels(config) or infer_label_list(examples)
+
+
+def make_features(config, examples: Sequence[Example], tokenizer, labels: list[str] | None) -> dict[str, np.ndarray]:
+    return featurize(examples, tokenizer, max_length=config.data.max_length, label_list=labels,
+                     regression=config.data.regression)
+
+
+def head_fields(config, labels: list[str] | None) -> dict[str, Any]:
+    if config.data.regression:
+        return {"id2label": {0: "LABEL_0"}, "problem_type": "regression"}
+    return {"id2label": dict(enumerate(labels)), "problem_type": "single_label_classification"}
+
+
+def loss_sums(config, outputs, batch):
+    """Cross-entropy over examples; regression: the squared error, "correct" within 0.5 of the target."""
+    w = batch["weights"]
+    if config.data.regression:
+        error = outputs[:, 0] - batch["labels"]
+        return jnp.sum(w * error**2), (jnp.sum(w), jnp.sum(w * (jnp.abs(error) < 0.5)))
+    loss_sum, count, correct = xent_sums(outputs, batch["labels"], w)
+    return loss_sum, (count, correct)
+
+
+def metric_outputs(config, outputs):
+    return outputs
+
+
+def score(config, outputs, features, examples, labels) -> dict[str, float]:
+    return compute_metrics(outputs, features, examples)
+
+
+def metric_names(config) -> tuple[str, ...]:
+    return ("pearson", "spearman") if config.data.regression else ("accuracy", "f1", "matthews_correlation")
+
+
+def accuracy_name(config) -> str:
+    return "within_0.5" if config.data.regression else "accuracy"

@@ -16,12 +16,14 @@ import os
 from collections.abc import Sequence
 from itertools import count, takewhile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from roberta_jax.data.tokenizer import RobertaTokenizer
 from roberta_jax.finetune.tasks import task_metrics
 from roberta_jax.finetune.tasks.classification import read_rows
+from roberta_jax.train.objectives import xent_sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,3 +111,47 @@ def compute_metrics(
     if logits.shape[0] != labels.shape[0]:
         raise ValueError(f"{logits.shape[0]} rows of logits for {labels.shape[0]} labelled features")
     return {"accuracy": task_metrics.accuracy(logits.argmax(axis=-1), labels)}
+
+
+# -- The task protocol (`roberta_jax.finetune.tasks.Task`) ----------------------------------------
+
+ARCHITECTURE = "RobertaForMultipleChoice"
+TARGETS = ("labels",)
+
+
+def read_split(config, path: str) -> list[Example]:
+    return load_examples(path)
+
+
+def choose_labels(config, examples: Sequence[Example]) -> None:
+    return None  # the choices are numbered; there are no label names
+
+
+def make_features(config, examples: Sequence[Example], tokenizer, labels: None) -> dict[str, np.ndarray]:
+    return featurize(examples, tokenizer, max_length=config.data.max_length)
+
+
+def head_fields(config, labels: None) -> dict[str, Any]:
+    return {}
+
+
+def loss_sums(config, outputs, batch):
+    """Cross-entropy over the choices of each example."""
+    loss_sum, count, correct = xent_sums(outputs, batch["labels"], batch["weights"])
+    return loss_sum, (count, correct)
+
+
+def metric_outputs(config, outputs):
+    return outputs
+
+
+def score(config, outputs, features, examples, labels) -> dict[str, float]:
+    return compute_metrics(outputs, features, examples)
+
+
+def metric_names(config) -> tuple[str, ...]:
+    return ("accuracy",)
+
+
+def accuracy_name(config) -> str:
+    return "accuracy"

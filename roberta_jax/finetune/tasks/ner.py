@@ -16,11 +16,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from roberta_jax.data.tokenizer import RobertaTokenizer
 from roberta_jax.finetune.tasks import task_metrics
+from roberta_jax.finetune.tasks.classification import config_labels
+from roberta_jax.train.objectives import xent_sums
 
 IGNORE_INDEX = -100  # label of sub-words after the first, special and pad tokens: no loss there
 
@@ -141,3 +145,50 @@ def compute_metrics(
     `predict_tags` against the examples' tags."""
     predicted = predict_tags(logits, features, examples, label_list)
     return task_metrics.entity_scores([list(e.tags) for e in examples], predicted)
+
+
+# -- The task protocol (`roberta_jax.finetune.tasks.Task`) ----------------------------------------
+
+ARCHITECTURE = "RobertaForTokenClassification"
+TARGETS = ("labels",)
+
+
+def read_split(config, path: str) -> list[Example]:
+    return load_examples(path)
+
+
+def choose_labels(config, examples: Sequence[Example]) -> list[str]:
+    return config_labels(config) or infer_label_list(examples)
+
+
+def make_features(config, examples: Sequence[Example], tokenizer, labels: list[str]) -> dict[str, np.ndarray]:
+    return featurize(examples, tokenizer, max_length=config.data.max_length, label_list=labels)
+
+
+def head_fields(config, labels: list[str]) -> dict[str, Any]:
+    return {"id2label": dict(enumerate(labels))}
+
+
+def loss_sums(config, outputs, batch):
+    """Cross-entropy over the labelled tokens (the first sub-word of each word; IGNORE_INDEX elsewhere)."""
+    labels = batch["labels"]
+    valid = labels != IGNORE_INDEX
+    loss_sum, count, correct = xent_sums(outputs, jnp.where(valid, labels, 0), valid * batch["weights"][:, None])
+    return loss_sum, (count, correct)
+
+
+def metric_outputs(config, outputs):
+    """The predicted label ids int32 [B, L]: a tenth of the logits to bring back to the host."""
+    return jnp.argmax(outputs, -1).astype(jnp.int32)
+
+
+def score(config, outputs, features, examples, labels) -> dict[str, float]:
+    return compute_metrics(outputs, features, examples, labels)
+
+
+def metric_names(config) -> tuple[str, ...]:
+    return ("precision", "recall", "f1", "accuracy")
+
+
+def accuracy_name(config) -> str:
+    return "token_accuracy"

@@ -17,11 +17,14 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
+from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from roberta_jax.data.tokenizer import RobertaTokenizer
 from roberta_jax.finetune.tasks import task_metrics
+from roberta_jax.train.objectives import xent_sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,3 +172,52 @@ def compute_metrics(
     start_logits, end_logits = outputs
     predictions = postprocess(start_logits, end_logits, features, examples, n_best, max_answer_length)
     return task_metrics.squad_scores(predictions, {e.id: e.answers for e in examples})
+
+
+# -- The task protocol (`roberta_jax.finetune.tasks.Task`) ----------------------------------------
+
+ARCHITECTURE = "RobertaForQuestionAnswering"
+TARGETS = ("start_positions", "end_positions")
+
+
+def read_split(config, path: str) -> list[Example]:
+    return load_examples(path)
+
+
+def choose_labels(config, examples: Sequence[Example]) -> None:
+    return None
+
+
+def make_features(config, examples: Sequence[Example], tokenizer, labels: None) -> dict[str, np.ndarray]:
+    return featurize(examples, tokenizer, max_length=config.data.max_length, doc_stride=config.data.doc_stride)
+
+
+def head_fields(config, labels: None) -> dict[str, Any]:
+    return {"num_labels": 2}
+
+
+def loss_sums(config, outputs, batch):
+    """The mean of the start and end cross-entropies (as `transformers`); "correct": both ends right."""
+    start, end = outputs
+    w = batch["weights"]
+    s_sum, count, _ = xent_sums(start, batch["start_positions"], w)
+    e_sum, _, _ = xent_sums(end, batch["end_positions"], w)
+    both = (jnp.argmax(start, -1) == batch["start_positions"]) & (jnp.argmax(end, -1) == batch["end_positions"])
+    return (s_sum + e_sum) / 2, (count, jnp.sum(both * w))
+
+
+def metric_outputs(config, outputs):
+    return outputs
+
+
+def score(config, outputs, features, examples, labels) -> dict[str, float]:
+    return compute_metrics(outputs, features, examples, n_best=config.n_best,
+                           max_answer_length=config.max_answer_length)
+
+
+def metric_names(config) -> tuple[str, ...]:
+    return ("exact_match", "f1")
+
+
+def accuracy_name(config) -> str:
+    return "span_accuracy"

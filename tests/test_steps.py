@@ -1,4 +1,5 @@
-"""The compiled train step: accumulation, skipped non-finite updates, sharded state creation."""
+"""The compiled train and eval steps: accumulation, skipped non-finite updates, sharded state creation,
+fixed eval masks; and the optimizer they step with."""
 
 import functools
 
@@ -6,25 +7,28 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from roberta_jax.model.config import preset
 from roberta_jax.model.heads import RobertaForMaskedLM
-from roberta_jax.train import masking, sharding, steps
+from roberta_jax.train import masking, objectives, optimizer, sharding, steps
+from roberta_jax.train.config import default_config
 
-CONFIG = preset("tiny", vocab_size=101, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+CONFIG = preset("micro", vocab_size=101, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 MASK_FN = functools.partial(masking.mask_tokens, mask_token_id=100, vocab_size=101, special_ids=(0, 1, 2, 3))
 OPT = ml_collections.ConfigDict(dict(peak_lr=3e-3, warmup_steps=2, total_steps=1000, end_lr=0.0, b1=0.9, b2=0.98,
                                      eps=1e-6, weight_decay=0.01, grad_clip_norm=0.0))
+RULES = sharding.axis_rules(default_config().logical_axis_rules)
 
 
 def setup(num_micro=1, model=None):
     model = model or RobertaForMaskedLM(CONFIG)
-    tx, schedule = steps.make_optimizer(OPT)
+    tx, schedule = optimizer.make_optimizer(OPT)
     mesh = sharding.make_mesh({"data": -1})
-    state, _ = steps.create_train_state(model, tx, mesh, seed=0)
+    state, _ = steps.create_train_state(model, tx, mesh, seed=0, rules=RULES)
     step = jax.jit(steps.make_train_step(
-        tx, schedule, steps.mlm_loss(model), seed=0, num_micro=num_micro, prepare=steps.mlm_prepare(MASK_FN),
-        accuracy_name="mlm_accuracy",
+        tx, schedule, objectives.mlm_loss(model), seed=0, num_micro=num_micro,
+        prepare=objectives.mlm_prepare(MASK_FN), accuracy_name="mlm_accuracy",
     ))
     return state, step
 
@@ -75,14 +79,44 @@ def test_non_finite_update_is_skipped_and_counted():
     assert int(m["train/nonfinite_streak"]) == 0 and int(m["train/skipped_updates"]) == 0
 
 
+def test_state_and_adam_moments_are_sharded_by_the_rules():
+    tx, _ = optimizer.make_optimizer(OPT)
+    mesh = jax.sharding.Mesh([[[jax.devices()[0]]]], sharding.MESH_AXES)  # one device shows the table itself
+
+    def query_kernel_specs(rules):
+        _, shardings = steps.create_train_state(RobertaForMaskedLM(CONFIG), tx, mesh, seed=0, rules=rules)
+        paths = {jax.tree_util.keystr(path): leaf.spec for path, leaf in jax.tree_util.tree_leaves_with_path(shardings)}
+        return {path: spec for path, spec in paths.items()
+                if path.endswith("['layer_0']['attention']['self']['query']['kernel']")}
+
+    # The params and Adam's two moments (mu, nu), all [embed, heads].
+    specs = query_kernel_specs(RULES)
+    assert len(specs) == 3 and set(specs.values()) == {P("fsdp", "tensor")}
+    no_fsdp = sharding.axis_rules([(name, None if name == "embed" else axes) for name, axes in RULES])
+    assert set(query_kernel_specs(no_fsdp).values()) == {P(None, "tensor")}
+
+
+def test_eval_masks_are_fixed_by_the_batch_index():
+    state, _ = setup()
+    model = RobertaForMaskedLM(CONFIG)
+    eval_step = jax.jit(steps.make_eval_step(objectives.mlm_loss(model), seed=1,
+                                             prepare=objectives.mlm_prepare(MASK_FN)))
+    (sums, outputs), (again, _), (other, _) = (eval_step(state.params, batch(), i) for i in (0, 0, 1))
+    assert outputs == {} and set(sums) == {"loss_sum", "count", "correct"}
+    assert float(sums["count"]) == 8 * round(0.15 * 22)  # the 22 tokens between <s> and </s>
+    assert abs(float(sums["loss_sum"]) / float(sums["count"]) - np.log(101)) < 0.3
+    assert float(again["loss_sum"]) == float(sums["loss_sum"])
+    assert float(other["loss_sum"]) != float(sums["loss_sum"])
+
+
 def test_schedule_warms_up_then_decays_linearly():
-    schedule = steps.learning_rate_schedule(1.0, warmup_steps=10, total_steps=110)
+    schedule = optimizer.learning_rate_schedule(1.0, warmup_steps=10, total_steps=110)
     np.testing.assert_allclose([schedule(s) for s in (0, 5, 10, 60, 110)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
 
 
 def test_no_weight_decay_on_biases_and_layer_norms():
     state, _ = setup()
-    mask = steps.decay_mask(state.params)
+    mask = optimizer.decay_mask(state.params)
     layer = mask["roberta"]["encoder"]["layer_0"]
     assert layer["attention"]["self"]["query"]["kernel"] and not layer["attention"]["self"]["query"]["bias"]
     assert not layer["output"]["LayerNorm"]["scale"] and mask["roberta"]["embeddings"]["word_embeddings"]["embedding"]

@@ -1,0 +1,88 @@
+"""A fine-tuning task's data: both splits read and featurized by the task module, and resumable batches.
+
+    task = tasks.get_task(config.task)
+    data = load_task_data(config, tokenizer, task)          # examples, features and labels of both splits
+    batches = FeatureBatches(data.arrays("train"), global_batch_size=32, seed=0)
+
+Every batch carries `weights` float32 [B]: 1 for an example, 0 for a row that only fills an evaluation
+batch to its static shape; the tasks' losses and counts are weighted by it, so padding rows change nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from roberta_jax.data.batches import RowBatches
+from roberta_jax.finetune.tasks import Task
+
+
+@dataclasses.dataclass
+class TaskData:
+    """Both splits of a task: examples (for metrics) and their features (numpy, one row per input)."""
+
+    train_examples: list
+    train_features: dict[str, np.ndarray]
+    eval_examples: list
+    eval_features: dict[str, np.ndarray]
+    labels: list[str] | None  # the label names (classification, ner); None for regression, qa, multiple choice
+    model_arrays: tuple[str, ...]  # the feature keys a step reads
+
+    def arrays(self, split: str) -> dict[str, np.ndarray]:
+        features = self.train_features if split == "train" else self.eval_features
+        return {k: features[k] for k in self.model_arrays}
+
+
+def load_task_data(config, tokenizer, task: Task) -> TaskData:
+    """Reads, subsets and featurizes `config.data.train_file` and `eval_file` with `task`'s functions."""
+    d = config.data
+    train, dev = task.read_split(config, d.train_file), task.read_split(config, d.eval_file)
+    if d.max_train_examples and d.max_train_examples < len(train):
+        keep = np.random.default_rng(config.seed).choice(len(train), d.max_train_examples, replace=False)
+        train = [train[i] for i in sorted(keep)]
+    if d.max_eval_examples:
+        dev = dev[: d.max_eval_examples]
+    if not train or not dev:
+        raise ValueError(f"{d.train_file if not train else d.eval_file} holds no examples")
+    # Labels of both files, so a label seen only in the dev set still has an id.
+    labels = task.choose_labels(config, train + dev)
+    train_features, dev_features = (task.make_features(config, e, tokenizer, labels) for e in (train, dev))
+    arrays = ("input_ids", "attention_mask", *task.TARGETS)
+    for name, features in (("train", train_features), ("eval", dev_features)):
+        missing = [k for k in arrays if k not in features]
+        if missing:
+            raise ValueError(f"the {name} file has no labels ({missing}); fine-tuning needs labelled files")
+    return TaskData(train, train_features, dev, dev_features, labels, arrays)
+
+
+class FeatureBatches(RowBatches):
+    """Host-local batches of rows of equal-length feature arrays, plus `weights` float32 [B_local]; resumable.
+
+    The batching rules (epoch order, host shares, state) are `data.batches.RowBatches`'s, whose keyword
+    arguments these are. An incomplete final batch is dropped (`drop_remainder`, training) or filled
+    with copies of a real row of weight 0 (evaluation: a copy keeps every row a valid input).
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], global_batch_size: int, **kwargs):
+        sizes = {len(v) for v in arrays.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"feature arrays of different lengths {sorted(sizes)}")
+        super().__init__(sizes.pop(), global_batch_size, **kwargs)
+        self.arrays = dict(arrays)
+
+    def _gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        weights = np.zeros(self.local_batch_size, np.float32)
+        weights[: len(indices)] = 1.0
+        filler = indices[-1] if len(indices) else self._epoch_order(self.epoch)[-1]
+        indices = np.concatenate([indices, np.full(self.local_batch_size - len(indices), filler, indices.dtype)])
+        return {**{k: v[indices] for k, v in self.arrays.items()}, "weights": weights}
+
+
+def gather_rows(outputs: Sequence[Any], num_rows: int):
+    """Per-batch outputs (arrays, or tuples of arrays for qa) -> the first `num_rows` rows, concatenated."""
+    if isinstance(outputs[0], (tuple, list)):
+        return tuple(np.concatenate(parts)[:num_rows] for parts in zip(*outputs))
+    return np.concatenate(outputs)[:num_rows]

@@ -1,0 +1,125 @@
+"""RoBERTa pretraining: `train_and_evaluate(config, workdir)`, the function behind `train.py`.
+
+Reads top to bottom: the runtime (distributed setup, workdir, mesh), tokenizer, data, model and
+optimizer, sharded state, compiled MLM steps, checkpoint restore, the loop, the HF export. The same
+code runs on a TPU pod, a GPU node or a laptop; the mesh shape, batch and model come from the config.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import jax
+import numpy as np
+
+from roberta_jax.data.batches import BatchIterator, PretrainingData, build_pretraining_data
+from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model.heads import RobertaForMaskedLM
+from roberta_jax.train import masking, metrics, objectives, optimizer, runtime, steps
+from roberta_jax.train import workdir as workdir_files
+
+log = logging.getLogger("absl")  # absl sets up the handlers
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+    """Runs (or resumes) pretraining in `workdir`; returns the last logged metrics."""
+    with runtime.Runtime(config, workdir, workdir_files.TRAIN_CONFIG) as rt:
+        tokenizer = load_or_train_tokenizer(config, rt.workdir)
+        data = pretraining_data(config, tokenizer, rt.workdir)
+        train_batches = BatchIterator(data.train, config.batch_size, seed=config.seed)
+
+        arch = model_config(config, tokenizer)
+        model = RobertaForMaskedLM(arch, **rt.model_kwargs())
+        if rt.is_main:
+            arch.to_json_file(os.path.join(rt.workdir, workdir_files.MODEL_CONFIG))
+        tx, schedule = optimizer.make_optimizer(config.optimizer)
+        state, state_shardings = rt.create_state(model, tx)
+        train_step, eval_step = rt.compile(*mlm_steps(config, model, tokenizer, tx, schedule), state_shardings)
+        state, _ = rt.resume(state, train_batches)
+
+        def evaluate(state, _step) -> dict[str, float]:
+            eval_batches = BatchIterator(data.eval, config.batch_size, shuffle=False, num_epochs=1,
+                                         drop_remainder=False)
+            sums, _ = rt.evaluate(eval_step, state.params, eval_batches, config.eval_batches)
+            loss = sums["loss_sum"] / max(sums["count"], 1.0)
+            return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss)),
+                    "eval/accuracy": sums["correct"] / max(sums["count"], 1.0)}
+
+        tokens_per_step = config.batch_size * config.data.max_seq_length
+        flops_per_step = metrics.flops_per_token(arch, config.data.max_seq_length) * tokens_per_step
+        result = rt.train(state, train_step, train_batches,
+                          rt.loop_config(config.total_steps, tokens_per_step, flops_per_step),
+                          evaluate if data.eval is not None else None)
+        if not result.stopped_by_signal and config.export_hf:
+            runtime.export_hf(os.path.join(rt.workdir, workdir_files.HF_EXPORT), model, result.state.params,
+                              tokenizer)
+    return result.last_metrics
+
+
+def mlm_steps(config, model: RobertaForMaskedLM, tokenizer: RobertaTokenizer, tx, schedule):
+    """The uncompiled MLM (train_fn, eval_fn): dynamic masking with the tokenizer's special ids, the loss at
+    the masked slots only, `grad_accum_steps` microbatches; eval masks fixed by `eval_seed`."""
+    vocab_size = model.config.vocab_size
+    mask_fn = functools.partial(
+        masking.mask_tokens, mask_token_id=tokenizer.mask_token_id, vocab_size=vocab_size,
+        special_ids=objectives.never_masked_ids(tokenizer, vocab_size), **config.masking,
+    )
+    prepare, loss_fn = objectives.mlm_prepare(mask_fn), objectives.mlm_loss(model)
+    train_fn = steps.make_train_step(tx, schedule, loss_fn, seed=config.seed, num_micro=config.grad_accum_steps,
+                                     prepare=prepare, accuracy_name="mlm_accuracy")
+    return train_fn, steps.make_eval_step(loss_fn, seed=config.eval_seed, prepare=prepare)
+
+
+def load_or_train_tokenizer(config, workdir: str) -> RobertaTokenizer:
+    """`tokenizer.path`, else the workdir's trained tokenizer, else one trained now on the training files."""
+    if config.tokenizer.path:
+        return RobertaTokenizer.from_pretrained(config.tokenizer.path)
+    saved = os.path.join(workdir, workdir_files.TOKENIZER)
+    if os.path.isfile(os.path.join(saved, "vocab.json")):
+        return RobertaTokenizer.from_pretrained(saved)
+    # Training is deterministic, so every host trains the same tokenizer; process 0 keeps it.
+    tok = RobertaTokenizer.train(
+        split_list(config.data.train_files), vocab_size=config.tokenizer.vocab_size,
+        min_frequency=config.tokenizer.min_frequency,
+    )
+    if jax.process_index() == 0:
+        # Written aside and renamed, so another host never reads a half-written tokenizer.
+        partial = f"{saved}.partial"
+        tok.save(partial)
+        os.replace(partial, saved)
+    return tok
+
+
+def pretraining_data(config, tokenizer: RobertaTokenizer, workdir: str) -> PretrainingData:
+    """The packed training (and eval) rows of the config's `data` section, cached in `data.cache_dir`."""
+    d = config.data
+    data = build_pretraining_data(
+        split_list(d.train_files), tokenizer,
+        eval_sources=split_list(d.eval_files) or None, eval_fraction=d.eval_fraction, split_seed=config.seed,
+        max_seq_length=d.max_seq_length, cache_dir=d.cache_dir or os.path.join(workdir, workdir_files.DATA_CACHE),
+        num_proc=d.num_proc, format=d.format, text_field=d.text_field, doc_split=d.doc_split,
+    )
+    log.info("data: %s", data.stats)
+    return data
+
+
+def split_list(files: str) -> list[str]:
+    """A comma-separated config value as a list, blanks dropped."""
+    return [f for f in (s.strip() for s in files.split(",")) if f]
+
+
+def model_config(config, tokenizer: RobertaTokenizer) -> RobertaConfig:
+    """The architecture of the config's `model` section with the tokenizer's vocabulary and special ids."""
+    fields = dict(config.model)
+    # roberta-base's files leave ids 50261-50263 unused: the embedding needs the largest id + 1.
+    needed = max(tokenizer.vocab_size, max(tokenizer.all_special_ids) + 1)
+    vocab = fields.pop("vocab_size") or needed
+    if vocab < needed:
+        raise ValueError(f"model.vocab_size={vocab} is smaller than the tokenizer's largest id + 1 = {needed}.")
+    return RobertaConfig(
+        vocab_size=vocab, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, architectures=("RobertaForMaskedLM",), **fields,
+    )

@@ -1,0 +1,187 @@
+"""The runtime every entry point shares: pretraining, fine-tuning and the benchmarks build it the same way.
+
+    with Runtime(config, workdir, workdir_files.TRAIN_CONFIG) as rt:   # distributed, workdir, mesh, writer
+        model = RobertaForMaskedLM(arch, **rt.model_kwargs())
+        state, shardings = rt.create_state(model, tx)                  # built in its sharding
+        train_step, eval_step = rt.compile(train_fn, eval_fn, shardings)
+        state, step = rt.resume(state, batches)                        # newest readable checkpoint
+        result = rt.train(state, train_step, batches, rt.loop_config(...), evaluate)
+        rt.export(os.path.join(rt.workdir, "hf"), model, result.state.params, tokenizer)
+
+It reads the config fields both entry points have (`train.config.add_runtime_fields`): `distributed`,
+`mesh`, `logical_axis_rules`, `dtype`, `attention_implementation`, `remat`, `checkpoint`,
+`log_every_steps`, `eval_every_steps`, `max_nonfinite_steps`, `progress`.
+
+Eval steps have one form: `eval_step(params, batch, batch_index) -> (sums, outputs)`, where `sums` holds
+"loss_sum", "count" and "correct" and `outputs` is whatever per-row arrays the caller's metrics read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from roberta_jax.data.batches import to_global
+from roberta_jax.model import hf_io
+from roberta_jax.train import checkpoint, loop, metrics, sharding, steps
+from roberta_jax.train import workdir as workdir_files
+
+log = logging.getLogger("absl")  # absl sets up the handlers
+
+EVAL_SUMS = ("loss_sum", "count", "correct")
+
+
+def initialize_distributed(dist) -> None:
+    """`jax.distributed.initialize` from a config's `distributed` section when `dist.initialize` is set
+    (multi-host runs; empty or negative fields let JAX detect them from the cluster)."""
+    if dist.initialize:
+        jax.distributed.initialize(
+            coordinator_address=dist.coordinator_address or None,
+            num_processes=dist.num_processes or None,
+            process_id=None if dist.process_id < 0 else dist.process_id,
+        )
+
+
+def prepare_workdir(workdir: str, config, record: str) -> str:
+    """Creates `workdir` and (process 0) writes the resolved `config` into it as the JSON file `record`,
+    the record of what ran; returns the absolute path."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, record), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    return workdir
+
+
+def jit_train_step(train_fn: Callable, state_shardings: Any, mesh: Mesh, rules: sharding.Rules) -> Callable:
+    """`train_fn(state, batch) -> (state, metrics)` compiled with the state in its sharding (donated:
+    updated in place), the batch split over the batch axes and the metrics replicated."""
+    return jax.jit(
+        train_fn,
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def jit_eval_step(eval_fn: Callable, state_shardings: Any, mesh: Mesh, rules: sharding.Rules) -> Callable:
+    """`eval_fn(params, batch, batch_index) -> (sums, outputs)` compiled, its results replicated."""
+    return jax.jit(
+        eval_fn,
+        in_shardings=(state_shardings.params, sharding.batch_sharding(mesh, rules), None),
+        out_shardings=sharding.replicated(mesh),
+    )
+
+
+def gather_params(params: Any) -> Any:
+    """The whole params on every host: a multi-host run's shards are all-gathered first."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        params = multihost_utils.process_allgather(params, tiled=True)
+    return jax.device_get(params)
+
+
+def export_hf(directory: str, model, params: Any, tokenizer=None) -> None:
+    """The params gathered from every host, written by process 0 as an HF directory (`hf_io.save_hf`).
+    Written aside and swapped in, so an interrupted export leaves the previous one whole."""
+    params = gather_params(params)
+    if jax.process_index() != 0:
+        return
+    partial = f"{directory}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    hf_io.save_hf(partial, model, params, tokenizer=tokenizer)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(partial, directory)
+
+
+class Runtime:
+    """One run's distributed setup, workdir, mesh, sharding rules, metric writer and checkpointer.
+
+    Use it as a context manager: leaving it waits for the last checkpoint and closes the writers.
+    """
+
+    def __init__(self, config, workdir: str, record: str):
+        initialize_distributed(config.distributed)
+        self.config = config
+        self.is_main = jax.process_index() == 0
+        self.workdir = prepare_workdir(workdir, config, record)
+        self.rules = sharding.axis_rules(config.logical_axis_rules)
+        self.mesh = sharding.make_mesh(dict(config.mesh))
+        self.writer = metrics.MetricWriter(self.workdir)
+        self.checkpointer: checkpoint.Checkpointer | None = None
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+        self.writer.close()
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The module attributes the config sets beside the architecture: compute dtype, attention, remat."""
+        c = self.config
+        return {"dtype": jnp.dtype(c.dtype), "implementation": c.attention_implementation or None, "remat": c.remat}
+
+    def create_state(self, model, tx) -> tuple[Any, Any]:
+        """(state, state_shardings): params and optimizer state initialised in their sharding."""
+        state, shardings = steps.create_train_state(model, tx, self.mesh, self.config.seed, self.rules)
+        num_params = sum(x.size for x in jax.tree.leaves(state.params))
+        log.info("mesh %s, %s parameters", dict(self.mesh.shape), f"{num_params:,}")
+        return state, shardings
+
+    def compile(self, train_fn: Callable, eval_fn: Callable, state_shardings: Any) -> tuple[Callable, Callable]:
+        """The jitted (train_step, eval_step) on this run's mesh (`jit_train_step`, `jit_eval_step`)."""
+        return (jit_train_step(train_fn, state_shardings, self.mesh, self.rules),
+                jit_eval_step(eval_fn, state_shardings, self.mesh, self.rules))
+
+    def put(self, batch: dict) -> dict[str, jax.Array]:
+        """A host-local batch as global arrays split over the batch axes of the mesh."""
+        return to_global(batch, self.mesh, sharding.batch_axes(self.rules))
+
+    def resume(self, state: Any, batches) -> tuple[Any, int]:
+        """Opens the workdir's checkpoints; (state, step) of the newest readable one with `batches` moved to
+        its saved position, or (`state`, 0) when there is none."""
+        c = self.config.checkpoint
+        self.checkpointer = checkpoint.Checkpointer(
+            os.path.join(self.workdir, workdir_files.CHECKPOINTS), c.every_steps, c.keep, c.asynchronous
+        )
+        state, step = self.checkpointer.resume(state, batches)
+        if step:
+            log.info("resumed from step %d", step)
+        return state, step
+
+    def loop_config(self, total_steps: int, tokens_per_step: int, flops_per_step: float) -> loop.LoopConfig:
+        c = self.config
+        return loop.LoopConfig(
+            total_steps=total_steps, tokens_per_step=tokens_per_step, flops_per_step=flops_per_step,
+            log_every_steps=c.log_every_steps, eval_every_steps=c.eval_every_steps,
+            max_nonfinite_steps=c.max_nonfinite_steps, progress=c.progress,
+        )
+
+    def train(self, state: Any, train_step: Callable, batches, loop_config: loop.LoopConfig,
+              evaluate: Callable[[Any, int], dict[str, float]] | None) -> loop.LoopResult:
+        """The loop (`loop.run`) from `state.step + 1`, checkpointing into the workdir (`resume` first)."""
+        if self.checkpointer is None:
+            raise RuntimeError("Runtime.resume opens the checkpoints; call it before train")
+        return loop.run(state, train_step, batches, self.put, loop_config, self.checkpointer, self.writer, evaluate)
+
+    def evaluate(self, eval_step: Callable, params: Any, batches: Iterable[dict],
+                 max_batches: int | None = None) -> tuple[dict[str, float], list]:
+        """Runs `eval_step` over `batches` (the first `max_batches`): the summed `EVAL_SUMS` as floats and
+        the list of per-batch outputs, on the host."""
+        sums, outputs = dict.fromkeys(EVAL_SUMS, 0.0), []
+        for index, batch in enumerate(itertools.islice(batches, max_batches)):
+            batch_sums, out = jax.device_get(eval_step(params, self.put(batch), index))
+            sums = {k: sums[k] + float(batch_sums[k]) for k in EVAL_SUMS}
+            outputs.append(out)
+        return sums, outputs
