@@ -134,7 +134,7 @@ def run_task(task: str, args) -> dict | None:
         "final": {k.removeprefix("eval/"): round(v, 4) for k, v in results["final"].items()
                   if not k.startswith("eval/best_")},
     }
-    if config.task == "classification" and not config.data.regression:
+    if task == "sst2":
         summary["majority_baseline_accuracy"] = round(majority_baseline(config), 4)
     return summary
 

@@ -16,11 +16,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     "config, override, message",
     [
         ("finetune/sst2.py", "--config.optimizer.peak_lrr=2e-5",
-         'unknown config key "optimizer.peak_lrr"; did you mean "optimizer.peak_lr"?'),
+         "unknown config key 'optimizer.peak_lrr'; did you mean 'optimizer.peak_lr'?"),
         ("finetune/sst2.py", "--config.optimiser.peak_lr=2e-5",
-         'unknown config key "optimiser"; did you mean "optimizer"?'),
+         "unknown config key 'optimiser'; did you mean 'optimizer'?"),
         ("tiny.py", "--config.data.max_seq_lenght=64",
-         'unknown config key "data.max_seq_lenght"; did you mean "data.max_seq_length"?'),
+         "unknown config key 'data.max_seq_lenght'; did you mean 'data.max_seq_length'?"),
     ],
 )
 def test_unknown_config_key_exits_with_one_line_naming_the_nearest(config, override, message):

@@ -13,6 +13,8 @@ import sys
 import ml_collections
 from absl import flags
 
+from roberta_jax.suggest import did_you_mean
+
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """`path/to/config.py` or `path/to/config.py:arg`, as `--config` takes it: its `get_config([arg])`."""
@@ -27,8 +29,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
     """absl parsing; an unknown `--config.` key exits with one line that names it in full and the
-    nearest valid key: `finetune.py: unknown config key "optimizer.peak_lrr"; did you mean "optimizer.peak_lr"?`
-    (double quotes, as ml_collections writes its own hint)."""
+    nearest valid key: `finetune.py: unknown config key 'optimizer.peak_lrr'; did you mean 'optimizer.peak_lr'?`"""
     try:
         return flag_values(argv)
     except (KeyError, AttributeError) as err:
@@ -44,16 +45,17 @@ def unknown_key_message(err: BaseException, argv: list[str]) -> str:
     found = re.match(r"\W*([\w-]+)", text)
     if found is None:
         return f"bad config override: {text}"
-    key = found.group(1)
-    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    key, prefix = found.group(1), ""
     for arg in argv[1:]:
         path = arg.lstrip("-").split("=", 1)[0].split(".")
         if path[0] == "config" and key in path[1:]:
             prefix = ".".join(path[1 : path.index(key, 1)])
-            full = f"{prefix}.{key}" if prefix else key
-            hint = f'; did you mean "{prefix + "." if prefix else ""}{suggestion.group(1)}"?' if suggestion else ""
-            return f'unknown config key "{full}"{hint}'
-    return f'unknown config key "{key}"' + (f'; did you mean "{suggestion.group(1)}"?' if suggestion else "")
+            break
+    full = f"{prefix}.{key}" if prefix else key
+    # ml_collections has already chosen the nearest key of the same section.
+    hinted = re.search(r'Did you mean "([^"]+)"', text)
+    suggestion = [f"{prefix}.{hinted.group(1)}" if prefix else hinted.group(1)] if hinted else []
+    return f"unknown config key {full!r}{did_you_mean(full, suggestion, cutoff=0.0)}"
 
 
 class QuietLibraries(logging.Filter):
