@@ -36,9 +36,11 @@ from roberta_jax.data.fast_tokenizer import (
     PathLike,
     token_json,
 )
+from roberta_jax.data.sentencepiece import SPM_FILE, SentencePieceTokenizer
 from roberta_jax.data.text_files import check_text_file
+from roberta_jax.suggest import did_you_mean
 
-__all__ = ["BatchEncoding", "RobertaTokenizer"]
+__all__ = ["BatchEncoding", "RobertaTokenizer", "SentencePieceTokenizer", "load_tokenizer", "train_tokenizer"]
 
 # Ids 0..3 in this order; <mask> is added after training so that it takes the last id.
 LEADING_SPECIAL_TOKENS = (BOS, PAD, EOS, UNK)
@@ -70,6 +72,9 @@ def _build(vocab: dict[str, int], merges: list[tuple[str, str]], add_prefix_spac
 
 class RobertaTokenizer(FastTokenizer):
     """RoBERTa's byte-level BPE tokenizer with HF `RobertaTokenizerFast`'s encoding API and outputs."""
+
+    kind = "byte_level_bpe"
+    model_type = "roberta"  # of a model trained on it
 
     def __init__(
         self, tokenizer: Tokenizer, add_prefix_space: bool | None = None, model_max_length: int = MODEL_MAX_LENGTH
@@ -195,3 +200,36 @@ class RobertaTokenizer(FastTokenizer):
             paths.append(str(directory / name))
         return paths
 
+
+
+# Every kind of tokenizer, by name: the config's `tokenizer.kind` and the tokenizer CLI's `--kind`.
+KINDS = ("byte_level_bpe", "unigram")
+
+
+def is_tokenizer_dir(path: PathLike) -> bool:
+    """Whether `path` holds a tokenizer `load_tokenizer` reads."""
+    path = Path(path)
+    return any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", SPM_FILE))
+
+
+def load_tokenizer(directory: PathLike) -> FastTokenizer:
+    """The tokenizer of an HF-format directory, of the kind its files say: a SentencePiece model or a Unigram
+    tokenizer.json is a `SentencePieceTokenizer` (XLM-R, CamemBERT), byte-level BPE a `RobertaTokenizer`."""
+    directory = Path(directory)
+    tokenizer_json = directory / "tokenizer.json"
+    if tokenizer_json.is_file():
+        model_kind = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("model", {}).get("type")
+        unigram = model_kind == "Unigram"
+    else:
+        unigram = (directory / SPM_FILE).is_file()
+    return (SentencePieceTokenizer if unigram else RobertaTokenizer).from_pretrained(directory)
+
+
+def train_tokenizer(files: Sequence[PathLike], kind: str, vocab_size: int, min_frequency: int = 2) -> FastTokenizer:
+    """A tokenizer of `kind` trained on text files: byte-level BPE (RoBERTa; pairs seen `min_frequency` times
+    merge) or a unigram vocabulary (XLM-R layout)."""
+    if kind == "byte_level_bpe":
+        return RobertaTokenizer.train(files, vocab_size=vocab_size, min_frequency=min_frequency)
+    if kind == "unigram":
+        return SentencePieceTokenizer.train(files, vocab_size=vocab_size)
+    raise ValueError(f"tokenizer kind {kind!r}{did_you_mean(kind, KINDS)}; choose from {list(KINDS)}")
