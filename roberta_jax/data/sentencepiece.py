@@ -45,6 +45,7 @@ from roberta_jax.data.fast_tokenizer import (
     token_json,
 )
 from roberta_jax.data.text_files import check_text_file
+from roberta_jax.suggest import did_you_mean
 
 SPM_FILE = "sentencepiece.bpe.model"
 SPIECE_UNDERLINE = "▁"
@@ -73,6 +74,14 @@ LAYOUTS = {
         ("<s>NOTUSED", "</s>NOTUSED", "<unk>NOTUSED"),
     ),
 }
+
+
+def layout_of(model_type: str) -> Layout:
+    if model_type not in LAYOUTS:
+        raise ValueError(
+            f"model_type={model_type!r}{did_you_mean(model_type, LAYOUTS)}: SentencePiece layouts are {list(LAYOUTS)}"
+        )
+    return LAYOUTS[model_type]
 
 
 def _added_tokens(layout: Layout) -> list[AddedToken]:
@@ -132,7 +141,7 @@ def _read_tokenizer_json(path: Path) -> tuple[Vocab, bytes | None]:
     return [(piece, float(score)) for piece, score in model["vocab"]], charsmap and base64.b64decode(charsmap)
 
 
-def _layout_of(directory: Path, vocab: Vocab | None) -> str:
+def _model_type_of(directory: Path, vocab: Vocab | None) -> str:
     """"camembert" or "xlm-roberta": from tokenizer_config.json's class, else the vocabulary's first piece."""
     config_path = directory / "tokenizer_config.json"
     if config_path.exists():
@@ -152,21 +161,19 @@ class SentencePieceTokenizer(FastTokenizer):
     kind = "unigram"
 
     def __init__(self, tokenizer: Tokenizer, model_type: str = "xlm-roberta", model_max_length: int = MODEL_MAX_LENGTH):
-        if model_type not in LAYOUTS:
-            raise ValueError(f"model_type={model_type!r}: SentencePiece layouts are {list(LAYOUTS)}")
         self.model_type = model_type
-        super().__init__(tokenizer, model_max_length, LAYOUTS[model_type].extra_special_tokens)
+        super().__init__(tokenizer, model_max_length, layout_of(model_type).extra_special_tokens)
 
     @classmethod
     def from_vocab(cls, vocab: Vocab, charsmap: bytes | None = None, model_type: str = "xlm-roberta"):
         """From a vocabulary already in the layout (`<mask>` included), as a tokenizer.json holds it."""
-        return cls(build(vocab, charsmap, LAYOUTS[model_type]), model_type)
+        return cls(build(vocab, charsmap, layout_of(model_type)), model_type)
 
     @classmethod
     def from_spm(cls, path: PathLike, model_type: str = "xlm-roberta") -> SentencePieceTokenizer:
         """From a SentencePiece unigram model file (XLM-R's and CamemBERT's `sentencepiece.bpe.model`)."""
         pieces, charsmap = read_spm(path)
-        layout = LAYOUTS[model_type]
+        layout = layout_of(model_type)
         vocab = [*layout.leading, *pieces[layout.first_piece :], (MASK, 0.0)]
         return cls.from_vocab(vocab, charsmap, model_type)
 
@@ -178,9 +185,9 @@ class SentencePieceTokenizer(FastTokenizer):
         directory = Path(directory)
         if (directory / "tokenizer.json").exists():
             vocab, charsmap = _read_tokenizer_json(directory / "tokenizer.json")
-            tok = cls.from_vocab(vocab, charsmap, model_type or _layout_of(directory, vocab))
+            tok = cls.from_vocab(vocab, charsmap, model_type or _model_type_of(directory, vocab))
         elif (directory / SPM_FILE).exists():
-            tok = cls.from_spm(directory / SPM_FILE, model_type or _layout_of(directory, None))
+            tok = cls.from_spm(directory / SPM_FILE, model_type or _model_type_of(directory, None))
         else:
             raise FileNotFoundError(f"{directory}: has neither tokenizer.json nor {SPM_FILE}")
         if (directory / "tokenizer_config.json").exists():
