@@ -4,7 +4,6 @@ XLMRobertaTokenizerFast; the special ids masking keeps out."""
 
 import io
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,54 +11,14 @@ from roberta_jax.data.sentencepiece import SentencePieceTokenizer
 from roberta_jax.data.tokenizer import RobertaTokenizer, load_tokenizer
 from roberta_jax.tools.tokenizer import main
 from roberta_jax.train.objectives import never_masked_ids
+from tests.conftest import STRINGS
 
 transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
 
-# The Korean page of the HF RoBERTa documentation (Apache-2.0): Korean prose with English, code and markup.
-KO_DOC = Path(__file__).resolve().parents[2] / "shared" / "data" / "multilingual" / "ko-roberta-doc.md"
-STRINGS = [
-    "Le camembert est délicieux ! Où est la gare ? « Ça va », dit-il.",
-    "Grüße aus Köln: Straße, Mädchen, Übermut — 3,14 €.",
-    "我们在北京学习自然语言处理。中文没有空格，标点：！？",
-    "مرحبا بالعالم، هذه جملة عربية قصيرة.",
-    "Привет, мир! Съешь же ещё этих мягких французских булок.",
-    "emoji 😀👍🏽 family 👨‍👩‍👧 flag 🇫🇷 🤖🤖",
-    "mixed 한국어 and English, 日本語 und Deutsch, café 北京 😀",
-    "The capital of France is <mask>. Paris<mask> <mask>",
-    "  runs   of   spaces\tand\ttabs\nand lines  ",
-    "ｆｕｌｌ－ｗｉｄｔｈ ＡＢＣ １２３ and the ﬁ ligature, Ⅻ, ㈜",
-    "",
-    "x",
-]
 WORDS = [["Le", "camembert", "😀"], ["한국어", "문장", "입니다"], ["Straße", "北京", "Привет", "مرحبا"]]
 HF_CLASSES = {"xlm-roberta": "XLMRobertaTokenizerFast", "camembert": "CamembertTokenizerFast"}
 ENCODED = ("input_ids", "offset_mapping", "special_tokens_mask", "attention_mask")
-
-
-def ko_paragraphs() -> list[str]:
-    return [p for p in KO_DOC.read_text(encoding="utf-8").split("\n\n") if p.strip()] if KO_DOC.exists() else []
-
-
-@pytest.fixture(scope="module")
-def texts():
-    """The Korean document's paragraphs (where it is present) and the strings above."""
-    return ko_paragraphs() + STRINGS
-
-
-@pytest.fixture(scope="module")
-def spm_dir(tmp_path_factory, texts):
-    """A directory holding only `sentencepiece.bpe.model`: a unigram model trained by the sentencepiece
-    library (nmt_nfkc normalization, as XLM-R's and CamemBERT's) on the test texts."""
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([line for t in texts * 3 for line in t.splitlines() if line.strip()]),
-        model_writer=model, vocab_size=700, model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    path = tmp_path_factory.mktemp("spm")
-    (path / "sentencepiece.bpe.model").write_bytes(model.getvalue())
-    return path
 
 
 def plain(value):

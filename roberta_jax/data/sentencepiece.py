@@ -214,14 +214,22 @@ class SentencePieceTokenizer(FastTokenizer):
             unk_token=UNK,
             show_progress=False,
         )
-        if isinstance(files_or_iterator, (list, tuple)):
-            for path in files_or_iterator:
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(f"{path}: no such file (to train on a list of texts, pass iter(texts))")
-                check_text_file(path)
-            tok.train([str(p) for p in files_or_iterator], trainer)
-        else:
-            tok.train_from_iterator(files_or_iterator, trainer)
+        try:
+            if isinstance(files_or_iterator, (list, tuple)):
+                for path in files_or_iterator:
+                    if not os.path.isfile(path):
+                        raise FileNotFoundError(f"{path}: no such file (to train on a list of texts, pass iter(texts))")
+                    check_text_file(path)
+                tok.train([str(p) for p in files_or_iterator], trainer)
+            else:
+                tok.train_from_iterator(files_or_iterator, trainer)
+        except Exception as e:  # the Rust trainer raises a bare Exception
+            if "not large enough to contain all chars" not in str(e):
+                raise
+            raise ValueError(
+                f"vocab_size={vocab_size} cannot hold every character of the corpus (unigram keeps them all); "
+                "raise vocab_size"
+            ) from e
         vocab = [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
         return cls.from_vocab([*vocab, (MASK, 0.0)])
 
