@@ -89,6 +89,13 @@ def test_a_trained_unigram_tokenizer_loads_in_xlmr(tmp_path, texts, capsys):
     assert ours.unk_token_id not in {i for row in ours(texts)["input_ids"] for i in row}
 
 
+def test_a_unigram_vocab_too_small_for_the_characters_is_named(tmp_path):
+    with pytest.raises(ValueError, match="vocab_size=40 cannot hold every character of the corpus"):
+        SentencePieceTokenizer.train(iter(STRINGS), vocab_size=40)
+    with pytest.raises(FileNotFoundError, match="missing.txt: no such file"):
+        SentencePieceTokenizer.train([tmp_path / "missing.txt"])
+
+
 def test_never_masked_ids_hold_every_layout_special(spm_dir):
     camembert = SentencePieceTokenizer.from_pretrained(spm_dir, model_type="camembert")
     # <s>NOTUSED 0, <pad> 1, </s>NOTUSED 2, <unk> 3, <unk>NOTUSED 4, <s> 5, </s> 6; <mask> is the one masked in.

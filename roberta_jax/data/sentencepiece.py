@@ -206,8 +206,14 @@ class SentencePieceTokenizer(FastTokenizer):
             raise ValueError(f"vocab_size={vocab_size} is too small: 5 special tokens and one piece need 6")
         if isinstance(files_or_iterator, (str, os.PathLike)):
             files_or_iterator = [files_or_iterator]
+        if isinstance(files_or_iterator, (list, tuple)):
+            for path in files_or_iterator:
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"{path}: no such file (to train on a list of texts, pass iter(texts))")
+                check_text_file(path)
         layout = LAYOUTS["xlm-roberta"]
-        tok = build([*layout.leading, (MASK, 0.0)], None, layout)  # the pre-tokenizer training splits words with
+        # Training splits words with the pipeline's own pre-tokenizer, so pieces never cross a word's `▁`.
+        tok = build([*layout.leading, (MASK, 0.0)], None, layout)
         trainer = trainers.UnigramTrainer(
             vocab_size=vocab_size - 1,  # leaves the last id to <mask>
             special_tokens=[piece for piece, _ in layout.leading],
@@ -216,10 +222,6 @@ class SentencePieceTokenizer(FastTokenizer):
         )
         try:
             if isinstance(files_or_iterator, (list, tuple)):
-                for path in files_or_iterator:
-                    if not os.path.isfile(path):
-                        raise FileNotFoundError(f"{path}: no such file (to train on a list of texts, pass iter(texts))")
-                    check_text_file(path)
                 tok.train([str(p) for p in files_or_iterator], trainer)
             else:
                 tok.train_from_iterator(files_or_iterator, trainer)
