@@ -1,6 +1,6 @@
-"""XLM-R end to end: train.py on the Korean document with a unigram tokenizer trained from it (the export is an
-`XLMRobertaForMaskedLM` that a fill-mask pipeline runs), and finetune.py from an XLM-R-format directory; the
-packer's rows and the masking under CamemBERT's special ids."""
+"""XLM-R and CamemBERT end to end: train.py on the Korean document with a unigram tokenizer trained from it (the
+export is an `XLMRobertaForMaskedLM` that a fill-mask pipeline runs), finetune.py from an XLM-R-format and a
+CamemBERT-format directory; the packer's rows and the masking under CamemBERT's special ids."""
 
 import json
 import os
@@ -84,13 +84,14 @@ def test_packing_and_masking_use_camemberts_own_special_ids(spm_dir, texts, tmp_
     assert len(drawn) and not np.isin(drawn, [*special, tok.mask_token_id]).any()
 
 
-def test_finetune_from_an_xlmr_directory(spm_dir, tmp_path):
-    init = tmp_path / "xlmr"
-    hf_tok = transformers.XLMRobertaTokenizerFast.from_pretrained(spm_dir)
+@pytest.mark.parametrize("prefix", ["XLMRoberta", "Camembert"])
+def test_finetune_from_an_xlmr_or_camembert_directory(spm_dir, tmp_path, prefix):
+    init = tmp_path / prefix
+    hf_tok = getattr(transformers, f"{prefix}TokenizerFast").from_pretrained(spm_dir)
     hf_tok.save_pretrained(init)
     torch.manual_seed(0)
-    transformers.XLMRobertaForMaskedLM(transformers.XLMRobertaConfig(vocab_size=len(hf_tok), **TINY)).save_pretrained(
-        init)
+    hf_config = getattr(transformers, f"{prefix}Config")(vocab_size=len(hf_tok), **TINY)
+    getattr(transformers, f"{prefix}ForMaskedLM")(hf_config).save_pretrained(init)
     config = cli.load_config(os.path.join(REPO, "configs", "finetune", "sst2.py"))
     path = os.path.join(REPO, "tests", "data", "tasks", "sst2.tsv")
     config.init_from = str(init)
@@ -102,15 +103,17 @@ def test_finetune_from_an_xlmr_directory(spm_dir, tmp_path):
 
     best = str(tmp_path / "run" / "best_hf")
     hf_model, info = transformers.AutoModelForSequenceClassification.from_pretrained(best, output_loading_info=True)
-    assert type(hf_model).__name__ == "XLMRobertaForSequenceClassification"
+    assert type(hf_model).__name__ == f"{prefix}ForSequenceClassification"
     assert {k: v for k, v in info.items() if v} == {}, info
     task = tasks.get_task(config.task)
     params, model, _ = hf_io.load_hf(best, task.ARCHITECTURE, strict=True)
     tok = load_tokenizer(best)
     assert type(tok) is SentencePieceTokenizer and tok.get_vocab() == hf_tok.get_vocab()
-    features = load_task_data(config, tok, task).eval_features
-    ids, mask = features["input_ids"][:3], features["attention_mask"][:3]
-    assert (ids[:, 0] == 0).all() and (ids[mask == 0] == 1).all()  # XLM-R's <s> and <pad>
+    data = load_task_data(config, tok, task)
+    ids, mask = data.eval_features["input_ids"][:3], data.eval_features["attention_mask"][:3]
+    assert (ids[:, 0] == hf_tok.bos_token_id).all() and (ids[mask == 0] == 1).all()  # <s> (0, CamemBERT's 5), <pad>
+    texts = [e.text_a for e in data.eval_examples[:3]]
+    assert ids.tolist() == hf_tok(texts, padding="max_length", max_length=64, truncation=True)["input_ids"]
     ours = model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask))
     with torch.no_grad():
         theirs = hf_model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits
