@@ -29,7 +29,11 @@ setup(
             "scipy", "scikit-learn", "seqeval",
             # the notebook tests execute the notebooks
             "matplotlib", "nbclient", "nbformat", "ipykernel",
+            # XLM-R / CamemBERT tokenizers from sentencepiece.bpe.model, and reference models the tests train
+            "sentencepiece", "protobuf",
         ],
+        # reading a SentencePiece model file (sentencepiece.bpe.model) into data.sentencepiece's tokenizer
+        "sentencepiece": ["sentencepiece", "protobuf"],
         "notebooks": ["matplotlib", "nbclient", "nbformat", "ipykernel"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],

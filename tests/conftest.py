@@ -1,5 +1,7 @@
-"""Shared fixtures: the official roberta-base tokenizer (ours and `transformers`'), a small training corpus."""
+"""Shared fixtures: the official roberta-base tokenizer (ours and `transformers`'), a small training corpus,
+multilingual texts and a SentencePiece model trained on them."""
 
+import io
 import json
 from pathlib import Path
 
@@ -43,3 +45,47 @@ def corpus(tmp_path_factory):
     with open(Path(__file__).parents[1] / "data" / "demo_corpus.txt", encoding="utf-8") as f:
         path.write_text(f.read(40_000), encoding="utf-8")
     return str(path)
+
+
+# The Korean page of the HF RoBERTa documentation (Apache-2.0): Korean prose with English, code and markup.
+KO_DOC = Path(__file__).resolve().parents[2] / "shared" / "data" / "multilingual" / "ko-roberta-doc.md"
+STRINGS = [
+    "Le camembert est délicieux ! Où est la gare ? « Ça va », dit-il.",
+    "Grüße aus Köln: Straße, Mädchen, Übermut — 3,14 €.",
+    "我们在北京学习自然语言处理。中文没有空格，标点：！？",
+    "مرحبا بالعالم، هذه جملة عربية قصيرة.",
+    "Привет, мир! Съешь же ещё этих мягких французских булок.",
+    "emoji 😀👍🏽 family 👨‍👩‍👧 flag 🇫🇷 🤖🤖",
+    "mixed 한국어 and English, 日本語 und Deutsch, café 北京 😀",
+    "The capital of France is <mask>. Paris<mask> <mask>",
+    "  runs   of   spaces\tand\ttabs\nand lines  ",
+    "ｆｕｌｌ－ｗｉｄｔｈ ＡＢＣ １２３ and the ﬁ ligature, Ⅻ, ㈜",
+    "",
+    "x",
+]
+
+
+def ko_paragraphs() -> list[str]:
+    return [p for p in KO_DOC.read_text(encoding="utf-8").split("\n\n") if p.strip()] if KO_DOC.exists() else []
+
+
+@pytest.fixture(scope="module")
+def texts():
+    """The Korean document's paragraphs (where it is present) and the strings above."""
+    return ko_paragraphs() + STRINGS
+
+
+@pytest.fixture(scope="module")
+def spm_dir(tmp_path_factory, texts):
+    """A directory holding only `sentencepiece.bpe.model`: a unigram model trained by the sentencepiece
+    library (nmt_nfkc normalization, as XLM-R's and CamemBERT's) on the test texts."""
+    spm = pytest.importorskip("sentencepiece")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([line for t in texts * 3 for line in t.splitlines() if line.strip()]),
+        model_writer=model, vocab_size=700, model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    path = tmp_path_factory.mktemp("spm")
+    (path / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    return path

@@ -1,4 +1,4 @@
-"""Logits of every head against HF `transformers` PyTorch RoBERTa, both directions, float32."""
+"""Logits of every head against HF `transformers` PyTorch RoBERTa, XLM-R and CamemBERT, both directions, float32."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from roberta_jax.model import hf_io
-from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model.config import MODEL_TYPES, RobertaConfig
 from roberta_jax.model.heads import ARCHITECTURES, RobertaForSequenceClassification, init_params
 
 torch = pytest.importorskip("torch")
@@ -33,6 +33,10 @@ HEADS = [
     "RobertaForTokenClassification",
     "RobertaForQuestionAnswering",
 ]
+# Every head of every model type: ("xlm-roberta", "XLMRobertaForMaskedLM"), ...
+MODEL_HEADS = [
+    (model_type, MODEL_TYPES[model_type] + head.removeprefix("Roberta")) for model_type in MODEL_TYPES for head in HEADS
+]
 TOL = 1e-4
 
 
@@ -40,8 +44,8 @@ def hf_config(architecture: str) -> dict:
     """HF_CONFIG as the architecture needs it: causal attention for the decoder, 2 QA outputs."""
     return dict(
         HF_CONFIG,
-        is_decoder=architecture == "RobertaForCausalLM",
-        num_labels=2 if architecture == "RobertaForQuestionAnswering" else HF_CONFIG["num_labels"],
+        is_decoder=architecture.endswith("ForCausalLM"),
+        num_labels=2 if architecture.endswith("ForQuestionAnswering") else HF_CONFIG["num_labels"],
     )
 
 
@@ -57,7 +61,7 @@ def batch(architecture: str, seed: int = 0):
         ids[row, 0], ids[row, n - 1] = 0, 2
         mask[row, :n] = 1
     types = (np.arange(11)[None] >= 5).astype(np.int64) * mask
-    if architecture == "RobertaForMultipleChoice":
+    if architecture.endswith("ForMultipleChoice"):
         ids, mask, types = (np.stack([a, a[::-1]], axis=1) for a in (ids, mask, types))
         ids = np.where(mask == 1, ids, 1)
     return ids, mask, types
@@ -91,9 +95,9 @@ def assert_close(ours, theirs, mask):
         np.testing.assert_allclose(a, b, atol=TOL, rtol=0)
 
 
-def make_hf_model(architecture: str, seed: int = 0):
+def make_hf_model(architecture: str, seed: int = 0, model_type: str = "roberta"):
     """A PyTorch model with every weight perturbed, so biases and norms are not trivially 0/1."""
-    config = transformers.RobertaConfig(**hf_config(architecture))
+    config = transformers.AutoConfig.for_model(model_type, **hf_config(architecture))
     torch.manual_seed(seed)
     model = getattr(transformers, architecture)(config).eval()
     with torch.no_grad():
@@ -102,12 +106,14 @@ def make_hf_model(architecture: str, seed: int = 0):
     return model
 
 
-@pytest.mark.parametrize("architecture", HEADS)
-def test_import_from_transformers(architecture, tmp_path):
-    hf_model = make_hf_model(architecture)
+@pytest.mark.parametrize("model_type, architecture", MODEL_HEADS)
+def test_import_from_transformers(model_type, architecture, tmp_path):
+    hf_model = make_hf_model(architecture, model_type=model_type)
+    assert type(hf_model).__name__ == architecture
     hf_model.save_pretrained(tmp_path)
     params, model, report = hf_io.load_hf(str(tmp_path), architecture, strict=True)
     assert report.missing == report.unexpected == report.mismatched == []
+    assert model.config.model_type == model_type
     ids, mask, types = batch(architecture)
     assert_close(flax_outputs(model, params, ids, mask, types), hf_outputs(hf_model, ids, mask, types), mask)
 
@@ -119,14 +125,19 @@ def perturbed_params(model, seed: int):
     return jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
-@pytest.mark.parametrize("architecture", HEADS)
-def test_export_to_transformers(architecture, tmp_path):
-    config = RobertaConfig.from_dict(hf_config(architecture))
+@pytest.mark.parametrize("model_type, architecture", MODEL_HEADS)
+def test_export_to_transformers(model_type, architecture, tmp_path):
+    config = RobertaConfig.from_dict(dict(hf_config(architecture), model_type=model_type))
     model = ARCHITECTURES[architecture](config)
     params = perturbed_params(model, seed=3)
     hf_io.save_hf(str(tmp_path), model, params)
-    hf_model, info = getattr(transformers, architecture).from_pretrained(tmp_path, output_loading_info=True)
+    saved = RobertaConfig.from_json_file(str(tmp_path))
+    assert (saved.model_type, saved.architectures) == (model_type, (architecture,))
+    head = architecture.removeprefix(MODEL_TYPES[model_type])  # "ForMaskedLM", or "Model" for the encoder
+    auto_class = getattr(transformers, "AutoModel" + head.removeprefix("Model"))
+    hf_model, info = auto_class.from_pretrained(tmp_path, output_loading_info=True)
     hf_model.eval()
+    assert type(hf_model).__name__ == architecture
     assert {k: v for k, v in info.items() if v} == {}, info
     ids, mask, types = batch(architecture, seed=1)
     assert_close(flax_outputs(model, params, ids, mask, types), hf_outputs(hf_model, ids, mask, types), mask)

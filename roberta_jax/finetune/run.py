@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.finetune import tasks, weights
 from roberta_jax.finetune.data import FeatureBatches, TaskData, gather_rows, load_task_data
 from roberta_jax.model.config import RobertaConfig
@@ -37,7 +37,7 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
     task = tasks.get_task(config.task)
     base_arch = checked_start(config, task)
     with runtime.Runtime(config, workdir, workdir_files.FINETUNE_CONFIG) as rt:
-        tokenizer = RobertaTokenizer.from_pretrained(config.tokenizer_path or weights.tokenizer_dir(config.init_from))
+        tokenizer = load_tokenizer(config.tokenizer_path or weights.tokenizer_dir(config.init_from))
         data = load_task_data(config, tokenizer, task)
         total_steps, opt_config = schedule(config, len(data.train_features["input_ids"]))
         train_batches = FeatureBatches(data.arrays("train"), config.batch_size, seed=config.seed)

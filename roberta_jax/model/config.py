@@ -17,6 +17,9 @@ from roberta_jax.suggest import did_you_mean
 
 # Activations by their HF names; `layers.ACTIVATIONS` implements each.
 _SUPPORTED_ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_pytorch_tanh", "tanh")
+# HF model types of the RoBERTa architecture -> the prefix of their class names (`XLMRobertaForMaskedLM`).
+# CamemBERT and XLM-R are RoBERTa with a SentencePiece vocabulary; their weights keep the `roberta.` prefix.
+MODEL_TYPES = {"roberta": "Roberta", "xlm-roberta": "XLMRoberta", "camembert": "Camembert"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +68,11 @@ class RobertaConfig:
                 f"hidden_size={self.hidden_size} is not a multiple of "
                 f"num_attention_heads={self.num_attention_heads}."
             )
-        if self.model_type != "roberta":
-            raise ValueError(f"model_type={self.model_type!r}; this package implements 'roberta'.")
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(
+                f"model_type={self.model_type!r}{did_you_mean(self.model_type, MODEL_TYPES)}; this package "
+                f"implements the RoBERTa architecture as {list(MODEL_TYPES)}."
+            )
         if self.id2label is None:
             object.__setattr__(self, "id2label", {0: "LABEL_0", 1: "LABEL_1"})
         object.__setattr__(self, "id2label", {int(k): v for k, v in self.id2label.items()})

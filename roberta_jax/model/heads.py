@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model.config import MODEL_TYPES, RobertaConfig
 from roberta_jax.model.dropout import Dropout
 from roberta_jax.model.layers import ACTIVATIONS, RobertaModel, dense, layer_norm
 
@@ -187,24 +187,30 @@ class RobertaForQuestionAnswering(_Head):
         return logits[..., 0], logits[..., 1]
 
 
-# HF `architectures` names -> module classes. `RobertaModel` itself is the headless encoder.
+# HF class names without the model type's prefix -> module classes. `RobertaModel` is the headless encoder.
+_HEADS: dict[str, type[nn.Module]] = {
+    "Model": RobertaModel,
+    "ForMaskedLM": RobertaForMaskedLM,
+    "ForCausalLM": RobertaForCausalLM,
+    "ForSequenceClassification": RobertaForSequenceClassification,
+    "ForMultipleChoice": RobertaForMultipleChoice,
+    "ForTokenClassification": RobertaForTokenClassification,
+    "ForQuestionAnswering": RobertaForQuestionAnswering,
+}
+# HF `architectures` names of every model type -> module classes: `RobertaForMaskedLM`,
+# `XLMRobertaForMaskedLM` and `CamembertForMaskedLM` are one module.
 ARCHITECTURES: dict[str, type[nn.Module]] = {
-    "RobertaModel": RobertaModel,
-    "RobertaForMaskedLM": RobertaForMaskedLM,
-    "RobertaForCausalLM": RobertaForCausalLM,
-    "RobertaForSequenceClassification": RobertaForSequenceClassification,
-    "RobertaForMultipleChoice": RobertaForMultipleChoice,
-    "RobertaForTokenClassification": RobertaForTokenClassification,
-    "RobertaForQuestionAnswering": RobertaForQuestionAnswering,
+    prefix + suffix: cls for prefix in MODEL_TYPES.values() for suffix, cls in _HEADS.items()
 }
 
 
 def architecture_name(model: nn.Module) -> str:
-    """The HF `architectures` entry of a module instance."""
-    for name, cls in ARCHITECTURES.items():
+    """The HF `architectures` entry of a module instance, named for its config's model type
+    (`XLMRobertaForSequenceClassification` for model_type "xlm-roberta")."""
+    for suffix, cls in _HEADS.items():
         if type(model) is cls:
-            return name
-    raise ValueError(f"{type(model).__name__} is not one of {list(ARCHITECTURES)}.")
+            return MODEL_TYPES[model.config.model_type] + suffix
+    raise ValueError(f"{type(model).__name__} is not one of {[cls.__name__ for cls in _HEADS.values()]}.")
 
 
 def dummy_inputs(model: nn.Module) -> jax.Array:

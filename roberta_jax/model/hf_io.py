@@ -5,6 +5,8 @@ as HF names them: path components joined with '.', `layer_3` -> `layer.3`, and t
 `kernel` -> `weight` (transposed: Flax is [in, out], torch.nn.Linear [out, in]),
 `embedding`/`scale` -> `weight`, `bias` -> `bias`. The tied MLM decoder (`lm_head.decoder.*`)
 is not written: `transformers` ties it to the word embeddings and `lm_head.bias` on load.
+XLM-R and CamemBERT checkpoints (`model_type` "xlm-roberta", "camembert") use the same names; an export's
+`architectures` is named for its config's model type (`XLMRobertaForMaskedLM`).
 
     params, config = load_hf("roberta-base-dir", RobertaForSequenceClassification, num_labels=2)
     save_hf("out-dir", RobertaForMaskedLM(config), params, tokenizer=tok)

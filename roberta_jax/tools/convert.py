@@ -24,7 +24,8 @@ from roberta_jax.train import checkpoint
 from roberta_jax.train import workdir as workdir_files
 
 TOKENIZER_FILES = (
-    "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "vocab.json", "merges.txt", "sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json",
 )
 
 

@@ -25,8 +25,9 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from roberta_jax.data.fast_tokenizer import FastTokenizer
 from roberta_jax.data.packing import PackedRows, pack_documents
-from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.model import hf_io
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
@@ -41,7 +42,7 @@ class Checkpoint:
 
     model: RobertaForMaskedLM
     params: Any
-    tokenizer: RobertaTokenizer
+    tokenizer: FastTokenizer
     path: str
     kind: str  # "orbax" (a pretraining workdir) or "hf" (an HF directory)
     step: int | None  # the checkpoint's step; None for an HF directory
@@ -54,27 +55,27 @@ def load_checkpoint(path: str, step: int | None = None) -> Checkpoint:
     if workdir_files.is_pretraining_workdir(path):
         params, step = checkpoint.load_params(path, step)
         model = RobertaForMaskedLM(RobertaConfig.from_json_file(os.path.join(path, workdir_files.MODEL_CONFIG)))
-        return Checkpoint(model, params, RobertaTokenizer.from_pretrained(workdir_files.tokenizer_dir(path)), path,
+        return Checkpoint(model, params, load_tokenizer(workdir_files.tokenizer_dir(path)), path,
                           "orbax", step)
     if os.path.isfile(os.path.join(path, "config.json")):
         params, model, report = hf_io.load_hf(path, RobertaForMaskedLM)
         if report.missing:
             warnings.warn(f"{path}: weights missing from the checkpoint were initialised at random: {report}",
                           stacklevel=2)
-        return Checkpoint(model, params, RobertaTokenizer.from_pretrained(path), path, "hf", None)
+        return Checkpoint(model, params, load_tokenizer(path), path, "hf", None)
     raise FileNotFoundError(
         f"{path} is neither a pretraining workdir (no {workdir_files.MODEL_CONFIG}) nor an HF directory "
         "(no config.json)."
     )
 
 
-def token_strings(tokenizer: RobertaTokenizer, ids: Sequence[int]) -> list[str]:
+def token_strings(tokenizer: FastTokenizer, ids: Sequence[int]) -> list[str]:
     """Each id decoded on its own (" king", "<s>"); a piece of a multi-byte character shows as U+FFFD."""
     return [tokenizer.decode([int(i)]) for i in ids]
 
 
-def token_table(tokenizer: RobertaTokenizer, text: str) -> list[tuple[str, int]]:
-    """(BPE token, id) of `text` with `<s>`/`</s>`; "Ġ" in a token stands for a leading space."""
+def token_table(tokenizer: FastTokenizer, text: str) -> list[tuple[str, int]]:
+    """(token, id) of `text` with `<s>`/`</s>`; "Ġ" (byte-level BPE) or "▁" (SentencePiece) is a leading space."""
     encoding = tokenizer(text)
     return list(zip(encoding.encodings[0].tokens, encoding["input_ids"]))
 
@@ -104,7 +105,7 @@ def fill_mask(ckpt: Checkpoint, texts: Sequence[str], top_k: int = 5) -> list[li
     return out
 
 
-def _top(tokenizer: RobertaTokenizer, scores: np.ndarray, k: int) -> list[tuple[str, float]]:
+def _top(tokenizer: FastTokenizer, scores: np.ndarray, k: int) -> list[tuple[str, float]]:
     best = np.argsort(-scores)[:k]
     return list(zip(token_strings(tokenizer, best), scores[best].tolist()))
 
@@ -147,7 +148,7 @@ def nearest_tokens(ckpt: Checkpoint, word: str, k: int = 8) -> list[tuple[str, f
     return _top(tok, np.where(allowed, scores, -np.inf), k)
 
 
-def pack_texts(tokenizer: RobertaTokenizer, texts: Sequence[str], max_seq_length: int) -> PackedRows:
+def pack_texts(tokenizer: FastTokenizer, texts: Sequence[str], max_seq_length: int) -> PackedRows:
     """Documents → FULL-SENTENCES rows exactly as pretraining packs them, the tail kept (padded)."""
     ids = [np.asarray(x, np.int32) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])])
@@ -176,7 +177,7 @@ def document_index(rows: PackedRows, eos_id: int) -> np.ndarray:
 
 
 def mask_rows(
-    tokenizer: RobertaTokenizer, input_ids: np.ndarray, step: int, seed: int = 0, **masking_kwargs: Any
+    tokenizer: FastTokenizer, input_ids: np.ndarray, step: int, seed: int = 0, **masking_kwargs: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     """The dynamic mask step `step` draws for `input_ids` int [rows, L] (key `masked_rng(seed, step)`).
 

@@ -25,9 +25,11 @@ def default_config() -> ml_collections.ConfigDict:
         )
     )
 
-    # Tokenizer: a directory with vocab.json + merges.txt (e.g. roberta-base's), or "" to train a
-    # byte-level BPE of `vocab_size` on the training files into WORKDIR/tokenizer.
-    c.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=50265, min_frequency=2))
+    # Tokenizer: an HF-format directory of `kind` (roberta-base's vocab.json + merges.txt; XLM-R's or
+    # CamemBERT's sentencepiece.bpe.model or tokenizer.json), or "" to train one of `kind` and `vocab_size`
+    # on the training files into WORKDIR/tokenizer. kind: byte_level_bpe (RoBERTa; model_type roberta) |
+    # unigram (SentencePiece, XLM-R's layout; model_type xlm-roberta). min_frequency: byte_level_bpe only.
+    c.tokenizer = ml_collections.ConfigDict(dict(path="", kind="byte_level_bpe", vocab_size=50265, min_frequency=2))
 
     c.data = ml_collections.ConfigDict(
         dict(

@@ -58,6 +58,6 @@ def mlm_loss(model: nn.Module):
 def never_masked_ids(tokenizer, vocab_size: int) -> tuple[int, ...]:
     """Special ids, and ids below `vocab_size` that no token has (roberta-base's 50261-50263):
     never chosen for prediction, never drawn as random replacements. `tokenizer`: a
-    `data.tokenizer.RobertaTokenizer`."""
+    `data.fast_tokenizer.FastTokenizer` (its `all_special_ids` hold CamemBERT's `<s>NOTUSED` & co.)."""
     unused = set(range(vocab_size)) - set(tokenizer.get_vocab().values())
     return tuple(sorted(set(tokenizer.all_special_ids) - {tokenizer.mask_token_id} | unused))

@@ -15,8 +15,9 @@ import jax
 import numpy as np
 
 from roberta_jax.data.batches import BatchIterator, PretrainingData, build_pretraining_data
-from roberta_jax.data.tokenizer import RobertaTokenizer
-from roberta_jax.model.config import RobertaConfig
+from roberta_jax.data.fast_tokenizer import FastTokenizer
+from roberta_jax.data.tokenizer import is_tokenizer_dir, load_tokenizer, train_tokenizer
+from roberta_jax.model.config import MODEL_TYPES, RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
 from roberta_jax.train import masking, metrics, objectives, optimizer, runtime, steps
 from roberta_jax.train import workdir as workdir_files
@@ -59,7 +60,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     return result.last_metrics
 
 
-def mlm_steps(config, model: RobertaForMaskedLM, tokenizer: RobertaTokenizer, tx, schedule):
+def mlm_steps(config, model: RobertaForMaskedLM, tokenizer: FastTokenizer, tx, schedule):
     """The uncompiled MLM (train_fn, eval_fn): dynamic masking with the tokenizer's special ids, the loss at
     the masked slots only, `grad_accum_steps` microbatches; eval masks fixed by `eval_seed`."""
     vocab_size = model.config.vocab_size
@@ -73,18 +74,21 @@ def mlm_steps(config, model: RobertaForMaskedLM, tokenizer: RobertaTokenizer, tx
     return train_fn, steps.make_eval_step(loss_fn, seed=config.eval_seed, prepare=prepare)
 
 
-def load_or_train_tokenizer(config, workdir: str) -> RobertaTokenizer:
-    """`tokenizer.path`, else the workdir's trained tokenizer, else one trained now on the training files."""
-    if config.tokenizer.path:
-        return RobertaTokenizer.from_pretrained(config.tokenizer.path)
+def load_or_train_tokenizer(config, workdir: str) -> FastTokenizer:
+    """`tokenizer.path`, else the workdir's trained tokenizer, else one of `tokenizer.kind` trained now on the
+    training files. A loaded tokenizer must be of `tokenizer.kind`."""
+    kind = config.tokenizer.kind
     saved = os.path.join(workdir, workdir_files.TOKENIZER)
-    if os.path.isfile(os.path.join(saved, "vocab.json")):
-        return RobertaTokenizer.from_pretrained(saved)
+    path = config.tokenizer.path or (saved if is_tokenizer_dir(saved) else "")
+    if path:
+        tok = load_tokenizer(path)
+        if tok.kind != kind:
+            raise ValueError(f"tokenizer.kind={kind!r}, but the tokenizer in {path} is {tok.kind!r}; set "
+                             f"--config.tokenizer.kind={tok.kind} (a workdir keeps the tokenizer of its first run).")
+        return tok
     # Training is deterministic, so every host trains the same tokenizer; process 0 keeps it.
-    tok = RobertaTokenizer.train(
-        split_list(config.data.train_files), vocab_size=config.tokenizer.vocab_size,
-        min_frequency=config.tokenizer.min_frequency,
-    )
+    tok = train_tokenizer(split_list(config.data.train_files), kind, config.tokenizer.vocab_size,
+                          config.tokenizer.min_frequency)
     if jax.process_index() == 0:
         # Written aside and renamed, so another host never reads a half-written tokenizer.
         partial = f"{saved}.partial"
@@ -93,7 +97,7 @@ def load_or_train_tokenizer(config, workdir: str) -> RobertaTokenizer:
     return tok
 
 
-def pretraining_data(config, tokenizer: RobertaTokenizer, workdir: str) -> PretrainingData:
+def pretraining_data(config, tokenizer: FastTokenizer, workdir: str) -> PretrainingData:
     """The packed training (and eval) rows of the config's `data` section, cached in `data.cache_dir`."""
     d = config.data
     data = build_pretraining_data(
@@ -111,8 +115,9 @@ def split_list(files: str) -> list[str]:
     return [f for f in (s.strip() for s in files.split(",")) if f]
 
 
-def model_config(config, tokenizer: RobertaTokenizer) -> RobertaConfig:
-    """The architecture of the config's `model` section with the tokenizer's vocabulary and special ids."""
+def model_config(config, tokenizer: FastTokenizer) -> RobertaConfig:
+    """The architecture of the config's `model` section with the tokenizer's vocabulary and special ids, and
+    its model type: "roberta" for byte-level BPE, "xlm-roberta" (or "camembert") for SentencePiece."""
     fields = dict(config.model)
     # roberta-base's files leave ids 50261-50263 unused: the embedding needs the largest id + 1.
     needed = max(tokenizer.vocab_size, max(tokenizer.all_special_ids) + 1)
@@ -121,5 +126,6 @@ def model_config(config, tokenizer: RobertaTokenizer) -> RobertaConfig:
         raise ValueError(f"model.vocab_size={vocab} is smaller than the tokenizer's largest id + 1 = {needed}.")
     return RobertaConfig(
         vocab_size=vocab, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, architectures=("RobertaForMaskedLM",), **fields,
+        eos_token_id=tokenizer.eos_token_id, model_type=tokenizer.model_type,
+        architectures=(MODEL_TYPES[tokenizer.model_type] + "ForMaskedLM",), **fields,
     )

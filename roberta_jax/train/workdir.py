@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 
+from roberta_jax.data.tokenizer import is_tokenizer_dir
+
 TRAIN_CONFIG = "train_config.json"
 FINETUNE_CONFIG = "finetune_config.json"
 MODEL_CONFIG = "model_config.json"
@@ -48,6 +50,6 @@ def tokenizer_dir(workdir: str) -> str:
         with open(record, encoding="utf-8") as f:
             candidates.append(json.load(f).get("tokenizer", {}).get("path", ""))
     for path in candidates:
-        if path and os.path.isfile(os.path.join(path, "vocab.json")):
+        if path and is_tokenizer_dir(path):
             return path
     raise FileNotFoundError(f"no tokenizer in {workdir}/{TOKENIZER} or {workdir}/{HF_EXPORT}, and {record} names none")

@@ -23,7 +23,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.data.fast_tokenizer import FastTokenizer
 from roberta_jax.finetune.tasks import task_metrics
 from roberta_jax.train.objectives import xent_sums
 
@@ -124,7 +124,7 @@ def infer_label_list(examples: Sequence[Example]) -> list[str]:
 
 def featurize(
     examples: Sequence[Example],
-    tokenizer: RobertaTokenizer,
+    tokenizer: FastTokenizer,
     max_length: int = 128,
     label_list: Sequence[str] | None = None,
     regression: bool = False,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.data.fast_tokenizer import FastTokenizer
 from roberta_jax.finetune.tasks import task_metrics
 from roberta_jax.finetune.tasks.classification import read_rows
 from roberta_jax.train.objectives import xent_sums
@@ -71,7 +71,7 @@ def load_examples(
 
 
 def featurize(
-    examples: Sequence[Example], tokenizer: RobertaTokenizer, max_length: int = 128
+    examples: Sequence[Example], tokenizer: FastTokenizer, max_length: int = 128
 ) -> dict[str, np.ndarray]:
     """Encode every (context, question + ending) pair, longest-first truncated and padded to `max_length`.
 

@@ -22,7 +22,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from roberta_jax.data.tokenizer import RobertaTokenizer
+from roberta_jax.data.fast_tokenizer import FastTokenizer
 from roberta_jax.finetune.tasks import task_metrics
 from roberta_jax.train.objectives import xent_sums
 
@@ -70,7 +70,7 @@ def _answer_tokens(offsets: np.ndarray, is_context: np.ndarray, start_char: int,
 
 
 def featurize(
-    examples: Sequence[Example], tokenizer: RobertaTokenizer, max_length: int = 384, doc_stride: int = 128
+    examples: Sequence[Example], tokenizer: FastTokenizer, max_length: int = 384, doc_stride: int = 128
 ) -> dict[str, np.ndarray]:
     """Encode question/context pairs, the context truncated to windows sharing `doc_stride` tokens.
 
