@@ -159,6 +159,7 @@ def prepare(
     eval_sources: str | Sequence[str] | None = None,
     max_seq_length: int = 512,
     doc_split: str = "blank_line",
+    format: str = "auto",
     piece_bytes: int = PIECE_BYTES,
     num_workers: int = 1,
     scheduler: str | None = None,
@@ -167,7 +168,7 @@ def prepare(
     """Prepares `out` (local or gs://) from text files and returns its manifest (rules in the module docstring).
 
     Args:
-      train_sources, eval_sources: files, directories or globs of plain text.
+      train_sources, eval_sources: files, directories or globs of plain text (`format` "auto" or "text").
       tokenizer: anything `sources.resolve_tokenizer` accepts.
       vocab_size: the largest token id + 1; it sets the dtype (`shards.token_dtype`).
       num_workers: worker processes of a local Dask cluster; ignored with `scheduler`, the address of a
@@ -177,6 +178,9 @@ def prepare(
     dtype = shards.token_dtype(vocab_size).name
     splits = {"train": train_sources, "eval": eval_sources}
     files = {split: _resolve(src) for split, src in splits.items() if src}
+    for path in (p for fs in files.values() for p in fs):
+        if text_files.file_kind(path, format) != "text":
+            raise ValueError(f"{path}: prepare reads plain text; this is {text_files.file_kind(path, format)}.")
     settings = {"format_version": shards.FORMAT_VERSION, "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length,
                 "dtype": dtype, "vocab_size": vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
                 "pad_id": tok.pad_id, "doc_split": doc_split, "piece_bytes": piece_bytes,
@@ -222,6 +226,7 @@ def _run(pieces, tok, out, max_seq_length, dtype, num_workers, scheduler, progre
     cluster = {"address": scheduler} if scheduler else {
         "n_workers": num_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0",
         "env": {"RAYON_NUM_THREADS": "1"}, "silence_logs": logging.WARNING}
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # not one line per worker start and stop
     with Client(**cluster) as client, tqdm(total=len(pieces), unit="shard", disable=not progress) as bar:
         tok_future = client.scatter(tok, broadcast=True)
         futures = {client.submit(prepare_piece, p, tok_future, out, max_seq_length, dtype): p

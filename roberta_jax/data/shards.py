@@ -19,6 +19,7 @@ opens only the shards holding its share of a batch.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -46,7 +47,7 @@ def write_atomic(path: epath.Path, write) -> None:
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     with tmp.open("wb") as f:
         write(f)
-    tmp.rename(path)
+    tmp.replace(path)  # over a shard a killed run left without its record
 
 
 def write_json(path: epath.Path, value: Any) -> None:
@@ -106,6 +107,7 @@ class ShardedRows:
         self._starts = np.concatenate([[0], np.cumsum([s["rows"] for s in shards])]).astype(np.int64)
         self._last_lengths = np.array([s["last_row_length"] for s in shards], np.int32)
         self._open: dict[int, np.ndarray | _RemoteShard] = {}
+        self._lock = threading.Lock()  # `take` runs in read-ahead threads
         self.shards_opened: set[str] = set()
         self.rows_read = 0
 
@@ -134,15 +136,19 @@ class ShardedRows:
         for s in np.unique(shard):
             where = np.flatnonzero(shard == s)
             out[where] = self._shard(int(s))[rows[where] - self._starts[s]]
-        self.rows_read += len(rows)
+        with self._lock:
+            self.rows_read += len(rows)
         return out
 
     def _shard(self, index: int):
-        if index not in self._open:
-            path = self.directory / self.split / f"{self._names[index]}.npy"
-            local = not str(path).startswith(("gs://", "s3://"))
-            self._open[index] = np.load(str(path), mmap_mode="r") if local else _RemoteShard(path)
-            self.shards_opened.add(self._names[index])
+        with self._lock:
+            return self._open[index] if index in self._open else self._open_shard(index)
+
+    def _open_shard(self, index: int):
+        path = self.directory / self.split / f"{self._names[index]}.npy"
+        local = not str(path).startswith(("gs://", "s3://"))
+        self._open[index] = np.load(str(path), mmap_mode="r") if local else _RemoteShard(path)
+        self.shards_opened.add(self._names[index])
         return self._open[index]
 
 
