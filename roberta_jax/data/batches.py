@@ -295,6 +295,12 @@ class BatchIterator(RowBatches):
         self._ahead = {k: self._ahead.get(k) or self._pool.submit(self._gather, self._indices(*k)) for k in keys}
         return self._ahead.pop((epoch, position)).result()
 
+    def close(self) -> None:
+        """Waits for the batches being read ahead and stops the read-ahead threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool, self._ahead = None, {}
+
     def _gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         num_real = len(indices)
         length = self.rows.max_seq_length

@@ -2,7 +2,7 @@
 
     manifest = prepare(["corpus/"], tokenizer, "gs://bucket/prepared", max_seq_length=512, num_workers=16)
 
-Pieces. Every text file is cut into pieces of about `piece_bytes` bytes (64 MiB by default), each cut right
+Pieces. Every text file is cut into pieces of about `piece_bytes` bytes (16 MiB by default), each cut right
 after a document boundary: after a blank line for `doc_split="blank_line"`, after a line break for "line";
 a "file" document is never cut, nor is a file smaller than `piece_bytes`. The cuts depend only on the
 bytes of the files, so the documents of a piece, and piece i's shard, are the same whatever the number of
@@ -25,6 +25,7 @@ settings skips complete shards, redoes the rest and writes the manifest, giving 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import re
@@ -41,7 +42,7 @@ from roberta_jax.data.sources import EncodeBatch, TokenizerInfo, resolve_tokeniz
 
 log = logging.getLogger(__name__)
 
-PIECE_BYTES = 64 << 20
+PIECE_BYTES = 16 << 20
 _CUTS = {"blank_line": re.compile(rb"\n[ \t\r\f\v]*\n"), "line": re.compile(rb"\n")}
 _SCAN = 1 << 16  # bytes read at a time while looking for a cut
 _ENCODE_BATCH = 1000  # documents per tokenizer call
@@ -108,15 +109,12 @@ def prepare_piece(piece: Piece, tok: TokenizerInfo, out: str, max_seq_length: in
         done = json.loads(record.read_text())
         if done["piece"] == key:
             return done["entry"]
-    encode = EncodeBatch(tok.encode)  # whitespace-only documents count as empty, as in `sources`
-    ids = [encode(batch)["input_ids"] for batch in _batches(_piece_documents(piece), _ENCODE_BATCH)]
-    lengths = np.array([len(x) for batch in ids for x in batch], np.int64)
+    tokens, lengths = _encode(_piece_documents(piece), tok)
     kept = lengths > 0
     entry = {"name": name, "documents": int(kept.sum()), "empty_documents": int((~kept).sum()),
-             "tokens": int(lengths.sum()), "rows": 0, "last_row_length": max_seq_length, "padding": 0}
+             "tokens": len(tokens), "rows": 0, "last_row_length": max_seq_length, "padding": 0}
     rows = np.zeros((0, max_seq_length), dtype)
     if kept.any():
-        tokens = np.fromiter((t for batch in ids for x in batch for t in x), np.int32, int(lengths.sum()))
         offsets = np.concatenate([[0], np.cumsum(lengths[kept])])
         packed = pack_documents(tokens, offsets, max_seq_length=max_seq_length, bos_id=tok.bos_id,
                                 eos_id=tok.eos_id, pad_id=tok.pad_id, drop_remainder=False)
@@ -145,9 +143,16 @@ def _piece_documents(piece: Piece) -> list[str]:
     return text_files.split_text(text.replace("\r\n", "\n").replace("\r", "\n"), piece.doc_split)
 
 
-def _batches(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _encode(documents: list[str], tok: TokenizerInfo) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32 [n], lengths int64 [documents]): the documents' ids back to back; whitespace-only ones are
+    empty, as in `sources`. Ids become arrays batch by batch: a list of Python ints costs 9x the memory."""
+    encode = EncodeBatch(tok.encode)
+    tokens, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
+    for i in range(0, len(documents), _ENCODE_BATCH):
+        ids = encode(documents[i : i + _ENCODE_BATCH])["input_ids"]
+        lengths.append(np.fromiter(map(len, ids), np.int64, len(ids)))
+        tokens.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths[-1].sum())))
+    return np.concatenate(tokens), np.concatenate(lengths)
 
 
 def prepare(

@@ -56,6 +56,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         result = rt.train(state, train_step, train_batches,
                           rt.loop_config(config.total_steps, tokens_per_step, flops_per_step),
                           evaluate if data.eval is not None else None)
+        train_batches.close()
         if not result.stopped_by_signal and config.export_hf:
             runtime.export_hf(os.path.join(rt.workdir, workdir_files.HF_EXPORT), model, result.state.params,
                               tokenizer)
