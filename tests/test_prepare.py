@@ -119,6 +119,16 @@ def test_rerun_with_other_settings_names_the_field(corpus, bpe, one_worker):
         prepare.prepare(corpus, bpe, str(out), vocab_size=600, max_seq_length=32, piece_bytes=200_000)
 
 
+def test_bad_files_are_errors_naming_them(bpe, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"the first document\n\n" + b"caf\xe9 second\n")
+    with pytest.raises(ValueError, match=f"{bad}: not valid UTF-8 .* at byte 23"):
+        run_prepare(str(bad), bpe, tmp_path / "out", num_workers=1, piece_bytes=10)
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.txt: file is empty"):
+        run_prepare(str(tmp_path / "empty.txt"), bpe, tmp_path / "out", num_workers=1)
+
+
 def test_wrong_tokenizer_or_row_length_names_both_values(one_worker, bpe):
     out, manifest = one_worker
     fingerprint = resolve_tokenizer(bpe).fingerprint

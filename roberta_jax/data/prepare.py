@@ -93,7 +93,7 @@ def _cuts(path: str, size: int, doc_split: str, piece_bytes: int) -> list[int]:
             if cut is None or cut >= size:
                 break
             cuts.append(cut)
-            target = max(cut, target) + piece_bytes
+            target = cut + piece_bytes
     return cuts
 
 
