@@ -49,9 +49,19 @@ def corpus(tmp_path_factory):
     return str(root)
 
 
-def run_prepare(corpus, tok, out, num_workers, piece_bytes=200_000):
+EVAL_DOCS = ["A held-out first document,\nof two lines.", "The second", "and  the third one."]
+
+
+def run_prepare(corpus, tok, out, num_workers, piece_bytes=200_000, eval_sources=None):
     return prepare.prepare(corpus, tok, str(out), vocab_size=600, max_seq_length=L, piece_bytes=piece_bytes,
-                           num_workers=num_workers, progress=False)
+                           num_workers=num_workers, eval_sources=eval_sources, progress=False)
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    path = tmp_path_factory.mktemp("heldout") / "heldout.txt"
+    path.write_text("\n\n".join(EVAL_DOCS) + "\n", encoding="utf-8")
+    return str(path)
 
 
 def files_of(directory):
@@ -61,14 +71,15 @@ def files_of(directory):
 
 
 @pytest.fixture(scope="module")
-def one_worker(corpus, bpe, tmp_path_factory):
+def one_worker(corpus, bpe, heldout, tmp_path_factory):
     out = tmp_path_factory.mktemp("one") / "prepared"
-    return out, run_prepare(corpus, bpe, out, num_workers=1)
+    return out, run_prepare(corpus, bpe, out, num_workers=1, eval_sources=heldout)
 
 
-def test_four_workers_write_what_one_writes_and_every_document_once_in_order(corpus, bpe, one_worker, tmp_path):
+def test_four_workers_write_what_one_writes_and_every_document_once_in_order(corpus, bpe, heldout, one_worker,
+                                                                            tmp_path):
     out, manifest = one_worker
-    four = run_prepare(corpus, bpe, tmp_path / "four", num_workers=4)
+    four = run_prepare(corpus, bpe, tmp_path / "four", num_workers=4, eval_sources=heldout)
     assert four == manifest
     assert files_of(tmp_path / "four") == files_of(out)
 
@@ -87,13 +98,21 @@ def test_four_workers_write_what_one_writes_and_every_document_once_in_order(cor
     assert manifest["stats"]["train/tokens"] == reference.num_tokens
     assert manifest["stats"]["train/padding"] == sum(L - e["last_row_length"] for e in shard_list) > 0
 
+    eval_rows = shards.ShardedRows(out, "eval")
+    stream = [bpe.encode(d, add_special_tokens=False).ids for d in EVAL_DOCS]
+    stream = [0, *stream[0], 2, *stream[1], 2, *stream[2], 2]
+    assert (eval_rows.num_rows, manifest["stats"]["eval/documents"]) == (1, 3)
+    np.testing.assert_array_equal(eval_rows.take([0])[0], stream + [1] * (L - len(stream)))
+    assert eval_rows.row_lengths([0]).tolist() == [len(stream)]
 
-def test_sigkill_during_prepare_then_rerun_gives_identical_files(corpus, bpe, one_worker, tmp_path):
+
+def test_sigkill_during_prepare_then_rerun_gives_identical_files(corpus, bpe, heldout, one_worker, tmp_path):
     out, manifest = one_worker
     killed = tmp_path / "killed"
     bpe.save(str(tmp_path / "bpe.json"))
     script = (f"from tokenizers import Tokenizer\nfrom tests.test_prepare import run_prepare\n"
-              f"run_prepare({corpus!r}, Tokenizer.from_file({str(tmp_path / 'bpe.json')!r}), {str(killed)!r}, 1)\n")
+              f"run_prepare({corpus!r}, Tokenizer.from_file({str(tmp_path / 'bpe.json')!r}), {str(killed)!r}, 1, "
+              f"eval_sources={heldout!r})\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     start = time.time()
@@ -109,14 +128,15 @@ def test_sigkill_during_prepare_then_rerun_gives_identical_files(corpus, bpe, on
     # A leftover temporary file, and a shard whose record was never written, as a kill can leave them.
     (killed / "train" / ".shard-00005.npy.tmp-0").write_bytes(b"\x93NUMPY half")
     (killed / "train" / "shard-00006.npy").write_bytes(b"\x93NUMPY half")
-    assert run_prepare(corpus, bpe, killed, num_workers=2) == manifest
+    assert run_prepare(corpus, bpe, killed, num_workers=2, eval_sources=heldout) == manifest
     assert files_of(killed) == files_of(out)
 
 
-def test_rerun_with_other_settings_names_the_field(corpus, bpe, one_worker):
+def test_rerun_with_other_settings_names_the_field(corpus, bpe, heldout, one_worker):
     out, _ = one_worker
     with pytest.raises(ValueError, match="max_seq_length=64, this prepare has 32"):
-        prepare.prepare(corpus, bpe, str(out), vocab_size=600, max_seq_length=32, piece_bytes=200_000)
+        prepare.prepare(corpus, bpe, str(out), vocab_size=600, max_seq_length=32, piece_bytes=200_000,
+                        eval_sources=heldout)
 
 
 def test_bad_files_are_errors_naming_them(bpe, tmp_path):
