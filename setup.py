@@ -20,6 +20,9 @@ setup(
         "safetensors",
         "numpy",
         "absl-py",
+        # the engine of `python -m roberta_jax.tools.prepare` (pure Python; a LocalCluster here, any Dask cluster there)
+        "dask[distributed]",
+        "etils[epath]",
     ],
     extras_require={
         # torch is pinned to the CPU build; the tests use it only for parity checks.

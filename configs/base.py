@@ -15,6 +15,13 @@ filesystem every host mounts):
         --config.data.train_files=/data/corpus --config.tokenizer.path=/data/roberta-base \
         --config.grad_accum_steps=8 --config.mesh.fsdp=-1 --config.mesh.data=1
 
+At corpus scale, tokenize and pack once (all cores here, or `--scheduler` a Dask cluster) and let every
+host read only its rows:
+
+    python -m roberta_jax.tools.prepare --config configs/base.py --out gs://bucket/prepared \
+        --config.data.train_files=/data/corpus --config.tokenizer.path=/data/roberta-base
+    python train.py --config configs/base.py ... --config.data.prepared=gs://bucket/prepared
+
 Expect MLM loss ~2.0 (perplexity ~4) after the full schedule on BookCorpus + Wikipedia scale data.
 """
 

@@ -21,6 +21,8 @@ checked on restore.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -32,6 +34,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from roberta_jax.data.packing import PackedRows, pack_documents, packed_shape
+from roberta_jax.data.shards import ShardedRows
 from roberta_jax.data.sources import TokenizedCorpus, TokenizerInfo, resolve_tokenizer, split_documents, tokenize_corpus
 
 __all__ = ["BatchIterator", "PretrainingData", "RowBatches", "build_pretraining_data", "to_global"]
@@ -41,8 +44,8 @@ __all__ = ["BatchIterator", "PretrainingData", "RowBatches", "build_pretraining_
 class PretrainingData:
     """Packed training rows, optional packed eval rows, and counts for the log."""
 
-    train: PackedRows
-    eval: PackedRows | None
+    train: PackedRows | ShardedRows
+    eval: PackedRows | ShardedRows | None
     stats: dict[str, int | bool]
 
 
@@ -229,14 +232,26 @@ class RowBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self.position >= self.steps_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-        if self.num_epochs is not None and self.epoch >= self.num_epochs:
+        epoch, position = self._following(self.epoch, self.position)
+        self.epoch, self.position = epoch, position + 1
+        return self._batch(epoch, position)
+
+    def _following(self, epoch: int, position: int) -> tuple[int, int]:
+        """(epoch, position) of the batch at `position` of `epoch`, rolled over into the next epoch at the end
+        of one; StopIteration after the last epoch."""
+        if position >= self.steps_per_epoch:
+            epoch, position = epoch + 1, 0
+        if self.num_epochs is not None and epoch >= self.num_epochs:
             raise StopIteration
-        start = self.position * self.global_batch_size + self.process_index * self.local_batch_size
-        indices = self._epoch_order(self.epoch)[start : start + self.local_batch_size]
-        self.position += 1
-        return self._gather(indices)
+        return epoch, position
+
+    def _batch(self, epoch: int, position: int) -> dict[str, np.ndarray]:
+        return self._gather(self._indices(epoch, position))
+
+    def _indices(self, epoch: int, position: int) -> np.ndarray:
+        """This host's rows of global batch `position` of `epoch`."""
+        start = position * self.global_batch_size + self.process_index * self.local_batch_size
+        return self._epoch_order(epoch)[start : start + self.local_batch_size]
 
     def _gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -253,19 +268,44 @@ class BatchIterator(RowBatches):
     """Host-local batches `{"input_ids": int32 [B_local, L]}` (+ `"attention_mask"` when rows
     can hold padding) of packed rows, B_local = global_batch_size / process_count; resumable.
     An incomplete final batch (`drop_remainder=False`) is filled with all-padding rows.
-    The keyword arguments are `RowBatches`'s.
+
+    Args:
+      rows: `PackedRows` in memory, or the `shards.ShardedRows` of a prepared directory.
+      read_ahead: gather this many of the next batches in background threads (rows read from disk);
+        0 gathers each batch when it is asked for. The batches and the state are the same either way.
+      **kwargs: `RowBatches`'s.
     """
 
-    def __init__(self, rows: PackedRows, global_batch_size: int, **kwargs):
+    def __init__(self, rows: PackedRows | ShardedRows, global_batch_size: int, *, read_ahead: int = 0, **kwargs):
         super().__init__(rows.num_rows, global_batch_size, **kwargs)
         self.rows = rows
         self.emits_mask = rows.has_padding or (bool(self.remainder) and not self.drop_remainder)
+        self.read_ahead = read_ahead
+        self._pool = concurrent.futures.ThreadPoolExecutor(read_ahead) if read_ahead else None
+        self._ahead: dict[tuple[int, int], concurrent.futures.Future] = {}
+
+    def _batch(self, epoch: int, position: int) -> dict[str, np.ndarray]:
+        if self._pool is None:
+            return super()._batch(epoch, position)
+        keys = [(epoch, position)]
+        with contextlib.suppress(StopIteration):
+            while len(keys) <= self.read_ahead:
+                keys.append(self._following(keys[-1][0], keys[-1][1] + 1))
+        # Batches gathered for other positions (before a `set_state`) are dropped.
+        self._ahead = {k: self._ahead.get(k) or self._pool.submit(self._gather, self._indices(*k)) for k in keys}
+        return self._ahead.pop((epoch, position)).result()
+
+    def close(self) -> None:
+        """Waits for the batches being read ahead and stops the read-ahead threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool, self._ahead = None, {}
 
     def _gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         num_real = len(indices)
         length = self.rows.max_seq_length
         input_ids = np.full((self.local_batch_size, length), self.rows.pad_id, np.int32)
-        input_ids[:num_real] = self.rows.input_ids[indices]
+        input_ids[:num_real] = self.rows.take(indices)
         batch = {"input_ids": input_ids}
         if self.emits_mask:
             lengths = np.zeros(self.local_batch_size, np.int32)

@@ -62,6 +62,10 @@ class PackedRows:
     def has_padding(self) -> bool:
         return self.last_row_length < self.max_seq_length
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The rows with the given indices, [len(rows), max_seq_length]."""
+        return self.input_ids[rows]
+
     def row_lengths(self, rows: np.ndarray) -> np.ndarray:
         """Real-token counts, int32 [len(rows)], of the rows with the given indices."""
         rows = np.asarray(rows)

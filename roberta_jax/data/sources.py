@@ -227,7 +227,7 @@ class _BackendEncode:
         return [e.ids for e in encode(texts, add_special_tokens=False)]
 
 
-class _EncodeBatch:
+class EncodeBatch:
     """`Dataset.map` function: empty and whitespace-only texts become empty id lists."""
 
     def __init__(self, encode: EncodeFn):
@@ -262,7 +262,7 @@ def _encode_documents(docs, encode: EncodeFn, batch_size: int, num_proc: int, fi
     import datasets
 
     return docs.map(
-        _EncodeBatch(encode),
+        EncodeBatch(encode),
         batched=True,
         batch_size=batch_size,
         num_proc=num_proc if num_proc > 1 else None,

@@ -126,6 +126,17 @@ def text_documents(files: Sequence[str], doc_split: str) -> Iterator[list[str]]:
             yield _nonblank(["".join(pending)])
 
 
+def split_text(text: str, doc_split: str) -> list[str]:
+    """The documents of a whole text whose line breaks are already "\\n", by `text_documents`' rules
+    (a piece of a file cut right after a line break, or after a blank line for "blank_line")."""
+    if doc_split == "file":
+        return _nonblank([text])
+    if doc_split == "line":
+        lines = text.split("\n")
+        return lines[:-1] if lines[-1] == "" else lines
+    return _nonblank(_BLANK_LINES.split(text))
+
+
 def _nonblank(parts: list[str]) -> list[str]:
     """The parts without leading and trailing blank lines; blank parts dropped."""
     return [text for text in (_EDGE_BLANK_LINES.sub("", part) for part in parts) if text]

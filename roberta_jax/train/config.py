@@ -42,6 +42,10 @@ def default_config() -> ml_collections.ConfigDict:
             max_seq_length=512,
             num_proc=1,  # tokenizer processes
             cache_dir="",  # "" = WORKDIR/data_cache
+            # a directory (local or gs://) of `python -m roberta_jax.tools.prepare`: train from its shards
+            # instead of tokenizing train_files/eval_files in every process
+            prepared="",
+            read_ahead=4,  # prepared data: batches gathered ahead in background threads
         )
     )
     c.masking = ml_collections.ConfigDict(dict(mlm_probability=0.15, mask_ratio=0.8, random_ratio=0.1))

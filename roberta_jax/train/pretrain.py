@@ -14,8 +14,10 @@ import os
 import jax
 import numpy as np
 
+from roberta_jax.data import shards
 from roberta_jax.data.batches import BatchIterator, PretrainingData, build_pretraining_data
 from roberta_jax.data.fast_tokenizer import FastTokenizer
+from roberta_jax.data.sources import resolve_tokenizer
 from roberta_jax.data.tokenizer import is_tokenizer_dir, load_tokenizer, train_tokenizer
 from roberta_jax.model.config import MODEL_TYPES, RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
@@ -30,7 +32,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     with runtime.Runtime(config, workdir, workdir_files.TRAIN_CONFIG) as rt:
         tokenizer = load_or_train_tokenizer(config, rt.workdir)
         data = pretraining_data(config, tokenizer, rt.workdir)
-        train_batches = BatchIterator(data.train, config.batch_size, seed=config.seed)
+        read_ahead = config.data.read_ahead if config.data.prepared else 0
+        train_batches = BatchIterator(data.train, config.batch_size, seed=config.seed, read_ahead=read_ahead)
 
         arch = model_config(config, tokenizer)
         model = RobertaForMaskedLM(arch, **rt.model_kwargs())
@@ -54,6 +57,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         result = rt.train(state, train_step, train_batches,
                           rt.loop_config(config.total_steps, tokens_per_step, flops_per_step),
                           evaluate if data.eval is not None else None)
+        train_batches.close()
         if not result.stopped_by_signal and config.export_hf:
             runtime.export_hf(os.path.join(rt.workdir, workdir_files.HF_EXPORT), model, result.state.params,
                               tokenizer)
@@ -75,11 +79,12 @@ def mlm_steps(config, model: RobertaForMaskedLM, tokenizer: FastTokenizer, tx, s
 
 
 def load_or_train_tokenizer(config, workdir: str) -> FastTokenizer:
-    """`tokenizer.path`, else the workdir's trained tokenizer, else one of `tokenizer.kind` trained now on the
-    training files. A loaded tokenizer must be of `tokenizer.kind`."""
+    """`tokenizer.path`, else the tokenizer of `data.prepared`, else the workdir's trained tokenizer, else one
+    of `tokenizer.kind` trained now on the training files. A loaded tokenizer must be of `tokenizer.kind`."""
     kind = config.tokenizer.kind
     saved = os.path.join(workdir, workdir_files.TOKENIZER)
-    path = config.tokenizer.path or (saved if is_tokenizer_dir(saved) else "")
+    prepared = os.path.join(config.data.prepared, shards.TOKENIZER) if config.data.prepared else ""
+    path = config.tokenizer.path or prepared or (saved if is_tokenizer_dir(saved) else "")
     if path:
         tok = load_tokenizer(path)
         if tok.kind != kind:
@@ -98,8 +103,11 @@ def load_or_train_tokenizer(config, workdir: str) -> FastTokenizer:
 
 
 def pretraining_data(config, tokenizer: FastTokenizer, workdir: str) -> PretrainingData:
-    """The packed training (and eval) rows of the config's `data` section, cached in `data.cache_dir`."""
+    """The packed training (and eval) rows of the config's `data` section, cached in `data.cache_dir`; or the
+    shards of `data.prepared`, checked against the tokenizer and row length before any step."""
     d = config.data
+    if d.prepared:
+        return prepared_data(config, tokenizer)
     data = build_pretraining_data(
         split_list(d.train_files), tokenizer,
         eval_sources=split_list(d.eval_files) or None, eval_fraction=d.eval_fraction, split_seed=config.seed,
@@ -108,6 +116,27 @@ def pretraining_data(config, tokenizer: FastTokenizer, workdir: str) -> Pretrain
     )
     log.info("data: %s", data.stats)
     return data
+
+
+def prepared_data(config, tokenizer: FastTokenizer) -> PretrainingData:
+    """The train (and eval) splits of the prepared directory `data.prepared`, each host reading only its share."""
+    d = config.data
+    check_prepared_config(config)
+    manifest = shards.read_manifest(d.prepared)
+    shards.check_manifest(manifest, d.prepared, resolve_tokenizer(tokenizer).fingerprint, d.max_seq_length)
+    train = shards.ShardedRows(d.prepared, "train", manifest)
+    eval_rows = shards.ShardedRows(d.prepared, "eval", manifest) if "eval" in manifest["splits"] else None
+    log.info("data: %s prepared in %s", manifest["stats"], d.prepared)
+    return PretrainingData(train, eval_rows, manifest["stats"])
+
+
+def check_prepared_config(config) -> None:
+    """Prepared data holds its evaluation text as files (`data.eval_files` when it was prepared)."""
+    if config.data.eval_fraction:
+        raise ValueError(
+            f"data.eval_fraction={config.data.eval_fraction} does not apply to prepared data: hold out evaluation "
+            "text with data.eval_files when preparing, and set data.eval_fraction=0."
+        )
 
 
 def split_list(files: str) -> list[str]:

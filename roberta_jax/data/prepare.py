@@ -1,0 +1,269 @@
+"""Tokenize and pack a corpus once, in parallel on Dask, into the shards of `shards` (format there).
+
+    manifest = prepare(["corpus/"], tokenizer, "gs://bucket/prepared", max_seq_length=512, num_workers=16)
+
+Pieces. Every text file is cut into pieces of about `piece_bytes` bytes (16 MiB by default), each cut right
+after a document boundary: after a blank line for `doc_split="blank_line"`, after a line break for "line";
+a "file" document is never cut, nor is a file smaller than `piece_bytes`. The cuts depend only on the
+bytes of the files, so the documents of a piece, and piece i's shard, are the same whatever the number of
+workers or machines. Piece i of a split becomes `shard-{i:05d}` of that split, in file order.
+
+A shard's end. Each piece's documents are packed FULL-SENTENCES (`packing`) on their own; the stream's
+tail is kept as a last row padded with `<pad>` (its real length is in the manifest, the attention mask
+hides the rest). So no token is lost or duplicated; per shard at most one row is short, and the manifest
+counts the padding (`train/padding`, in tokens). Rows never span two shards.
+
+Engine. Dask: `num_workers` processes of a `distributed.LocalCluster` on this machine, or any Dask
+cluster (`scheduler="tcp://host:8786"`, e.g. from dask-jobqueue on SLURM or dask-kubernetes) whose workers
+can read the corpus and write `out` (a shared filesystem or a bucket). Each task reads its piece itself;
+the client only plans the cuts (a few kilobytes read per cut) and writes the manifest.
+
+Restarts. A shard is complete once its `.json` exists (written after the `.npy`); a rerun with the same
+settings skips complete shards, redoes the rest and writes the manifest, giving byte-identical output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from etils import epath
+
+from roberta_jax.data import shards, text_files
+from roberta_jax.data.packing import pack_documents
+from roberta_jax.data.sources import EncodeBatch, TokenizerInfo, resolve_tokenizer
+
+log = logging.getLogger(__name__)
+
+PIECE_BYTES = 16 << 20
+_CUTS = {"blank_line": re.compile(rb"\n[ \t\r\f\v]*\n"), "line": re.compile(rb"\n")}
+_SCAN = 1 << 16  # bytes read at a time while looking for a cut
+_ENCODE_BATCH = 1000  # documents per tokenizer call
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """Bytes [start, end) of `path`: shard `index` of `split`."""
+
+    split: str
+    index: int
+    path: str
+    start: int
+    end: int
+    doc_split: str
+
+
+def plan_pieces(files: Sequence[str], split: str, doc_split: str, piece_bytes: int = PIECE_BYTES) -> list[Piece]:
+    """The pieces of `files` in order (rules in the module docstring); an empty file is an error naming it."""
+    pieces: list[Piece] = []
+    for path in files:
+        size = epath.Path(path).stat().length
+        if size == 0:
+            raise ValueError(f"{path}: file is empty.")
+        cuts = [0, *_cuts(path, size, doc_split, piece_bytes), size]
+        for start, end in zip(cuts, cuts[1:]):
+            pieces.append(Piece(split, len(pieces), path, start, end, doc_split))
+    return pieces
+
+
+def _cuts(path: str, size: int, doc_split: str, piece_bytes: int) -> list[int]:
+    """Offsets, ascending and inside (0, size), just after a document boundary near each multiple of piece_bytes."""
+    if doc_split == "file" or size <= piece_bytes:
+        return []
+    pattern, cuts = _CUTS[doc_split], []
+    with epath.Path(path).open("rb") as f:
+        target = piece_bytes
+        while target < size:
+            f.seek(target)
+            cut, window, base = None, b"", target
+            while cut is None and (block := f.read(_SCAN)):
+                window += block
+                found = pattern.search(window)
+                cut = base + found.end() if found else None
+                if cut is None:  # keep a short overlap: a boundary may straddle two blocks
+                    keep = window[-64:]
+                    base, window = base + len(window) - len(keep), keep
+            if cut is None or cut >= size:
+                break
+            cuts.append(cut)
+            target = cut + piece_bytes
+    return cuts
+
+
+def prepare_piece(piece: Piece, tok: TokenizerInfo, out: str, max_seq_length: int, dtype: str) -> dict[str, Any]:
+    """Tokenizes and packs one piece into its shard (a Dask task); returns the shard's manifest entry.
+    Skips the work when a complete shard of the same piece and settings exists."""
+    key = {**dataclasses.asdict(piece), "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length,
+           "dtype": dtype}
+    name = shards.shard_name(piece.index)
+    directory = epath.Path(out) / piece.split
+    record = directory / f"{name}.json"
+    if record.exists():
+        done = json.loads(record.read_text())
+        if done["piece"] == key:
+            return done["entry"]
+    tokens, lengths = _encode(_piece_documents(piece), tok)
+    kept = lengths > 0
+    entry = {"name": name, "documents": int(kept.sum()), "empty_documents": int((~kept).sum()),
+             "tokens": len(tokens), "rows": 0, "last_row_length": max_seq_length, "padding": 0}
+    rows = np.zeros((0, max_seq_length), dtype)
+    if kept.any():
+        offsets = np.concatenate([[0], np.cumsum(lengths[kept])])
+        packed = pack_documents(tokens, offsets, max_seq_length=max_seq_length, bos_id=tok.bos_id,
+                                eos_id=tok.eos_id, pad_id=tok.pad_id, drop_remainder=False)
+        rows = packed.input_ids.astype(dtype)
+        entry.update(rows=packed.num_rows, last_row_length=packed.last_row_length,
+                     padding=max_seq_length - packed.last_row_length)
+    directory.mkdir(parents=True, exist_ok=True)
+    shards.write_atomic(directory / f"{name}.npy", lambda f: np.save(f, rows))
+    shards.write_json(record, {"piece": key, "entry": entry})
+    return entry
+
+
+def _piece_documents(piece: Piece) -> list[str]:
+    """The documents of a piece: its bytes decoded (a bad byte is an error naming the file and offset), line
+    breaks read as "\\n" like Python's universal newlines, split by `doc_split`."""
+    with epath.Path(piece.path).open("rb") as f:
+        f.seek(piece.start)
+        data = f.read(piece.end - piece.start)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{piece.path}: not valid UTF-8 ({e.reason} at byte {piece.start + e.start}); "
+            "re-encode it, e.g. `iconv -f latin1 -t utf-8`."
+        ) from None
+    return text_files.split_text(text.replace("\r\n", "\n").replace("\r", "\n"), piece.doc_split)
+
+
+def _encode(documents: list[str], tok: TokenizerInfo) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32 [n], lengths int64 [documents]): the documents' ids back to back; whitespace-only ones are
+    empty, as in `sources`. Ids become arrays batch by batch: a list of Python ints costs 9x the memory."""
+    encode = EncodeBatch(tok.encode)
+    tokens, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
+    for i in range(0, len(documents), _ENCODE_BATCH):
+        ids = encode(documents[i : i + _ENCODE_BATCH])["input_ids"]
+        lengths.append(np.fromiter(map(len, ids), np.int64, len(ids)))
+        tokens.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths[-1].sum())))
+    return np.concatenate(tokens), np.concatenate(lengths)
+
+
+def prepare(
+    train_sources: str | Sequence[str],
+    tokenizer: Any,
+    out: str,
+    *,
+    vocab_size: int,
+    eval_sources: str | Sequence[str] | None = None,
+    max_seq_length: int = 512,
+    doc_split: str = "blank_line",
+    format: str = "auto",
+    piece_bytes: int = PIECE_BYTES,
+    num_workers: int = 1,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prepares `out` (local or gs://) from text files and returns its manifest (rules in the module docstring).
+
+    Args:
+      train_sources, eval_sources: files, directories or globs of plain text (`format` "auto" or "text").
+      tokenizer: anything `sources.resolve_tokenizer` accepts.
+      vocab_size: the largest token id + 1; it sets the dtype (`shards.token_dtype`).
+      num_workers: worker processes of a local Dask cluster; ignored with `scheduler`, the address of a
+        running Dask scheduler.
+    """
+    tok = resolve_tokenizer(tokenizer)
+    dtype = shards.token_dtype(vocab_size).name
+    splits = {"train": train_sources, "eval": eval_sources}
+    files = {split: _resolve(src) for split, src in splits.items() if src}
+    for path in (p for fs in files.values() for p in fs):
+        if text_files.file_kind(path, format) != "text":
+            raise ValueError(f"{path}: prepare reads plain text; this is {text_files.file_kind(path, format)}.")
+    settings = {"format_version": shards.FORMAT_VERSION, "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length,
+                "dtype": dtype, "vocab_size": vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+                "pad_id": tok.pad_id, "doc_split": doc_split, "piece_bytes": piece_bytes,
+                "sources": {s: [[p, epath.Path(p).stat().length] for p in fs] for s, fs in files.items()}}
+    out_dir = epath.Path(out)
+    if (out_dir / shards.MANIFEST).exists():
+        return _existing(out, settings)
+    pieces = [p for split, fs in files.items() for p in plan_pieces(fs, split, doc_split, piece_bytes)]
+    entries = _run(pieces, tok, out, max_seq_length, dtype, num_workers, scheduler, progress)
+    manifest = {**settings, "splits": {}, "stats": {}}
+    for split in files:
+        split_entries = [entries[p] for p in pieces if p.split == split]
+        totals = {k: sum(e[k] for e in split_entries) for k in ("documents", "empty_documents", "tokens", "rows",
+                                                                 "padding")}
+        if not totals["documents"]:
+            raise ValueError(f"{splits[split]!r}: no non-empty documents ({totals['empty_documents']} empty ones).")
+        manifest["splits"][split] = {"shards": split_entries, **totals}
+        manifest["stats"].update({f"{split}/{k}": v for k, v in totals.items()})
+    _remove_temporaries(out_dir, files)
+    shards.write_json(out_dir / shards.MANIFEST, manifest)
+    return manifest
+
+
+def _existing(out: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The manifest already in `out` when it was prepared with `settings`; else an error naming the field."""
+    manifest = shards.read_manifest(out)
+    for key, value in settings.items():
+        if manifest.get(key) != value:
+            raise ValueError(
+                f"{out} is already prepared with {key}={manifest.get(key)!r}, this prepare has {value!r}; "
+                "choose another --out or delete it."
+            )
+    log.info("%s is already prepared", out)
+    return manifest
+
+
+def _run(pieces, tok, out, max_seq_length, dtype, num_workers, scheduler, progress) -> dict[Piece, dict]:
+    """Runs `prepare_piece` over `pieces` on a Dask cluster, with a progress bar of documents/s and tokens/s."""
+    from distributed import Client, as_completed
+    from tqdm import tqdm
+
+    # One tokenizer thread per worker process: the cluster already uses every core.
+    cluster = {"address": scheduler} if scheduler else {
+        "n_workers": num_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0",
+        "env": {"RAYON_NUM_THREADS": "1"}, "silence_logs": logging.WARNING}
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # not one line per worker start and stop
+    with Client(**cluster) as client, tqdm(total=len(pieces), unit="shard", disable=not progress) as bar:
+        tok_future = client.scatter(tok, broadcast=True)
+        futures = {client.submit(prepare_piece, p, tok_future, out, max_seq_length, dtype): p
+                   for p in pieces}
+        entries, docs, tokens, t0 = {}, 0, 0, time.perf_counter()
+        for future in as_completed(futures):
+            entries[futures[future]] = entry = future.result()
+            docs, tokens = docs + entry["documents"], tokens + entry["tokens"]
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix_str(f"{docs / elapsed:,.0f} docs/s {tokens / elapsed:,.0f} tokens/s", refresh=False)
+            bar.update()
+    return entries
+
+
+def _resolve(sources: str | Sequence[str]) -> list[str]:
+    """Files of local or remote (gs://) sources: files, directories (non-hidden files, sorted) or globs."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    if not any(str(s).startswith(("gs://", "s3://")) for s in sources):
+        return text_files.resolve_files(sources)
+    files = []
+    for source in map(epath.Path, sources):
+        if source.is_file():
+            files.append(str(source))
+        elif source.is_dir():
+            files.extend(sorted(str(p) for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")))
+        else:
+            raise FileNotFoundError(f"{source}: no such file or directory.")
+    return files
+
+
+def _remove_temporaries(out_dir: epath.Path, splits) -> None:
+    """Deletes the temporary files a killed run left behind, so a finished directory holds only its shards."""
+    for split in splits:
+        for path in (out_dir / split).glob(".*.tmp-*"):
+            path.unlink()

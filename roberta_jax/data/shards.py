@@ -1,0 +1,173 @@
+"""Prepared pretraining data on disk: shards of packed rows plus a manifest, and the rows they hold.
+
+    DIR/manifest.json            format version, tokenizer fingerprint, max_seq_length, dtype, special ids,
+                                 the statistics of each split, and every shard's row count
+    DIR/tokenizer/               the tokenizer the rows were made with (when prepare trained it)
+    DIR/train/shard-00000.npy    uint16 [rows, max_seq_length] (int32 when the vocabulary exceeds 65,536)
+    DIR/train/shard-00000.json   that shard's piece of text and its counts (written after the .npy)
+    DIR/eval/...                 the same for `data.eval_files`
+
+Every file is written under a temporary name and renamed when complete, and the manifest is written
+last: a directory without `manifest.json` is unfinished and is never read (`prepare` completes it).
+Paths are `etils.epath` paths: local or `gs://`.
+
+`ShardedRows` reads one split as one table of rows (global row r of the split is row r - start of its
+shard), memory-mapping local shards and reading only the requested rows of remote ones, so a host
+opens only the shards holding its share of a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from etils import epath
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer"
+SPLITS = ("train", "eval")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (roberta-base's 50,265 do), else int32."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
+
+
+def write_atomic(path: epath.Path, write) -> None:
+    """Calls `write(file)` on a temporary sibling of `path` opened "wb", then renames it to `path`."""
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    with tmp.open("wb") as f:
+        write(f)
+    tmp.replace(path)  # over a shard a killed run left without its record
+
+
+def write_json(path: epath.Path, value: Any) -> None:
+    write_atomic(path, lambda f: f.write(json.dumps(value, indent=1, sort_keys=True).encode()))
+
+
+def read_manifest(directory: str | epath.Path) -> dict[str, Any]:
+    """The manifest of a prepared directory; a clear error when there is none (unfinished) or its format
+    is another version."""
+    path = epath.Path(directory) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{directory}: no {MANIFEST}; not a prepared directory, or its prepare did not finish (run it again)."
+        )
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {manifest.get('format_version')}, this code reads {FORMAT_VERSION}; prepare again."
+        )
+    return manifest
+
+
+def check_manifest(manifest: dict[str, Any], directory: str, tokenizer_fingerprint: str, max_seq_length: int) -> None:
+    """Raises ValueError naming both values when the run's tokenizer or row length is not the prepared one."""
+    if manifest["max_seq_length"] != max_seq_length:
+        raise ValueError(
+            f"{directory} holds rows of max_seq_length={manifest['max_seq_length']}, the config asks for "
+            f"data.max_seq_length={max_seq_length}; prepare again or set the config to match."
+        )
+    if manifest["tokenizer"] != tokenizer_fingerprint:
+        raise ValueError(
+            f"{directory} was tokenized by tokenizer {manifest['tokenizer'][:16]}..., this run's tokenizer is "
+            f"{tokenizer_fingerprint[:16]}...; use the tokenizer in {directory}/{TOKENIZER} (tokenizer.path='') or "
+            "prepare again with this one."
+        )
+
+
+class ShardedRows:
+    """The packed rows of one split of a prepared directory, as one table; the interface of `PackedRows`
+    that `BatchIterator` uses (`num_rows`, `max_seq_length`, `pad_id`, `has_padding`, `row_lengths`,
+    `take`). The last row of each shard may be padded; `row_lengths` knows by how much.
+
+    Attributes:
+      shards_opened: names of the shards this object has opened so far (a host opens only its share's).
+      rows_read: how many rows `take` has returned.
+    """
+
+    def __init__(self, directory: str | epath.Path, split: str = "train", manifest: dict[str, Any] | None = None):
+        self.directory = epath.Path(directory)
+        manifest = manifest or read_manifest(directory)
+        if split not in manifest["splits"]:
+            raise ValueError(f"{directory} has no {split!r} split; it has {sorted(manifest['splits'])}.")
+        shards = [s for s in manifest["splits"][split]["shards"] if s["rows"]]
+        self.split, self.pad_id = split, manifest["pad_id"]
+        self.max_seq_length = manifest["max_seq_length"]
+        self._names = [s["name"] for s in shards]
+        self._starts = np.concatenate([[0], np.cumsum([s["rows"] for s in shards])]).astype(np.int64)
+        self._last_lengths = np.array([s["last_row_length"] for s in shards], np.int32)
+        self._open: dict[int, np.ndarray | _RemoteShard] = {}
+        self._lock = threading.Lock()  # `take` runs in read-ahead threads
+        self.shards_opened: set[str] = set()
+        self.rows_read = 0
+
+    @property
+    def num_rows(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def has_padding(self) -> bool:
+        return bool((self._last_lengths < self.max_seq_length).any())
+
+    def row_lengths(self, rows: np.ndarray) -> np.ndarray:
+        """Real-token counts, int32 [len(rows)]."""
+        rows = np.asarray(rows, np.int64)
+        shard = np.searchsorted(self._starts, rows, side="right") - 1
+        lengths = np.full(rows.shape, self.max_seq_length, np.int32)
+        last = rows == self._starts[shard + 1] - 1
+        lengths[last] = self._last_lengths[shard[last]]
+        return lengths
+
+    def take(self, rows: Sequence[int]) -> np.ndarray:
+        """int32 [len(rows), max_seq_length]: the given global rows, reading only the shards that hold them."""
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((len(rows), self.max_seq_length), np.int32)
+        shard = np.searchsorted(self._starts, rows, side="right") - 1
+        for s in np.unique(shard):
+            where = np.flatnonzero(shard == s)
+            out[where] = self._shard(int(s))[rows[where] - self._starts[s]]
+        with self._lock:
+            self.rows_read += len(rows)
+        return out
+
+    def _shard(self, index: int):
+        with self._lock:
+            return self._open[index] if index in self._open else self._open_shard(index)
+
+    def _open_shard(self, index: int):
+        path = self.directory / self.split / f"{self._names[index]}.npy"
+        local = not str(path).startswith(("gs://", "s3://"))
+        self._open[index] = np.load(str(path), mmap_mode="r") if local else _RemoteShard(path)
+        self.shards_opened.add(self._names[index])
+        return self._open[index]
+
+
+class _RemoteShard:
+    """A `.npy` shard in a bucket read row by row: `shard[local_rows]` fetches only those rows."""
+
+    def __init__(self, path: epath.Path):
+        self.path = path
+        with path.open("rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            self.shape, _, self.dtype = read_header(f)
+            self.offset = f.tell()
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        row_bytes = self.shape[1] * self.dtype.itemsize
+        out = np.empty((len(rows), self.shape[1]), self.dtype)
+        with self.path.open("rb") as f:
+            for i, r in enumerate(rows):
+                f.seek(self.offset + int(r) * row_bytes)
+                out[i] = np.frombuffer(f.read(row_bytes), self.dtype)
+        return out

@@ -1,0 +1,69 @@
+"""Tokenize and pack a corpus once, for many hosts to train from (`roberta_jax.data.prepare`):
+
+    python -m roberta_jax.tools.prepare --config configs/base.py --out /data/prepared \\
+        --config.data.train_files=/data/corpus --config.tokenizer.path=/data/roberta-base
+    python train.py --config configs/base.py --workdir runs/base --config.data.prepared=/data/prepared
+
+The same config file and `--config.*` overrides as train.py: `data.train_files`, `data.eval_files`,
+`data.doc_split`, `data.max_seq_length` and the tokenizer (`tokenizer.path`, else one trained on the
+training files) decide the output. `--num_workers` processes on this machine, or `--scheduler` the
+address of a running Dask cluster. The tokenizer is kept in OUT/tokenizer; train.py uses it when
+`tokenizer.path` is empty. Rerunning completes an interrupted prepare and gives identical files.
+"""
+
+import json
+import os
+import tempfile
+
+from absl import app, flags
+from etils import epath
+from ml_collections import config_flags
+
+from roberta_jax.data import prepare, shards
+from roberta_jax.data.fast_tokenizer import FastTokenizer
+from roberta_jax.train import cli, pretrain
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "training config file", lock_config=True)
+_OUT = flags.DEFINE_string("out", None, "the prepared directory (local or gs://)", required=True)
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count(), "worker processes of a local Dask cluster")
+_SCHEDULER = flags.DEFINE_string("scheduler", "", "address of a running Dask scheduler (tcp://host:8786) instead")
+_PIECE_MB = flags.DEFINE_float("piece_mb", prepare.PIECE_BYTES / 2**20, "MiB of text per shard (cut at documents)")
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    pretrain.check_prepared_config(config)
+    tokenizer = _tokenizer(config, _OUT.value)
+    d = config.data
+    manifest = prepare.prepare(
+        pretrain.split_list(d.train_files), tokenizer, _OUT.value,
+        vocab_size=pretrain.model_config(config, tokenizer).vocab_size,
+        eval_sources=pretrain.split_list(d.eval_files) or None, max_seq_length=d.max_seq_length,
+        doc_split=d.doc_split, format=d.format, piece_bytes=round(_PIECE_MB.value * 2**20),
+        num_workers=_NUM_WORKERS.value, scheduler=_SCHEDULER.value or None, progress=config.progress,
+    )
+    print(json.dumps(manifest["stats"]))
+
+
+def _tokenizer(config, out: str) -> FastTokenizer:
+    """The run's tokenizer (`pretrain.load_or_train_tokenizer`: trained into OUT/tokenizer when `tokenizer.path` is
+    empty), with a copy kept in OUT/tokenizer."""
+    if "://" in out and not config.tokenizer.path:
+        raise ValueError(f"--out={out} is in a bucket: set tokenizer.path (a tokenizer is trained only locally).")
+    if "://" not in out:
+        os.makedirs(out, exist_ok=True)
+    tokenizer = pretrain.load_or_train_tokenizer(config, out)
+    saved = epath.Path(out) / shards.TOKENIZER
+    if not (saved / "tokenizer.json").exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save(tmp)
+            saved.mkdir(parents=True, exist_ok=True)
+            # tokenizer.json (every kind writes one) last: it marks a complete copy
+            for name in sorted(os.listdir(tmp), key=lambda n: n == "tokenizer.json"):
+                epath.Path(tmp, name).copy(saved / name, overwrite=True)
+    return tokenizer
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)
