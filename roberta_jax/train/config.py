@@ -51,6 +51,8 @@ def default_config() -> ml_collections.ConfigDict:
         dict(
             peak_lr=6e-4, warmup_steps=24_000, total_steps=c.get_ref("total_steps"), end_lr=0.0,
             b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=0.0,
+            schedule="linear",  # decay after warmup: linear | polynomial (fairseq's, of `power`, to end_lr)
+            power=1.0,
         )
     )
 
