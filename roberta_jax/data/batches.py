@@ -253,12 +253,14 @@ class BatchIterator(RowBatches):
     """Host-local batches `{"input_ids": int32 [B_local, L]}` (+ `"attention_mask"` when rows
     can hold padding) of packed rows, B_local = global_batch_size / process_count; resumable.
     An incomplete final batch (`drop_remainder=False`) is filled with all-padding rows.
-    The keyword arguments are `RowBatches`'s.
+    `emit_row_ids` adds `"row_ids"` and `"epoch"`, int32 [B_local]: each row's index in `rows` and
+    the epoch it is read in (static masking's keys). The other keyword arguments are `RowBatches`'s.
     """
 
-    def __init__(self, rows: PackedRows, global_batch_size: int, **kwargs):
+    def __init__(self, rows: PackedRows, global_batch_size: int, *, emit_row_ids: bool = False, **kwargs):
         super().__init__(rows.num_rows, global_batch_size, **kwargs)
         self.rows = rows
+        self.emit_row_ids = emit_row_ids
         self.emits_mask = rows.has_padding or (bool(self.remainder) and not self.drop_remainder)
 
     def _gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -271,6 +273,10 @@ class BatchIterator(RowBatches):
             lengths = np.zeros(self.local_batch_size, np.int32)
             lengths[:num_real] = self.rows.row_lengths(indices)
             batch["attention_mask"] = (np.arange(length) < lengths[:, None]).astype(np.int32)
+        if self.emit_row_ids:  # static masking keys its masks by (row, epoch); filler rows get row 0
+            batch["row_ids"] = np.zeros(self.local_batch_size, np.int32)
+            batch["row_ids"][:num_real] = indices
+            batch["epoch"] = np.full(self.local_batch_size, self.epoch, np.int32)
         return batch
 
 

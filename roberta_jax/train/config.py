@@ -42,7 +42,14 @@ def default_config() -> ml_collections.ConfigDict:
             cache_dir="",  # "" = WORKDIR/data_cache
         )
     )
-    c.masking = ml_collections.ConfigDict(dict(mlm_probability=0.15, mask_ratio=0.8, random_ratio=0.1))
+    # Which tokens: single tokens (default), whole_word (every piece of a word together) or span (SpanBERT:
+    # geometric(span_p) whole words clipped at span_max_words), each at mlm_probability of the tokens.
+    # static_copies N > 0: each row's N fixed masks cycled over epochs (the paper's static masking); 0: a
+    # fresh mask every step. A chosen token becomes <mask> / a random token / itself at 80/10/10.
+    c.masking = ml_collections.ConfigDict(
+        dict(mlm_probability=0.15, mask_ratio=0.8, random_ratio=0.1, whole_word=False, span=False, span_p=0.2,
+             span_max_words=10, static_copies=0)
+    )
 
     c.batch_size = 8192  # global sequences per step (the paper's 8k)
     c.grad_accum_steps = 1  # microbatches per step; batch_size must divide by it

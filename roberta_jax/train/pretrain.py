@@ -18,7 +18,7 @@ from roberta_jax.data.batches import BatchIterator, PretrainingData, build_pretr
 from roberta_jax.data.tokenizer import RobertaTokenizer
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
-from roberta_jax.train import masking, metrics, objectives, optimizer, runtime, steps
+from roberta_jax.train import masking, metrics, objectives, optimizer, runtime, steps, word_masking
 from roberta_jax.train import workdir as workdir_files
 
 log = logging.getLogger("absl")  # absl sets up the handlers
@@ -29,7 +29,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     with runtime.Runtime(config, workdir, workdir_files.TRAIN_CONFIG) as rt:
         tokenizer = load_or_train_tokenizer(config, rt.workdir)
         data = pretraining_data(config, tokenizer, rt.workdir)
-        train_batches = BatchIterator(data.train, config.batch_size, seed=config.seed)
+        train_batches = BatchIterator(data.train, config.batch_size, seed=config.seed,
+                                      emit_row_ids=config.masking.static_copies > 0)
 
         arch = model_config(config, tokenizer)
         model = RobertaForMaskedLM(arch, **rt.model_kwargs())
@@ -60,17 +61,31 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
 
 def mlm_steps(config, model: RobertaForMaskedLM, tokenizer: RobertaTokenizer, tx, schedule):
-    """The uncompiled MLM (train_fn, eval_fn): dynamic masking with the tokenizer's special ids, the loss at
-    the masked slots only, `grad_accum_steps` microbatches; eval masks fixed by `eval_seed`."""
-    vocab_size = model.config.vocab_size
-    mask_fn = functools.partial(
-        masking.mask_tokens, mask_token_id=tokenizer.mask_token_id, vocab_size=vocab_size,
-        special_ids=objectives.never_masked_ids(tokenizer, vocab_size), **config.masking,
-    )
-    prepare, loss_fn = objectives.mlm_prepare(mask_fn), objectives.mlm_loss(model)
+    """The uncompiled MLM (train_fn, eval_fn): dynamic (or static) masking of tokens, whole words or spans
+    with the tokenizer's special ids, the loss at the masked slots only, `grad_accum_steps` microbatches;
+    eval masks fixed by `eval_seed`."""
+    prepare = objectives.mlm_prepare(mask_function(config, tokenizer, model.config.vocab_size),
+                                     static_copies=config.masking.static_copies, seed=config.seed)
+    loss_fn = objectives.mlm_loss(model)
     train_fn = steps.make_train_step(tx, schedule, loss_fn, seed=config.seed, num_micro=config.grad_accum_steps,
                                      prepare=prepare, accuracy_name="mlm_accuracy")
     return train_fn, steps.make_eval_step(loss_fn, seed=config.eval_seed, prepare=prepare)
+
+
+def mask_function(config, tokenizer: RobertaTokenizer, vocab_size: int):
+    """`mask_fn(rng, input_ids) -> MaskedBatch` of the config's `masking` section (all but static_copies,
+    which `objectives.mlm_prepare` applies) with the tokenizer's special ids and, for whole words and
+    spans, its word tables."""
+    options = dict(config.masking)
+    static_copies = options.pop("static_copies")
+    if static_copies < 0:
+        raise ValueError(f"masking.static_copies={static_copies}; expected 0 (dynamic masking) or a count > 0.")
+    if options["whole_word"] or options["span"]:
+        options["word_tables"] = word_masking.word_tables(tokenizer.get_vocab(), vocab_size)
+    return functools.partial(
+        masking.mask_tokens, mask_token_id=tokenizer.mask_token_id, vocab_size=vocab_size,
+        special_ids=objectives.never_masked_ids(tokenizer, vocab_size), **options,
+    )
 
 
 def load_or_train_tokenizer(config, workdir: str) -> RobertaTokenizer:
