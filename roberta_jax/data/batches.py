@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from roberta_jax.data.packing import PackedRows, pack_documents, packed_shape
+from roberta_jax.data.packing import PackedRows, pack_documents, packed_shape, segment_ids
 from roberta_jax.data.sources import TokenizedCorpus, TokenizerInfo, resolve_tokenizer, split_documents, tokenize_corpus
 
 __all__ = ["BatchIterator", "PretrainingData", "RowBatches", "build_pretraining_data", "to_global"]
@@ -254,13 +254,17 @@ class BatchIterator(RowBatches):
     can hold padding) of packed rows, B_local = global_batch_size / process_count; resumable.
     An incomplete final batch (`drop_remainder=False`) is filled with all-padding rows.
     `emit_row_ids` adds `"row_ids"` and `"epoch"`, int32 [B_local]: each row's index in `rows` and
-    the epoch it is read in (static masking's keys). The other keyword arguments are `RowBatches`'s.
+    the epoch it is read in (static masking's keys). `segment_separator` (the `</s>` id) adds
+    `"segment_ids"` int32 [B_local, L], each token's document within its row (`packing.segment_ids`),
+    for attention that does not cross documents. The other keyword arguments are `RowBatches`'s.
     """
 
-    def __init__(self, rows: PackedRows, global_batch_size: int, *, emit_row_ids: bool = False, **kwargs):
+    def __init__(self, rows: PackedRows, global_batch_size: int, *, emit_row_ids: bool = False,
+                 segment_separator: int | None = None, **kwargs):
         super().__init__(rows.num_rows, global_batch_size, **kwargs)
         self.rows = rows
         self.emit_row_ids = emit_row_ids
+        self.segment_separator = segment_separator
         self.emits_mask = rows.has_padding or (bool(self.remainder) and not self.drop_remainder)
 
     def _gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -273,6 +277,8 @@ class BatchIterator(RowBatches):
             lengths = np.zeros(self.local_batch_size, np.int32)
             lengths[:num_real] = self.rows.row_lengths(indices)
             batch["attention_mask"] = (np.arange(length) < lengths[:, None]).astype(np.int32)
+        if self.segment_separator is not None:
+            batch["segment_ids"] = segment_ids(input_ids, self.segment_separator)
         if self.emit_row_ids:  # static masking keys its masks by (row, epoch); filler rows get row 0
             batch["row_ids"] = np.zeros(self.local_batch_size, np.int32)
             batch["row_ids"][:num_real] = indices

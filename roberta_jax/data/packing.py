@@ -176,6 +176,15 @@ def _write_documents(
         position += len(segment)
 
 
+def segment_ids(rows: np.ndarray, separator: int) -> np.ndarray:
+    """int32 [num_rows, L]: each token's document index within its packed row, counting the
+    separators before it, so `<s> a a </s> b </s>` -> `0 0 0 0 1 1` (a separator ends the document
+    before it; the row's closing `</s>` belongs to its last document)."""
+    rows = np.asarray(rows)
+    after_separator = np.cumsum(rows == separator, axis=1, dtype=np.int32)
+    return np.pad(after_separator[:, :-1], ((0, 0), (1, 0)))
+
+
 def unpack_documents(packed: PackedRows, eos_id: int) -> list[np.ndarray]:
     """Inverse of `pack_documents`: the documents, in order (the last one cut if the tail was dropped)."""
     stream = np.asarray(packed.input_ids[:, 1:-1]).reshape(-1)

@@ -38,6 +38,9 @@ def default_config() -> ml_collections.ConfigDict:
             text_field="text",
             doc_split="blank_line",  # text files: blank_line | file | line
             max_seq_length=512,
+            # False: a packed row's documents do not attend to each other (segment ids, block-diagonal
+            # attention, positions restarting per document); True: the paper's FULL-SENTENCES rows.
+            cross_document_attention=True,
             num_proc=1,  # tokenizer processes
             cache_dir="",  # "" = WORKDIR/data_cache
         )

@@ -55,7 +55,8 @@ def mlm_loss(model: nn.Module):
     def loss_fn(params, batch, dropout_rng):
         logits = model.apply(
             {"params": params}, batch["input_ids"], batch.get("attention_mask"),
-            masked_positions=batch["positions"], deterministic=dropout_rng is None,
+            masked_positions=batch["positions"], segment_ids=batch.get("segment_ids"),
+            deterministic=dropout_rng is None,
             rngs=None if dropout_rng is None else {"dropout": dropout_rng},
         )
         loss_sum, count, correct = xent_sums(logits, batch["labels"], batch["weights"])

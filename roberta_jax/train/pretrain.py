@@ -29,8 +29,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     with runtime.Runtime(config, workdir, workdir_files.TRAIN_CONFIG) as rt:
         tokenizer = load_or_train_tokenizer(config, rt.workdir)
         data = pretraining_data(config, tokenizer, rt.workdir)
+        # Segment ids when documents of a packed row must not attend to each other.
+        separator = None if config.data.cross_document_attention else tokenizer.eos_token_id
         train_batches = BatchIterator(data.train, config.batch_size, seed=config.seed,
-                                      emit_row_ids=config.masking.static_copies > 0)
+                                      emit_row_ids=config.masking.static_copies > 0, segment_separator=separator)
 
         arch = model_config(config, tokenizer)
         model = RobertaForMaskedLM(arch, **rt.model_kwargs())
@@ -43,7 +45,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
         def evaluate(state, _step) -> dict[str, float]:
             eval_batches = BatchIterator(data.eval, config.batch_size, shuffle=False, num_epochs=1,
-                                         drop_remainder=False)
+                                         drop_remainder=False, segment_separator=separator)
             sums, _ = rt.evaluate(eval_step, state.params, eval_batches, config.eval_batches)
             loss = sums["loss_sum"] / max(sums["count"], 1.0)
             return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss)),
