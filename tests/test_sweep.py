@@ -45,13 +45,13 @@ def test_values_take_the_type_of_their_field(config, tmp_path):
 def test_the_ablations_runs_file_names_each_run_with_checked_typed_overrides(config, tmp_path):
     named = sweep.load_runs(os.path.join(REPO, "configs", "sweeps", "roberta_ablations.py"))
     runs, common = sweep.named_runs(config, named, ["progress=False"], str(tmp_path))
-    assert [r.name for r in runs] == ["dynamic", "static_x3", "whole_word", "span", "no_cross_document_attention",
-                                      "batch8", "batch128"]
-    tokens = {r.name: int(r.overrides.get("batch_size", 32)) * int(r.overrides.get("total_steps", 300)) for r in runs}
-    assert set(tokens.values()) == {9600}  # every run sees the same rows
-    cmd = sweep.train_command("configs/tiny.py", runs[5], common, config)
-    assert cmd[4:7] == ["--config.progress=False", "--config.batch_size=8", "--config.total_steps=1200"]
-    assert "--config.optimizer.peak_lr=0.00014" in cmd
+    assert [r.name for r in runs] == ["dynamic", "static_x1", "doc_sentences", "no_cross_document_attention",
+                                      "whole_word", "span", "polynomial_power2", "batch8", "batch128"]
+    rows = {int(r.overrides["batch_size"]) * int(r.overrides["total_steps"]) for r in runs}
+    assert rows == {3200}  # every run sees the same rows
+    cmd = sweep.train_command("configs/tiny.py", runs[7], common, config)
+    assert cmd[4:7] == ["--config.progress=False", "--config.batch_size=8", "--config.total_steps=400"]
+    assert "--config.optimizer.peak_lr=0.00014" in cmd and "--config.eval_every_steps=400" in cmd
     with pytest.raises(ValueError, match="did you mean 'masking.static_copies'"):
         sweep.named_runs(config, {"static": {"masking.static_copiess": 3}}, [], str(tmp_path))
 

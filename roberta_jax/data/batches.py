@@ -22,6 +22,7 @@ checked on restore.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -31,8 +32,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from roberta_jax.data.doc_packing import pack_document_windows
 from roberta_jax.data.packing import PackedRows, pack_documents, packed_shape, segment_ids
 from roberta_jax.data.sources import TokenizedCorpus, TokenizerInfo, resolve_tokenizer, split_documents, tokenize_corpus
+from roberta_jax.suggest import did_you_mean
+
+INPUT_FORMATS = ("full_sentences", "doc_sentences")
 
 __all__ = ["BatchIterator", "PretrainingData", "RowBatches", "build_pretraining_data", "to_global"]
 
@@ -57,6 +62,7 @@ def build_pretraining_data(
     drop_remainder: bool = True,
     cache_dir: str | None = None,
     num_proc: int = 1,
+    input_format: str = "full_sentences",
     **source_kwargs: Any,
 ) -> PretrainingData:
     """Tokenizes (or reads from cache) and packs the training and eval corpora.
@@ -72,11 +78,16 @@ def build_pretraining_data(
         always keep theirs, padded, so every held-out token is evaluated.
       cache_dir: caches token ids and packed rows (memory-mapped `.npy`); None: no caching.
       num_proc: tokenizer processes for `Dataset.map`.
+      input_format: "full_sentences" (`packing`: rows may span documents) or "doc_sentences"
+        (`doc_packing`: no input crosses a document; its rows are packed in memory, not cached).
       **source_kwargs: `format`, `text_field`, `doc_split`, `hub_config`, `hub_split`,
         `batch_size` of `data_sources.tokenize_corpus`.
     """
     if eval_sources is not None and eval_fraction:
         raise ValueError("pass eval_sources or eval_fraction, not both.")
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"data.input_format={input_format!r}{did_you_mean(input_format, INPUT_FORMATS)}; "
+                         f"expected one of {INPUT_FORMATS}.")
     tok = resolve_tokenizer(tokenizer)
 
     def tokenized(sources) -> TokenizedCorpus:
@@ -86,7 +97,9 @@ def build_pretraining_data(
     train_docs = eval_docs = None
     if eval_fraction:
         train_docs, eval_docs = split_documents(train_corpus.num_documents, eval_fraction, split_seed)
-    train_rows = _pack(train_corpus, train_docs, tok, max_seq_length, drop_remainder, cache_dir)
+    pack = functools.partial(_pack, tok=tok, max_seq_length=max_seq_length, cache_dir=cache_dir,
+                             input_format=input_format)
+    train_rows = pack(train_corpus, train_docs, drop=drop_remainder)
     stats: dict[str, int | bool] = {
         "train/documents": train_corpus.num_documents if train_docs is None else len(train_docs),
         "train/empty_documents": train_corpus.num_empty_documents,
@@ -100,7 +113,7 @@ def build_pretraining_data(
         stats["eval/empty_documents"] = eval_corpus.num_empty_documents
     eval_rows = None
     if eval_corpus is not None:
-        eval_rows = _pack(eval_corpus, eval_docs, tok, max_seq_length, False, cache_dir)
+        eval_rows = pack(eval_corpus, eval_docs, drop=False)
         stats["eval/documents"] = eval_corpus.num_documents if eval_docs is None else len(eval_docs)
         stats["eval/tokens"] = _num_tokens(eval_corpus, eval_docs)
         stats["eval/rows"] = eval_rows.num_rows
@@ -108,13 +121,17 @@ def build_pretraining_data(
 
 
 def _pack(
-    corpus: TokenizedCorpus, doc_indices: np.ndarray | None, tok: TokenizerInfo, max_seq_length: int, drop: bool,
-    cache_dir: str | None,
+    corpus: TokenizedCorpus, doc_indices: np.ndarray | None, *, tok: TokenizerInfo, max_seq_length: int, drop: bool,
+    cache_dir: str | None, input_format: str,
 ) -> PackedRows:
     """The documents `doc_indices` (all if None) of `corpus` packed into rows of `max_seq_length`;
-    with `cache_dir`, kept in a `.npy` beside the corpus's cached tokens and read back from there."""
+    FULL-SENTENCES rows with `cache_dir` are kept in a `.npy` beside the corpus's cached tokens and read
+    back from there."""
     kwargs = {"max_seq_length": max_seq_length, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
-              "doc_indices": doc_indices, "drop_remainder": drop}
+              "doc_indices": doc_indices}
+    if input_format == "doc_sentences":
+        return pack_document_windows(corpus.tokens, corpus.doc_offsets, **kwargs)
+    kwargs["drop_remainder"] = drop
     if cache_dir is None:
         return pack_documents(corpus.tokens, corpus.doc_offsets, **kwargs)
     selection = "all" if doc_indices is None else hashlib.sha256(doc_indices.tobytes()).hexdigest()[:16]

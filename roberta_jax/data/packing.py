@@ -44,11 +44,14 @@ class PackedRows:
       last_row_length: number of real tokens in the last row; equal to max_seq_length unless
         the last row is padded.
       pad_id: the padding id filling the rest of a padded last row.
+      padded_rows: any row may end in padding (DOC-SENTENCES rows, `doc_packing`); its real tokens
+        are the non-padding ones.
     """
 
     input_ids: np.ndarray
     last_row_length: int
     pad_id: int
+    padded_rows: bool = False
 
     @property
     def num_rows(self) -> int:
@@ -60,11 +63,13 @@ class PackedRows:
 
     @property
     def has_padding(self) -> bool:
-        return self.last_row_length < self.max_seq_length
+        return self.padded_rows or self.last_row_length < self.max_seq_length
 
     def row_lengths(self, rows: np.ndarray) -> np.ndarray:
         """Real-token counts, int32 [len(rows)], of the rows with the given indices."""
         rows = np.asarray(rows)
+        if self.padded_rows:
+            return (np.asarray(self.input_ids[rows]) != self.pad_id).sum(axis=-1, dtype=np.int32)
         lengths = np.full(rows.shape, self.max_seq_length, np.int32)
         lengths[rows == self.num_rows - 1] = self.last_row_length
         return lengths

@@ -38,6 +38,9 @@ def default_config() -> ml_collections.ConfigDict:
             text_field="text",
             doc_split="blank_line",  # text files: blank_line | file | line
             max_seq_length=512,
+            # full_sentences: documents back to back, a row may span several (the paper's choice);
+            # doc_sentences: no input crosses a document, short ones share a row without seeing each other.
+            input_format="full_sentences",
             # False: a packed row's documents do not attend to each other (segment ids, block-diagonal
             # attention, positions restarting per document); True: the paper's FULL-SENTENCES rows.
             cross_document_attention=True,

@@ -29,8 +29,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     with runtime.Runtime(config, workdir, workdir_files.TRAIN_CONFIG) as rt:
         tokenizer = load_or_train_tokenizer(config, rt.workdir)
         data = pretraining_data(config, tokenizer, rt.workdir)
-        # Segment ids when documents of a packed row must not attend to each other.
-        separator = None if config.data.cross_document_attention else tokenizer.eos_token_id
+        # Segment ids when the documents (DOC-SENTENCES: the sequences) of a row must not see each other.
+        separate = config.data.input_format == "doc_sentences" or not config.data.cross_document_attention
+        separator = tokenizer.eos_token_id if separate else None
         train_batches = BatchIterator(data.train, config.batch_size, seed=config.seed,
                                       emit_row_ids=config.masking.static_copies > 0, segment_separator=separator)
 
@@ -117,7 +118,8 @@ def pretraining_data(config, tokenizer: RobertaTokenizer, workdir: str) -> Pretr
         split_list(d.train_files), tokenizer,
         eval_sources=split_list(d.eval_files) or None, eval_fraction=d.eval_fraction, split_seed=config.seed,
         max_seq_length=d.max_seq_length, cache_dir=d.cache_dir or os.path.join(workdir, workdir_files.DATA_CACHE),
-        num_proc=d.num_proc, format=d.format, text_field=d.text_field, doc_split=d.doc_split,
+        num_proc=d.num_proc, input_format=d.input_format, format=d.format, text_field=d.text_field,
+        doc_split=d.doc_split,
     )
     log.info("data: %s", data.stats)
     return data
