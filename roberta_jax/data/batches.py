@@ -78,25 +78,17 @@ def build_pretraining_data(
         always keep theirs, padded, so every held-out token is evaluated.
       cache_dir: caches token ids and packed rows (memory-mapped `.npy`); None: no caching.
       num_proc: tokenizer processes for `Dataset.map`.
-      input_format: "full_sentences" (`packing`: rows may span documents) or "doc_sentences"
-        (`doc_packing`: no input crosses a document; its rows are packed in memory, not cached).
+      input_format: "full_sentences" (`packing`) or "doc_sentences" (`doc_packing`, not cached).
       **source_kwargs: `format`, `text_field`, `doc_split`, `hub_config`, `hub_split`,
         `batch_size` of `data_sources.tokenize_corpus`.
     """
-    if eval_sources is not None and eval_fraction:
-        raise ValueError("pass eval_sources or eval_fraction, not both.")
-    if input_format not in INPUT_FORMATS:
-        raise ValueError(f"data.input_format={input_format!r}{did_you_mean(input_format, INPUT_FORMATS)}; "
-                         f"expected one of {INPUT_FORMATS}.")
+    _check_choices(eval_sources, eval_fraction, input_format)
     tok = resolve_tokenizer(tokenizer)
-
-    def tokenized(sources) -> TokenizedCorpus:
-        return tokenize_corpus(sources, tok, num_proc=num_proc, cache_dir=cache_dir, **source_kwargs)
-
+    tokenized = functools.partial(tokenize_corpus, tokenizer=tok, num_proc=num_proc, cache_dir=cache_dir,
+                                  **source_kwargs)
     train_corpus = tokenized(train_sources)
-    train_docs = eval_docs = None
-    if eval_fraction:
-        train_docs, eval_docs = split_documents(train_corpus.num_documents, eval_fraction, split_seed)
+    split = split_documents(train_corpus.num_documents, eval_fraction, split_seed) if eval_fraction else None
+    train_docs, eval_docs = split or (None, None)
     pack = functools.partial(_pack, tok=tok, max_seq_length=max_seq_length, cache_dir=cache_dir,
                              input_format=input_format)
     train_rows = pack(train_corpus, train_docs, drop=drop_remainder)
@@ -118,6 +110,14 @@ def build_pretraining_data(
         stats["eval/tokens"] = _num_tokens(eval_corpus, eval_docs)
         stats["eval/rows"] = eval_rows.num_rows
     return PretrainingData(train_rows, eval_rows, stats)
+
+
+def _check_choices(eval_sources, eval_fraction: float, input_format: str) -> None:
+    if eval_sources is not None and eval_fraction:
+        raise ValueError("pass eval_sources or eval_fraction, not both.")
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"data.input_format={input_format!r}{did_you_mean(input_format, INPUT_FORMATS)}; "
+                         f"expected one of {INPUT_FORMATS}.")
 
 
 def _pack(
