@@ -157,8 +157,10 @@ def named_runs(
     return out, common
 
 
-def load_runs(path: str) -> dict[str, dict[str, Any]]:
-    """The `get_runs()` of a runs file (`configs/sweeps/*.py`): {run name: {dotted key: value}}."""
+def load_runs(spec: str) -> dict[str, dict[str, Any]]:
+    """The `get_runs()` of a runs file (`configs/sweeps/*.py`), or `get_runs(arg)` for `path:arg`:
+    {run name: {dotted key: value}}."""
+    path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"runs file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location("_runs_file", path)
@@ -166,7 +168,7 @@ def load_runs(path: str) -> dict[str, dict[str, Any]]:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_runs"):
         raise ValueError(f"runs file {path!r} has no get_runs()")
-    return module.get_runs()
+    return module.get_runs(arg) if arg else module.get_runs()
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:
@@ -315,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--workdir", required=True, help="the sweep's directory; each run gets a subdirectory")
     run.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="a swept field")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a field fixed for every run")
-    run.add_argument("--runs", metavar="FILE.py", help="named runs instead of a grid: FILE's get_runs()")
+    run.add_argument("--runs", metavar="FILE.py[:ARG]", help="named runs instead of a grid: FILE's get_runs([ARG])")
     run.add_argument("--print-only", action="store_true", help="print one launch command per run, run nothing")
     compare = sub.add_parser("compare", help="tabulate (and plot) the runs of a sweep")
     compare.add_argument("--workdir", required=True)
