@@ -62,7 +62,6 @@ def build_ours(model_name: str, length: int, batch: int, args):
 
     The step is train.py's: `pretrain.mlm_steps` with the default config's masking, optimizer and
     logical-axis rules, compiled by `runtime.jit_train_step` on a data-parallel mesh of every device."""
-    import functools
 
     import jax
     import jax.numpy as jnp
@@ -70,7 +69,7 @@ def build_ours(model_name: str, length: int, batch: int, args):
 
     from roberta_jax.model.config import preset
     from roberta_jax.model.heads import RobertaForMaskedLM
-    from roberta_jax.train import masking, objectives, optimizer, pretrain, runtime, sharding, steps
+    from roberta_jax.train import objectives, optimizer, pretrain, runtime, sharding, steps
     from roberta_jax.train.config import default_config
 
     jax.config.update("jax_default_prng_impl", args.prng)
@@ -97,10 +96,7 @@ def build_ours(model_name: str, length: int, batch: int, args):
     if args.mode == "step":
         return step
     # Parts of the step alone: where the time goes. The masks are mlm_steps's, made once, untimed.
-    mask_fn = functools.partial(
-        masking.mask_tokens, mask_token_id=tokenizer.mask_token_id, vocab_size=arch.vocab_size,
-        special_ids=objectives.never_masked_ids(tokenizer, arch.vocab_size), **config.masking,
-    )
+    mask_fn = pretrain.mask_function(config, tokenizer, arch.vocab_size)
     loss_fn = objectives.mlm_loss(model)
     prepared = jax.jit(objectives.mlm_prepare(mask_fn))(jax.random.key(1), batch_arrays)
     rng = None if args.mode == "forward" else jax.random.key(2)

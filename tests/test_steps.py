@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from roberta_jax.model.config import preset
@@ -112,6 +113,37 @@ def test_eval_masks_are_fixed_by_the_batch_index():
 def test_schedule_warms_up_then_decays_linearly():
     schedule = optimizer.learning_rate_schedule(1.0, warmup_steps=10, total_steps=110)
     np.testing.assert_allclose([schedule(s) for s in (0, 5, 10, 60, 110)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+
+
+def test_polynomial_schedule_is_fairseqs_polynomial_decay():
+    peak, end, warmup, total, power = 1.0, 0.1, 10, 110, 2.0
+    schedule = optimizer.learning_rate_schedule(peak, warmup, total, end, schedule="polynomial", power=power)
+    steps_ = np.array([0, 5, 10, 35, 60, 109, 110, 200])
+    # fairseq polynomial_decay: warmup lr * step / warmup, then (peak - end) * (1 - t)^power + end.
+    t = np.clip((steps_ - warmup) / (total - warmup), 0.0, 1.0)
+    expected = np.where(steps_ < warmup, peak * steps_ / warmup, (peak - end) * (1 - t) ** power + end)
+    np.testing.assert_allclose([schedule(s) for s in steps_], expected, rtol=1e-6)
+    linear = optimizer.learning_rate_schedule(peak, warmup, total, end)
+    power_one = optimizer.learning_rate_schedule(peak, warmup, total, end, schedule="polynomial", power=1.0)
+    np.testing.assert_allclose([power_one(s) for s in steps_], [linear(s) for s in steps_], rtol=1e-6)
+
+
+def test_unknown_schedule_is_an_error_naming_the_field():
+    with pytest.raises(ValueError, match=r"optimizer.schedule='cosine'; expected one of \('linear', 'polynomial'\)"):
+        optimizer.learning_rate_schedule(1.0, 10, 100, schedule="cosine")
+
+
+@pytest.mark.parametrize("scale", [10.0, 0.5])
+def test_grad_clip_norm_clips_the_global_norm_before_adam(scale):
+    clip = 2.0
+    tx, _ = optimizer.make_optimizer(ml_collections.ConfigDict(dict(OPT, grad_clip_norm=clip)))
+    params = {"a": jnp.ones((3,)), "b": jnp.ones((2, 2))}
+    direction = {"a": jnp.array([1.0, 2.0, 2.0]), "b": jnp.array([[0.0, 4.0], [0.0, 0.0]])}  # norm 5
+    grads = jax.tree.map(lambda g: g * scale * clip / 5.0, direction)  # global norm scale * clip
+    _, state = tx.update(grads, tx.init(params), params)
+    first_moment = state[1][0].mu  # chain(clip, adamw): adamw's scale_by_adam state
+    clipped = jax.tree.map(lambda g: g * min(1.0, 1.0 / scale), grads)
+    jax.tree.map(lambda m, g: np.testing.assert_allclose(m, (1 - OPT.b1) * g, rtol=1e-6), first_moment, clipped)
 
 
 def test_no_weight_decay_on_biases_and_layer_norms():

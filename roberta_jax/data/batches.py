@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -33,9 +34,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from roberta_jax.data.packing import PackedRows, pack_documents, packed_shape
+from roberta_jax.data.doc_packing import pack_document_windows
+from roberta_jax.data.packing import PackedRows, pack_documents, packed_shape, segment_ids
 from roberta_jax.data.shards import ShardedRows
 from roberta_jax.data.sources import TokenizedCorpus, TokenizerInfo, resolve_tokenizer, split_documents, tokenize_corpus
+from roberta_jax.suggest import did_you_mean
+
+INPUT_FORMATS = ("full_sentences", "doc_sentences")
 
 __all__ = ["BatchIterator", "PretrainingData", "RowBatches", "build_pretraining_data", "to_global"]
 
@@ -60,6 +65,7 @@ def build_pretraining_data(
     drop_remainder: bool = True,
     cache_dir: str | None = None,
     num_proc: int = 1,
+    input_format: str = "full_sentences",
     **source_kwargs: Any,
 ) -> PretrainingData:
     """Tokenizes (or reads from cache) and packs the training and eval corpora.
@@ -75,21 +81,20 @@ def build_pretraining_data(
         always keep theirs, padded, so every held-out token is evaluated.
       cache_dir: caches token ids and packed rows (memory-mapped `.npy`); None: no caching.
       num_proc: tokenizer processes for `Dataset.map`.
+      input_format: "full_sentences" (`packing`) or "doc_sentences" (`doc_packing`, not cached).
       **source_kwargs: `format`, `text_field`, `doc_split`, `hub_config`, `hub_split`,
         `batch_size` of `data_sources.tokenize_corpus`.
     """
-    if eval_sources is not None and eval_fraction:
-        raise ValueError("pass eval_sources or eval_fraction, not both.")
+    _check_choices(eval_sources, eval_fraction, input_format)
     tok = resolve_tokenizer(tokenizer)
-
-    def tokenized(sources) -> TokenizedCorpus:
-        return tokenize_corpus(sources, tok, num_proc=num_proc, cache_dir=cache_dir, **source_kwargs)
-
+    tokenized = functools.partial(tokenize_corpus, tokenizer=tok, num_proc=num_proc, cache_dir=cache_dir,
+                                  **source_kwargs)
     train_corpus = tokenized(train_sources)
-    train_docs = eval_docs = None
-    if eval_fraction:
-        train_docs, eval_docs = split_documents(train_corpus.num_documents, eval_fraction, split_seed)
-    train_rows = _pack(train_corpus, train_docs, tok, max_seq_length, drop_remainder, cache_dir)
+    split = split_documents(train_corpus.num_documents, eval_fraction, split_seed) if eval_fraction else None
+    train_docs, eval_docs = split or (None, None)
+    pack = functools.partial(_pack, tok=tok, max_seq_length=max_seq_length, cache_dir=cache_dir,
+                             input_format=input_format)
+    train_rows = pack(train_corpus, train_docs, drop=drop_remainder)
     stats: dict[str, int | bool] = {
         "train/documents": train_corpus.num_documents if train_docs is None else len(train_docs),
         "train/empty_documents": train_corpus.num_empty_documents,
@@ -103,21 +108,33 @@ def build_pretraining_data(
         stats["eval/empty_documents"] = eval_corpus.num_empty_documents
     eval_rows = None
     if eval_corpus is not None:
-        eval_rows = _pack(eval_corpus, eval_docs, tok, max_seq_length, False, cache_dir)
+        eval_rows = pack(eval_corpus, eval_docs, drop=False)
         stats["eval/documents"] = eval_corpus.num_documents if eval_docs is None else len(eval_docs)
         stats["eval/tokens"] = _num_tokens(eval_corpus, eval_docs)
         stats["eval/rows"] = eval_rows.num_rows
     return PretrainingData(train_rows, eval_rows, stats)
 
 
+def _check_choices(eval_sources, eval_fraction: float, input_format: str) -> None:
+    if eval_sources is not None and eval_fraction:
+        raise ValueError("pass eval_sources or eval_fraction, not both.")
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"data.input_format={input_format!r}{did_you_mean(input_format, INPUT_FORMATS)}; "
+                         f"expected one of {INPUT_FORMATS}.")
+
+
 def _pack(
-    corpus: TokenizedCorpus, doc_indices: np.ndarray | None, tok: TokenizerInfo, max_seq_length: int, drop: bool,
-    cache_dir: str | None,
+    corpus: TokenizedCorpus, doc_indices: np.ndarray | None, *, tok: TokenizerInfo, max_seq_length: int, drop: bool,
+    cache_dir: str | None, input_format: str,
 ) -> PackedRows:
     """The documents `doc_indices` (all if None) of `corpus` packed into rows of `max_seq_length`;
-    with `cache_dir`, kept in a `.npy` beside the corpus's cached tokens and read back from there."""
+    FULL-SENTENCES rows with `cache_dir` are kept in a `.npy` beside the corpus's cached tokens and read
+    back from there."""
     kwargs = {"max_seq_length": max_seq_length, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
-              "doc_indices": doc_indices, "drop_remainder": drop}
+              "doc_indices": doc_indices}
+    if input_format == "doc_sentences":
+        return pack_document_windows(corpus.tokens, corpus.doc_offsets, **kwargs)
+    kwargs["drop_remainder"] = drop
     if cache_dir is None:
         return pack_documents(corpus.tokens, corpus.doc_offsets, **kwargs)
     selection = "all" if doc_indices is None else hashlib.sha256(doc_indices.tobytes()).hexdigest()[:16]
@@ -273,12 +290,19 @@ class BatchIterator(RowBatches):
       rows: `PackedRows` in memory, or the `shards.ShardedRows` of a prepared directory.
       read_ahead: gather this many of the next batches in background threads (rows read from disk);
         0 gathers each batch when it is asked for. The batches and the state are the same either way.
+      emit_row_ids: add `"row_ids"` and `"epoch"`, int32 [B_local]: each row's index in `rows` and the
+        epoch it is read in (static masking's keys).
+      segment_separator: the `</s>` id: add `"segment_ids"` int32 [B_local, L], each token's document
+        within its row (`packing.segment_ids`), for attention that does not cross documents.
       **kwargs: `RowBatches`'s.
     """
 
-    def __init__(self, rows: PackedRows | ShardedRows, global_batch_size: int, *, read_ahead: int = 0, **kwargs):
+    def __init__(self, rows: PackedRows | ShardedRows, global_batch_size: int, *, read_ahead: int = 0,
+                 emit_row_ids: bool = False, segment_separator: int | None = None, **kwargs):
         super().__init__(rows.num_rows, global_batch_size, **kwargs)
         self.rows = rows
+        self.emit_row_ids = emit_row_ids
+        self.segment_separator = segment_separator
         self.emits_mask = rows.has_padding or (bool(self.remainder) and not self.drop_remainder)
         self.read_ahead = read_ahead
         self._pool = concurrent.futures.ThreadPoolExecutor(read_ahead) if read_ahead else None
@@ -292,7 +316,8 @@ class BatchIterator(RowBatches):
             while len(keys) <= self.read_ahead:
                 keys.append(self._following(keys[-1][0], keys[-1][1] + 1))
         # Batches gathered for other positions (before a `set_state`) are dropped.
-        self._ahead = {k: self._ahead.get(k) or self._pool.submit(self._gather, self._indices(*k)) for k in keys}
+        self._ahead = {k: self._ahead.get(k) or self._pool.submit(self._gather, self._indices(*k), k[0])
+                       for k in keys}
         return self._ahead.pop((epoch, position)).result()
 
     def close(self) -> None:
@@ -301,7 +326,8 @@ class BatchIterator(RowBatches):
             self._pool.shutdown(wait=True)
             self._pool, self._ahead = None, {}
 
-    def _gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    def _gather(self, indices: np.ndarray, epoch: int | None = None) -> dict[str, np.ndarray]:
+        """The batch of `indices`, read in `epoch` (the current one unless read ahead)."""
         num_real = len(indices)
         length = self.rows.max_seq_length
         input_ids = np.full((self.local_batch_size, length), self.rows.pad_id, np.int32)
@@ -311,6 +337,12 @@ class BatchIterator(RowBatches):
             lengths = np.zeros(self.local_batch_size, np.int32)
             lengths[:num_real] = self.rows.row_lengths(indices)
             batch["attention_mask"] = (np.arange(length) < lengths[:, None]).astype(np.int32)
+        if self.segment_separator is not None:
+            batch["segment_ids"] = segment_ids(input_ids, self.segment_separator)
+        if self.emit_row_ids:  # static masking keys its masks by (row, epoch); filler rows get row 0
+            batch["row_ids"] = np.zeros(self.local_batch_size, np.int32)
+            batch["row_ids"][:num_real] = indices
+            batch["epoch"] = np.full(self.local_batch_size, self.epoch if epoch is None else epoch, np.int32)
         return batch
 
 

@@ -44,11 +44,14 @@ class PackedRows:
       last_row_length: number of real tokens in the last row; equal to max_seq_length unless
         the last row is padded.
       pad_id: the padding id filling the rest of a padded last row.
+      padded_rows: any row may end in padding (DOC-SENTENCES rows, `doc_packing`); its real tokens
+        are the non-padding ones.
     """
 
     input_ids: np.ndarray
     last_row_length: int
     pad_id: int
+    padded_rows: bool = False
 
     @property
     def num_rows(self) -> int:
@@ -60,7 +63,7 @@ class PackedRows:
 
     @property
     def has_padding(self) -> bool:
-        return self.last_row_length < self.max_seq_length
+        return self.padded_rows or self.last_row_length < self.max_seq_length
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The rows with the given indices, [len(rows), max_seq_length]."""
@@ -69,6 +72,8 @@ class PackedRows:
     def row_lengths(self, rows: np.ndarray) -> np.ndarray:
         """Real-token counts, int32 [len(rows)], of the rows with the given indices."""
         rows = np.asarray(rows)
+        if self.padded_rows:
+            return (np.asarray(self.input_ids[rows]) != self.pad_id).sum(axis=-1, dtype=np.int32)
         lengths = np.full(rows.shape, self.max_seq_length, np.int32)
         lengths[rows == self.num_rows - 1] = self.last_row_length
         return lengths
@@ -178,6 +183,15 @@ def _write_documents(
         segment = segment[: limit - position]
         _write_stream(rows, position, segment, width)
         position += len(segment)
+
+
+def segment_ids(rows: np.ndarray, separator: int) -> np.ndarray:
+    """int32 [num_rows, L]: each token's document index within its packed row, counting the
+    separators before it, so `<s> a a </s> b </s>` -> `0 0 0 0 1 1` (a separator ends the document
+    before it; the row's closing `</s>` belongs to its last document)."""
+    rows = np.asarray(rows)
+    after_separator = np.cumsum(rows == separator, axis=1, dtype=np.int32)
+    return np.pad(after_separator[:, :-1], ((0, 0), (1, 0)))
 
 
 def unpack_documents(packed: PackedRows, eos_id: int) -> list[np.ndarray]:

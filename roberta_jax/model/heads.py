@@ -80,12 +80,13 @@ class RobertaLMHead(nn.Module):
 
 class RobertaForMaskedLM(_Head):
     """Masked LM. With `masked_positions` int [B, K] only those positions are projected onto the
-    vocabulary (logits [B, K, V]); otherwise every position is (logits [B, L, V])."""
+    vocabulary (logits [B, K, V]); otherwise every position is (logits [B, L, V]). `segment_ids`
+    int [B, L]: see `RobertaModel`."""
 
     @nn.compact
     def __call__(
         self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-        masked_positions=None, deterministic: bool = True,
+        masked_positions=None, deterministic: bool = True, segment_ids=None,
     ):
         if isinstance(self, RobertaForCausalLM) != self.config.is_decoder:
             raise ValueError(
@@ -93,7 +94,7 @@ class RobertaForMaskedLM(_Head):
                 "(causal attention is what separates the causal LM from the masked LM)."
             )
         roberta = self.encoder(add_pooling_layer=False)
-        x, _ = roberta(input_ids, attention_mask, token_type_ids, position_ids, deterministic)
+        x, _ = roberta(input_ids, attention_mask, token_type_ids, position_ids, deterministic, segment_ids)
         if masked_positions is not None:
             x = jnp.take_along_axis(x, masked_positions[..., None], axis=1)
         return RobertaLMHead(self.config, self.dtype, self.param_dtype, name="lm_head")(x, roberta.attend)

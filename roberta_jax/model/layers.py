@@ -73,6 +73,34 @@ def position_ids_from_input_ids(input_ids: jax.Array, pad_token_id: int) -> jax.
     return jnp.cumsum(not_pad, axis=-1) * not_pad + pad_token_id
 
 
+def segment_position_ids(input_ids: jax.Array, segment_ids: jax.Array, pad_token_id: int) -> jax.Array:
+    """`position_ids_from_input_ids` restarted at every segment (document) of a packed row.
+
+    Args:
+      input_ids, segment_ids: int [B, L]; a segment is a run of equal segment ids.
+    Returns:
+      int32 [B, L]; for pad id 1, segments `0 0 0 1 1` of real tokens: `2 3 4 2 3`.
+    """
+    not_pad = (input_ids != pad_token_id).astype(jnp.int32)
+    counts = jnp.cumsum(not_pad, axis=-1)
+    index = jnp.arange(input_ids.shape[-1])
+    starts = segment_ids != jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+    first = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)  # each token's segment start
+    before = jnp.take_along_axis(counts - not_pad, first, axis=-1)  # real tokens before that start
+    return (counts - before) * not_pad + pad_token_id
+
+
+def attention_mask_4d(attention_mask: jax.Array | None, segment_ids: jax.Array | None) -> jax.Array | None:
+    """The `mask` of `jax.nn.dot_product_attention`, bool (True = may attend): [B, 1, 1, L] from the
+    padding mask int [B, L], [B, 1, L, L] block-diagonal when `segment_ids` int [B, L] are given (a token
+    attends only to its own segment), None when neither is."""
+    mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
+    if segment_ids is not None:
+        same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+        mask = same if mask is None else same & mask
+    return mask
+
+
 class Embed(nn.Embed):
     """`nn.Embed` whose lookups keep their gradients cheap on accelerators.
 
@@ -177,7 +205,7 @@ class RobertaSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, deterministic=True):
-        """x [B, L, H], mask bool [B, 1, 1, L] (True = may attend) or None -> [B, L, H].
+        """x [B, L, H], mask bool [B, 1, 1, L] or [B, 1, L, L] (True = may attend) or None -> [B, L, H].
 
         `config.is_decoder` adds the causal mask.
         """
@@ -331,13 +359,17 @@ class RobertaModel(nn.Module):
         token_type_ids=None,
         position_ids=None,
         deterministic: bool = True,
+        segment_ids=None,
     ):
+        """`segment_ids` int [B, L] (packed rows whose documents must not see each other): attention
+        stays within a segment and positions restart at each segment's first token."""
+        if segment_ids is not None and position_ids is None:
+            position_ids = segment_position_ids(input_ids, segment_ids, self.config.pad_token_id)
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         # No mask means every token is attended to, as in HF; full packed rows need none, which
         # keeps the fused attention kernels on their fastest path.
-        mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
-        x = self.encoder(x, mask, deterministic)
+        x = self.encoder(x, attention_mask_4d(attention_mask, segment_ids), deterministic)
         pooled = self.pooler(x) if self.pooler is not None else None
         return x, pooled
 

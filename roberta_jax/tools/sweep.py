@@ -5,7 +5,11 @@
     python -m roberta_jax.tools.sweep run ... --print-only     # one `python train.py ...` line per run
     python -m roberta_jax.tools.sweep compare --workdir runs/sweep --metric eval/loss --plot runs/sweep/eval_loss.png
 
+    python -m roberta_jax.tools.sweep run --config configs/tiny.py --workdir runs/ablations \\
+        --runs configs/sweeps/roberta_ablations.py                # named runs: {name: overrides}
+
 `run` expands the cartesian product of the `--grid` values (each run also gets every `--set`),
+or takes the named runs of a `--runs` file's `get_runs()` (for sweeps that are not a product),
 checks every key against the config (an unknown key names the nearest valid one) and parses each
 value with the type of the field it replaces. Run `peak_lr=3e-4,hidden_dropout_prob=0.1` trains in
 WORKDIR/peak_lr=3e-4,hidden_dropout_prob=0.1 (the full dotted key where two keys end alike), where
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import itertools
 import json
 import math
@@ -131,6 +136,39 @@ def expand(
         name = ",".join(f"{short[k]}={v}" for k, v in overrides.items()).replace("/", "_") or "run"
         runs.append(Run(name, os.path.join(workdir, name), overrides))
     return runs, common
+
+
+def named_runs(
+    config: ml_collections.ConfigDict, runs: dict[str, dict[str, Any]], sets: Sequence[str], workdir: str
+) -> tuple[list[Run], dict[str, str]]:
+    """The runs of a runs file, {name: {key: value}} in order, and the common `--set` overrides, each key
+    and value checked against `config`: for sweeps that are not a product (the rows of a paper's table)."""
+    fields = config_fields(config)
+    common = dict(_key_value(text, "--set") for text in sets)
+    out = []
+    for name, overrides in runs.items():
+        if not name or "/" in name:
+            raise ValueError(f"run name {name!r}: expected a non-empty name without '/'")
+        overrides = {k: _flag_value(v) for k, v in overrides.items()}
+        for key, value in {**common, **overrides}.items():
+            check_key(fields, key)
+            parse_value(key, value, fields[key])
+        out.append(Run(name, os.path.join(workdir, name), overrides))
+    return out, common
+
+
+def load_runs(spec: str) -> dict[str, dict[str, Any]]:
+    """The `get_runs()` of a runs file (`configs/sweeps/*.py`), or `get_runs(arg)` for `path:arg`:
+    {run name: {dotted key: value}}."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"runs file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location("_runs_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_runs"):
+        raise ValueError(f"runs file {path!r} has no get_runs()")
+    return module.get_runs(arg) if arg else module.get_runs()
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:
@@ -279,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--workdir", required=True, help="the sweep's directory; each run gets a subdirectory")
     run.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="a swept field")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a field fixed for every run")
+    run.add_argument("--runs", metavar="FILE.py[:ARG]", help="named runs instead of a grid: FILE's get_runs([ARG])")
     run.add_argument("--print-only", action="store_true", help="print one launch command per run, run nothing")
     compare = sub.add_parser("compare", help="tabulate (and plot) the runs of a sweep")
     compare.add_argument("--workdir", required=True)
@@ -290,7 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             config = cli.load_config(args.config)
-            runs, common = expand(config, args.grid, args.set, args.workdir)
+            if args.runs and args.grid:
+                raise ValueError("--runs names every run; it does not combine with --grid")
+            if args.runs:
+                runs, common = named_runs(config, load_runs(args.runs), args.set, args.workdir)
+            else:
+                runs, common = expand(config, args.grid, args.set, args.workdir)
             write_sweep_file(args.workdir, args.config, runs, common)
             if args.print_only:
                 for r in runs:

@@ -40,6 +40,12 @@ def default_config() -> ml_collections.ConfigDict:
             text_field="text",
             doc_split="blank_line",  # text files: blank_line | file | line
             max_seq_length=512,
+            # full_sentences: documents back to back, a row may span several (the paper's choice);
+            # doc_sentences: no input crosses a document, short ones share a row without seeing each other.
+            input_format="full_sentences",
+            # False: a packed row's documents do not attend to each other (segment ids, block-diagonal
+            # attention, positions restarting per document); True: the paper's FULL-SENTENCES rows.
+            cross_document_attention=True,
             num_proc=1,  # tokenizer processes
             cache_dir="",  # "" = WORKDIR/data_cache
             # a directory (local or gs://) of `python -m roberta_jax.tools.prepare`: train from its shards
@@ -48,7 +54,14 @@ def default_config() -> ml_collections.ConfigDict:
             read_ahead=4,  # prepared data: batches gathered ahead in background threads
         )
     )
-    c.masking = ml_collections.ConfigDict(dict(mlm_probability=0.15, mask_ratio=0.8, random_ratio=0.1))
+    # Which tokens: single tokens (default), whole_word (every piece of a word together) or span (SpanBERT:
+    # geometric(span_p) whole words clipped at span_max_words), each at mlm_probability of the tokens.
+    # static_copies N > 0: each row's N fixed masks cycled over epochs (the paper's static masking); 0: a
+    # fresh mask every step. A chosen token becomes <mask> / a random token / itself at 80/10/10.
+    c.masking = ml_collections.ConfigDict(
+        dict(mlm_probability=0.15, mask_ratio=0.8, random_ratio=0.1, whole_word=False, span=False, span_p=0.2,
+             span_max_words=10, static_copies=0)
+    )
 
     c.batch_size = 8192  # global sequences per step (the paper's 8k)
     c.grad_accum_steps = 1  # microbatches per step; batch_size must divide by it
@@ -57,6 +70,8 @@ def default_config() -> ml_collections.ConfigDict:
         dict(
             peak_lr=6e-4, warmup_steps=24_000, total_steps=c.get_ref("total_steps"), end_lr=0.0,
             b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=0.0,
+            schedule="linear",  # decay after warmup: linear | polynomial (fairseq's, of `power`, to end_lr)
+            power=1.0,
         )
     )
 

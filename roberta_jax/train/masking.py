@@ -15,6 +15,10 @@ Randomness: the caller passes the key. For training derive it from the step,
 fresh mask (dynamic masking) and a resumed run masks exactly as an uninterrupted one. For
 evaluation, `mask_eval_batch` uses `fold_in(key(seed), batch_index)` so that every evaluation
 masks the same eval batch the same way and eval losses are comparable across steps.
+
+Static masking (the paper's table 1, `masking.static_copies=N`): each row has N fixed masks, keyed by
+`static_masked_rngs(seed, row, epoch % N)` and applied row by row with `mask_rows`, so the mask of a
+row depends only on (seed, row, copy): the same in every epoch that uses that copy and after a restart.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from roberta_jax.train.word_masking import WordTables, choose_words
 
 
 class MaskedBatch(NamedTuple):
@@ -65,6 +71,11 @@ def mask_tokens(
     mask_ratio: float = 0.8,
     random_ratio: float = 0.1,
     max_predictions: int | None = None,
+    whole_word: bool = False,
+    span: bool = False,
+    span_p: float = 0.2,
+    span_max_words: int = 10,
+    word_tables: WordTables | None = None,
 ) -> MaskedBatch:
     """Chooses and corrupts MLM targets in a batch of sequences.
 
@@ -80,6 +91,9 @@ def mask_tokens(
         token; it stays unchanged with probability 1 - mask_ratio - random_ratio.
       max_predictions: K, the static number of prediction slots per sequence; defaults to
         `default_max_predictions(length, mlm_probability)`.
+      whole_word: choose whole words (`word_masking`), at the same token budget.
+      span: choose spans of whole words, geometric(`span_p`) words long clipped at `span_max_words`.
+      word_tables: `word_masking.word_tables(vocab)`, needed by `whole_word` and `span`.
 
     Returns:
       MaskedBatch (shapes in its docstring).
@@ -96,7 +110,18 @@ def mask_tokens(
         mask_ratio=float(mask_ratio),
         random_ratio=float(random_ratio),
         max_predictions=max_predictions,
+        span_p=float(span_p) if span else None,
+        span_max_words=int(span_max_words),
+        word_tables=_checked_tables(word_tables, whole_word or span),
     )
+
+
+def _checked_tables(tables: WordTables | None, needed: bool) -> WordTables | None:
+    if not needed:
+        return None
+    if tables is None:
+        raise ValueError("masking.whole_word and masking.span need word_tables (word_masking.word_tables(vocab)).")
+    return WordTables(*(jnp.asarray(t) for t in tables))
 
 
 # Jitted so that eager callers (evaluation, notebooks) also run one compiled program.
@@ -110,6 +135,8 @@ def mask_tokens(
         "mask_ratio",
         "random_ratio",
         "max_predictions",
+        "span_p",
+        "span_max_words",
     ),
 )
 def _mask_tokens(
@@ -123,6 +150,9 @@ def _mask_tokens(
     mask_ratio,
     random_ratio,
     max_predictions,
+    span_p,
+    span_max_words,
+    word_tables,
 ) -> MaskedBatch:
     batch, length = input_ids.shape
     k = max_predictions or default_max_predictions(length, mlm_probability)
@@ -133,7 +163,13 @@ def _mask_tokens(
     candidates = ~jnp.isin(input_ids, jnp.asarray(excluded, input_ids.dtype))
     num_candidates = candidates.sum(axis=-1)
     num_chosen = jnp.minimum(jnp.round(num_candidates * mlm_probability).astype(jnp.int32), k)
-    scores = jnp.where(candidates, jax.random.uniform(score_rng, input_ids.shape), -1.0)
+    if word_tables is None:
+        scores = jnp.where(candidates, jax.random.uniform(score_rng, input_ids.shape), -1.0)
+    else:  # the chosen words' tokens outrank every other; at most num_chosen of them
+        chosen = choose_words(score_rng, input_ids, candidates, num_chosen, word_tables, span_p=span_p,
+                              span_max_words=span_max_words)
+        num_chosen = chosen.sum(axis=-1)
+        scores = jnp.where(chosen, 1.0, -1.0)
     _, top = jax.lax.top_k(scores, k)  # [batch, k], highest score first
     valid = jnp.arange(k) < num_chosen[:, None]
     # Valid positions ascending, padding slots (marked `length`) last.
@@ -151,6 +187,20 @@ def _mask_tokens(
     ).astype(input_ids.dtype)
     corrupted = input_ids.at[jnp.arange(batch)[:, None], sorted_positions].set(replacement, mode="drop")
     return MaskedBatch(corrupted, positions, labels, valid.astype(jnp.float32))
+
+
+def static_masked_rngs(seed: int | jax.Array, row_ids: jax.Array, epoch: jax.Array, copies: int) -> jax.Array:
+    """Static masking's keys [B]: row r in epoch e gets copy e % copies of its masks, key
+    fold_in(fold_in(key(seed), r), e % copies), whatever the step or the batch it lands in. Jittable."""
+    base = jax.random.key(seed)
+    return jax.vmap(lambda r, e: jax.random.fold_in(jax.random.fold_in(base, r), e % copies))(row_ids, epoch)
+
+
+def mask_rows(mask_fn, rngs: jax.Array, input_ids: jax.Array) -> MaskedBatch:
+    """One key per row (rngs [B]): row i is masked as `mask_fn(rngs[i], input_ids[i:i+1])`, where
+    `mask_fn(rng, input_ids) -> MaskedBatch` is `mask_tokens` with its keyword arguments bound."""
+    masked = jax.vmap(lambda k, ids: mask_fn(k, ids[None]))(rngs, input_ids)
+    return jax.tree.map(lambda a: a[:, 0], masked)
 
 
 def mask_eval_batch(

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from roberta_jax.train import masking
+
 
 def xent_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array):
     """Summed weighted cross-entropy, weight sum and weighted correct count of integer `labels`.
@@ -26,12 +28,21 @@ def xent_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array):
     return jnp.sum(xent * weights), jnp.sum(weights), jnp.sum(correct * weights)
 
 
-def mlm_prepare(mask_fn):
+def mlm_prepare(mask_fn, *, static_copies: int = 0, seed: int = 0):
     """Whole-batch step preprocessing for MLM: `mask_fn(rng, input_ids) -> MaskedBatch` adds the
-    corrupted inputs and the `positions`/`labels`/`weights` of the predictions."""
+    corrupted inputs and the `positions`/`labels`/`weights` of the predictions.
+
+    With `static_copies` N > 0, batches that carry `row_ids` and `epoch` (int32 [B], the training
+    batches of `BatchIterator(..., emit_row_ids=True)`) are masked statically, row by row with the
+    keys `masking.static_masked_rngs(seed, row_ids, epoch, N)`; others (evaluation) dynamically.
+    """
 
     def prepare(rng, batch):
-        masked = mask_fn(rng, batch["input_ids"])
+        if static_copies and "row_ids" in batch:
+            rngs = masking.static_masked_rngs(seed, batch["row_ids"], batch["epoch"], static_copies)
+            masked = masking.mask_rows(mask_fn, rngs, batch["input_ids"])
+        else:
+            masked = mask_fn(rng, batch["input_ids"])
         return dict(batch, **masked._asdict())
 
     return prepare
@@ -44,7 +55,8 @@ def mlm_loss(model: nn.Module):
     def loss_fn(params, batch, dropout_rng):
         logits = model.apply(
             {"params": params}, batch["input_ids"], batch.get("attention_mask"),
-            masked_positions=batch["positions"], deterministic=dropout_rng is None,
+            masked_positions=batch["positions"], segment_ids=batch.get("segment_ids"),
+            deterministic=dropout_rng is None,
             rngs=None if dropout_rng is None else {"dropout": dropout_rng},
         )
         loss_sum, count, correct = xent_sums(logits, batch["labels"], batch["weights"])

@@ -21,7 +21,7 @@ from roberta_jax.data.sources import resolve_tokenizer
 from roberta_jax.data.tokenizer import is_tokenizer_dir, load_tokenizer, train_tokenizer
 from roberta_jax.model.config import MODEL_TYPES, RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
-from roberta_jax.train import masking, metrics, objectives, optimizer, runtime, steps
+from roberta_jax.train import masking, metrics, objectives, optimizer, runtime, steps, word_masking
 from roberta_jax.train import workdir as workdir_files
 
 log = logging.getLogger("absl")  # absl sets up the handlers
@@ -32,8 +32,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     with runtime.Runtime(config, workdir, workdir_files.TRAIN_CONFIG) as rt:
         tokenizer = load_or_train_tokenizer(config, rt.workdir)
         data = pretraining_data(config, tokenizer, rt.workdir)
-        read_ahead = config.data.read_ahead if config.data.prepared else 0
-        train_batches = BatchIterator(data.train, config.batch_size, seed=config.seed, read_ahead=read_ahead)
+        train_batches = train_batch_iterator(config, tokenizer, data)
 
         arch = model_config(config, tokenizer)
         model = RobertaForMaskedLM(arch, **rt.model_kwargs())
@@ -46,7 +45,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
         def evaluate(state, _step) -> dict[str, float]:
             eval_batches = BatchIterator(data.eval, config.batch_size, shuffle=False, num_epochs=1,
-                                         drop_remainder=False)
+                                         drop_remainder=False, segment_separator=segment_separator(config, tokenizer))
             sums, _ = rt.evaluate(eval_step, state.params, eval_batches, config.eval_batches)
             loss = sums["loss_sum"] / max(sums["count"], 1.0)
             return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss)),
@@ -64,18 +63,51 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     return result.last_metrics
 
 
-def mlm_steps(config, model: RobertaForMaskedLM, tokenizer: FastTokenizer, tx, schedule):
-    """The uncompiled MLM (train_fn, eval_fn): dynamic masking with the tokenizer's special ids, the loss at
-    the masked slots only, `grad_accum_steps` microbatches; eval masks fixed by `eval_seed`."""
-    vocab_size = model.config.vocab_size
-    mask_fn = functools.partial(
-        masking.mask_tokens, mask_token_id=tokenizer.mask_token_id, vocab_size=vocab_size,
-        special_ids=objectives.never_masked_ids(tokenizer, vocab_size), **config.masking,
+def train_batch_iterator(config, tokenizer: FastTokenizer, data: PretrainingData) -> BatchIterator:
+    """The training batches: read ahead from prepared shards; with row ids for static masking."""
+    return BatchIterator(
+        data.train, config.batch_size, seed=config.seed,
+        read_ahead=config.data.read_ahead if config.data.prepared else 0,
+        emit_row_ids=config.masking.static_copies > 0, segment_separator=segment_separator(config, tokenizer),
     )
-    prepare, loss_fn = objectives.mlm_prepare(mask_fn), objectives.mlm_loss(model)
+
+
+def segment_separator(config, tokenizer: FastTokenizer) -> int | None:
+    """`</s>`, where the documents (DOC-SENTENCES: the sequences) of a row must not see each other: the
+    batches then carry segment ids."""
+    separate = config.data.input_format == "doc_sentences" or not config.data.cross_document_attention
+    return tokenizer.eos_token_id if separate else None
+
+
+def mlm_steps(config, model: RobertaForMaskedLM, tokenizer: FastTokenizer, tx, schedule):
+    """The uncompiled MLM (train_fn, eval_fn): dynamic (or static) masking of tokens, whole words or spans
+    with the tokenizer's special ids, the loss at the masked slots only, `grad_accum_steps` microbatches;
+    eval masks fixed by `eval_seed`."""
+    prepare = objectives.mlm_prepare(mask_function(config, tokenizer, model.config.vocab_size),
+                                     static_copies=config.masking.static_copies, seed=config.seed)
+    loss_fn = objectives.mlm_loss(model)
     train_fn = steps.make_train_step(tx, schedule, loss_fn, seed=config.seed, num_micro=config.grad_accum_steps,
                                      prepare=prepare, accuracy_name="mlm_accuracy")
     return train_fn, steps.make_eval_step(loss_fn, seed=config.eval_seed, prepare=prepare)
+
+
+def mask_function(config, tokenizer: FastTokenizer, vocab_size: int):
+    """`mask_fn(rng, input_ids) -> MaskedBatch` of the config's `masking` section (all but static_copies,
+    which `objectives.mlm_prepare` applies) with the tokenizer's special ids and, for whole words and
+    spans, its word tables."""
+    options = dict(config.masking)
+    static_copies = options.pop("static_copies")
+    if static_copies < 0:
+        raise ValueError(f"masking.static_copies={static_copies}; expected 0 (dynamic masking) or a count > 0.")
+    if options["whole_word"] or options["span"]:
+        if tokenizer.kind != "byte_level_bpe":
+            raise ValueError(f"masking.whole_word / masking.span find word starts in byte-level BPE pieces; "
+                             f"tokenizer.kind={tokenizer.kind!r} is not supported")
+        options["word_tables"] = word_masking.word_tables(tokenizer.get_vocab(), vocab_size)
+    return functools.partial(
+        masking.mask_tokens, mask_token_id=tokenizer.mask_token_id, vocab_size=vocab_size,
+        special_ids=objectives.never_masked_ids(tokenizer, vocab_size), **options,
+    )
 
 
 def load_or_train_tokenizer(config, workdir: str) -> FastTokenizer:
@@ -112,7 +144,8 @@ def pretraining_data(config, tokenizer: FastTokenizer, workdir: str) -> Pretrain
         split_list(d.train_files), tokenizer,
         eval_sources=split_list(d.eval_files) or None, eval_fraction=d.eval_fraction, split_seed=config.seed,
         max_seq_length=d.max_seq_length, cache_dir=d.cache_dir or os.path.join(workdir, workdir_files.DATA_CACHE),
-        num_proc=d.num_proc, format=d.format, text_field=d.text_field, doc_split=d.doc_split,
+        num_proc=d.num_proc, input_format=d.input_format, format=d.format, text_field=d.text_field,
+        doc_split=d.doc_split,
     )
     log.info("data: %s", data.stats)
     return data
