@@ -18,7 +18,7 @@ from roberta_jax.data.batches import BatchIterator, PretrainingData, build_pretr
 from roberta_jax.data.tokenizer import RobertaTokenizer
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
-from roberta_jax.train import masking, metrics, objectives, optimizer, runtime, steps
+from roberta_jax.train import masking, metrics, objectives, optimizer, runtime, steps, validate
 from roberta_jax.train import workdir as workdir_files
 
 log = logging.getLogger("absl")  # absl sets up the handlers
@@ -26,7 +26,8 @@ log = logging.getLogger("absl")  # absl sets up the handlers
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Runs (or resumes) pretraining in `workdir`; returns the last logged metrics."""
-    with runtime.Runtime(config, workdir, workdir_files.TRAIN_CONFIG) as rt:
+    with runtime.Runtime(config, workdir, workdir_files.TRAIN_CONFIG, check_config=validate.pretraining,
+                         contract=workdir_files.pretraining_contract(config)) as rt:
         tokenizer = load_or_train_tokenizer(config, rt.workdir)
         data = pretraining_data(config, tokenizer, rt.workdir)
         train_batches = BatchIterator(data.train, config.batch_size, seed=config.seed)
@@ -44,16 +45,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             eval_batches = BatchIterator(data.eval, config.batch_size, shuffle=False, num_epochs=1,
                                          drop_remainder=False)
             sums, _ = rt.evaluate(eval_step, state.params, eval_batches, config.eval_batches)
-            loss = sums["loss_sum"] / max(sums["count"], 1.0)
+            if not sums["count"]:  # no token was masked: there is no score, not a perfect one
+                log.warning("step %d: the evaluation masked no token (%d held-out rows); no eval metrics. Hold out "
+                            "more data (data.eval_fraction, data.eval_files)", _step, data.eval.num_rows)
+                return {}
+            loss = sums["loss_sum"] / sums["count"]
             return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss)),
-                    "eval/accuracy": sums["correct"] / max(sums["count"], 1.0)}
+                    "eval/accuracy": sums["correct"] / sums["count"]}
 
         tokens_per_step = config.batch_size * config.data.max_seq_length
         flops_per_step = metrics.flops_per_token(arch, config.data.max_seq_length) * tokens_per_step
         result = rt.train(state, train_step, train_batches,
                           rt.loop_config(config.total_steps, tokens_per_step, flops_per_step),
                           evaluate if data.eval is not None else None)
-        if not result.stopped_by_signal and config.export_hf:
+        if config.export_hf:
             runtime.export_hf(os.path.join(rt.workdir, workdir_files.HF_EXPORT), model, result.state.params,
                               tokenizer)
     return result.last_metrics

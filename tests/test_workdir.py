@@ -1,0 +1,102 @@
+"""The workdir contract: fixed architecture, tokenizer and row length; one run at a time (the lock)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from roberta_jax.train import cli
+from roberta_jax.train import workdir as workdir_files
+from tests.train_runs import losses, run_train
+
+RUN = ["--config.total_steps=4", "--config.checkpoint.every_steps=2"]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def write_lock(workdir, pid: int, host: str = socket.gethostname()) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, workdir_files.LOCK), "w", encoding="utf-8") as f:
+        json.dump({"host": host, "pid": pid, "started": "2026-01-01 00:00:00"}, f)
+
+
+def snapshot(workdir) -> dict:
+    """Every file under `workdir` with its size and modification time."""
+    out = {}
+    for root, _, files in os.walk(workdir):
+        for name in files:
+            stat = os.stat(os.path.join(root, name))
+            out[os.path.relpath(os.path.join(root, name), workdir)] = (stat.st_size, stat.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus):
+    """A 4-step run, started over a stale lock (its pid is gone): it takes the lock over and finishes."""
+    workdir = tmp_path_factory.mktemp("trained")
+    write_lock(workdir, dead_pid())
+    run_train(workdir, corpus, *RUN)
+    return workdir
+
+
+def test_a_stale_lock_is_taken_over_and_the_lock_goes_with_the_run(trained):
+    assert sorted(losses(trained)) == [1, 2, 3, 4]
+    assert not os.path.exists(trained / workdir_files.LOCK)
+    assert json.loads((trained / workdir_files.CONTRACT).read_text())["model.hidden_size"] == 32
+
+
+def test_a_changed_architecture_stops_before_touching_the_workdir(trained, corpus):
+    before = snapshot(trained)
+    out = run_train(trained, corpus, *RUN, "--config.model.hidden_size=64", "--config.data.max_seq_length=16",
+                    succeeds=False)
+    assert out.returncode == cli.EXIT_BAD_INPUT
+    error = out.stderr.strip().splitlines()[-1]
+    assert "this run changes model.hidden_size: 32 -> 64, data.max_seq_length: 32 -> 16." in error
+    assert "Use a new --workdir" in error and "Traceback" not in out.stderr
+    assert snapshot(trained) == before
+
+
+def test_a_failed_start_leaves_the_config_record(trained, corpus):
+    record = (trained / workdir_files.TRAIN_CONFIG).read_text()
+    # The saved data position was for a global batch of 8: the restore refuses 4, after the data is built.
+    out = run_train(trained, corpus, *RUN, "--config.batch_size=4", "--config.total_steps=6", succeeds=False)
+    assert out.returncode == cli.EXIT_BAD_INPUT and "global_batch_size" in out.stderr.splitlines()[-1]
+    assert (trained / workdir_files.TRAIN_CONFIG).read_text() == record
+    assert sorted(losses(trained)) == [1, 2, 3, 4]
+
+
+def test_a_second_run_on_a_workdir_stops_at_once(tmp_path, corpus):
+    write_lock(tmp_path, os.getpid())  # this test's own process: alive
+    out = run_train(tmp_path, corpus, *RUN, succeeds=False)
+    assert out.returncode == cli.EXIT_BAD_INPUT
+    assert f"is in use by pid {os.getpid()} on host {socket.gethostname()}" in out.stderr.splitlines()[-1]
+    assert sorted(os.listdir(tmp_path)) == [workdir_files.LOCK]
+
+
+def test_a_lock_of_another_host_is_never_taken_over(tmp_path):
+    write_lock(tmp_path, dead_pid(), host="another-host")
+    with pytest.raises(workdir_files.WorkdirError, match="in use by pid .* on host another-host"):
+        workdir_files.Lock(str(tmp_path)).acquire()
+    lock = workdir_files.Lock(str(tmp_path / "free"))
+    os.makedirs(tmp_path / "free")
+    lock.acquire()
+    assert json.loads((tmp_path / "free" / workdir_files.LOCK).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert os.listdir(tmp_path / "free") == []
+
+
+def test_a_workdir_without_a_contract_is_checked_against_its_model_config(tmp_path):
+    (tmp_path / workdir_files.CHECKPOINTS / "100").mkdir(parents=True)
+    (tmp_path / workdir_files.MODEL_CONFIG).write_text(json.dumps({"hidden_size": 128, "num_hidden_layers": 4}))
+    contract = {"model.hidden_size": 64, "model.num_hidden_layers": 4, "data.max_seq_length": 128}
+    with pytest.raises(workdir_files.WorkdirError, match=r"changes model.hidden_size: 128 -> 64\. Nothing"):
+        workdir_files.check_contract(str(tmp_path), contract)
+    workdir_files.check_contract(str(tmp_path), dict(contract, **{"model.hidden_size": 128}))
