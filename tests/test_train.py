@@ -93,3 +93,14 @@ def test_non_finite_run_stops_with_a_clear_error_and_keeps_the_last_good_checkpo
     assert sorted(os.listdir(tmp_path / workdir_files.CHECKPOINTS)) == ["1"]
     params, step = checkpoint.load_params(str(tmp_path))
     assert step == 1 and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_an_evaluation_that_scores_nothing_is_reported_as_such(tmp_path, corpus):
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("To")  # one row of 3 tokens with <s> and </s>: round(0.15 x 1) = 0 masked
+    out = run_train(tmp_path / "run", corpus, f"--config.data.eval_files={held_out}", "--config.data.eval_fraction=0",
+                    "--config.total_steps=2", "--config.eval_every_steps=1")
+    assert "step 2: the evaluation masked no token (1 held-out rows); no eval metrics" in out.stderr
+    logged = metrics.read_metrics(str(tmp_path / "run"))
+    assert sorted(logged) == [1, 2] and not any(k.startswith("eval/") for m in logged.values() for k in m)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"train/loss": round(logged[2]["train/loss"], 4)}
