@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from roberta_jax.data.batches import BatchIterator, PretrainingData, build_pretraining_data
+from roberta_jax.data.sources import document_texts
 from roberta_jax.data.tokenizer import RobertaTokenizer
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
@@ -85,11 +86,14 @@ def load_or_train_tokenizer(config, workdir: str) -> RobertaTokenizer:
     saved = os.path.join(workdir, workdir_files.TOKENIZER)
     if os.path.isfile(os.path.join(saved, "vocab.json")):
         return RobertaTokenizer.from_pretrained(saved)
-    # Training is deterministic, so every host trains the same tokenizer; process 0 keeps it.
-    tok = RobertaTokenizer.train(
-        split_list(config.data.train_files), vocab_size=config.tokenizer.vocab_size,
-        min_frequency=config.tokenizer.min_frequency,
-    )
+    # Training is deterministic, so every host trains the same tokenizer; process 0 keeps it. The documents
+    # are read as the corpus reads them: the same formats, text field and document split.
+    d = config.data
+    texts = document_texts(split_list(d.train_files), format=d.format, text_field=d.text_field,
+                           doc_split=d.doc_split, doc_separator=d.doc_separator,
+                           cache_dir=d.cache_dir or os.path.join(workdir, workdir_files.DATA_CACHE))
+    tok = RobertaTokenizer.train(texts, vocab_size=config.tokenizer.vocab_size,
+                                 min_frequency=config.tokenizer.min_frequency)
     if jax.process_index() == 0:
         # Written aside and renamed, so another host never reads a half-written tokenizer.
         partial = f"{saved}.partial"
@@ -106,6 +110,7 @@ def pretraining_data(config, tokenizer: RobertaTokenizer, workdir: str) -> Pretr
         eval_sources=split_list(d.eval_files) or None, eval_fraction=d.eval_fraction, split_seed=config.seed,
         max_seq_length=d.max_seq_length, cache_dir=d.cache_dir or os.path.join(workdir, workdir_files.DATA_CACHE),
         num_proc=d.num_proc, format=d.format, text_field=d.text_field, doc_split=d.doc_split,
+        doc_separator=d.doc_separator,
     )
     log.info("data: %s", data.stats)
     return data
