@@ -2,17 +2,21 @@
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from roberta_jax.train import cli
 from roberta_jax.train import workdir as workdir_files
-from tests.train_runs import losses, run_train
+from tests.train_runs import losses, run_train, wait_for_step
 
-RUN = ["--config.total_steps=4", "--config.checkpoint.every_steps=2"]
+# Long enough for five kills at random points of one run (the fault-injection test); the other tests use
+# the finished workdir.
+RUN = ["--config.total_steps=60", "--config.checkpoint.every_steps=2"]
 
 
 def dead_pid() -> int:
@@ -40,7 +44,7 @@ def snapshot(workdir) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, corpus):
-    """A 4-step run, started over a stale lock (its pid is gone): it takes the lock over and finishes."""
+    """A run uninterrupted, started over a stale lock (its pid is gone): it takes the lock over and finishes."""
     workdir = tmp_path_factory.mktemp("trained")
     write_lock(workdir, dead_pid())
     run_train(workdir, corpus, *RUN)
@@ -48,7 +52,7 @@ def trained(tmp_path_factory, corpus):
 
 
 def test_a_stale_lock_is_taken_over_and_the_lock_goes_with_the_run(trained):
-    assert sorted(losses(trained)) == [1, 2, 3, 4]
+    assert sorted(losses(trained)) == list(range(1, 61))
     assert not os.path.exists(trained / workdir_files.LOCK)
     assert json.loads((trained / workdir_files.CONTRACT).read_text())["model.hidden_size"] == 32
 
@@ -67,10 +71,10 @@ def test_a_changed_architecture_stops_before_touching_the_workdir(trained, corpu
 def test_a_failed_start_leaves_the_config_record(trained, corpus):
     record = (trained / workdir_files.TRAIN_CONFIG).read_text()
     # The saved data position was for a global batch of 8: the restore refuses 4, after the data is built.
-    out = run_train(trained, corpus, *RUN, "--config.batch_size=4", "--config.total_steps=6", succeeds=False)
+    out = run_train(trained, corpus, *RUN, "--config.batch_size=4", "--config.total_steps=62", succeeds=False)
     assert out.returncode == cli.EXIT_BAD_INPUT and "global_batch_size" in out.stderr.splitlines()[-1]
     assert (trained / workdir_files.TRAIN_CONFIG).read_text() == record
-    assert sorted(losses(trained)) == [1, 2, 3, 4]
+    assert sorted(losses(trained)) == list(range(1, 61))
 
 
 def test_a_second_run_on_a_workdir_stops_at_once(tmp_path, corpus):
@@ -100,3 +104,33 @@ def test_a_workdir_without_a_contract_is_checked_against_its_model_config(tmp_pa
     with pytest.raises(workdir_files.WorkdirError, match=r"changes model.hidden_size: 128 -> 64\. Nothing"):
         workdir_files.check_contract(str(tmp_path), contract)
     workdir_files.check_contract(str(tmp_path), dict(contract, **{"model.hidden_size": 128}))
+
+
+def logged_steps(workdir) -> list[int]:
+    """The step of every train/loss line of metrics.jsonl, in file order (duplicates kept)."""
+    with open(workdir / workdir_files.METRICS, encoding="utf-8") as f:
+        return [r["step"] for r in map(json.loads, f) if "train/loss" in r]
+
+
+def test_five_kills_at_random_points_then_a_clean_finish_lose_nothing(tmp_path, corpus, trained):
+    """SIGKILL five times at random moments of one run (right after a checkpoint's flush is while its
+    asynchronous save is being written), then let it finish: the losses of every step are those of the
+    uninterrupted run, metrics.jsonl holds each step once, and the export loads in transformers."""
+    transformers = pytest.importorskip("transformers")
+    workdir = tmp_path / "killed"
+    rng = random.Random(0)
+    reached = 0
+    for kill in range(5):
+        proc = run_train(workdir, corpus, *RUN, background=True)
+        wait_for_step(workdir, proc, reached + 1)  # logs reach the disk at each checkpoint
+        time.sleep(rng.choice([0.0, 0.0, 0.02, 0.05, 0.1]))
+        assert proc.poll() is None, f"run {kill} finished before its kill"
+        proc.kill()
+        proc.wait()
+        reached = max(losses(workdir))
+    assert reached < 60
+    run_train(workdir, corpus, *RUN, "--config.export_hf=True")
+    assert logged_steps(workdir) == list(range(1, 61))
+    assert losses(workdir) == losses(trained)  # exact on CPU
+    model = transformers.AutoModelForMaskedLM.from_pretrained(workdir / workdir_files.HF_EXPORT)
+    assert model.config.hidden_size == 32
