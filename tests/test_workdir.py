@@ -42,6 +42,19 @@ def snapshot(workdir) -> dict:
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compile_once(tmp_path_factory):
+    """A persistent compilation cache shared by this module's train.py runs (about half of a restart's time
+    is compiling the same steps again)."""
+    cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("compilation_cache")),
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    previous = {k: os.environ.get(k) for k in cache}
+    os.environ.update(cache)
+    yield
+    for k, v in previous.items():
+        os.environ.pop(k) if v is None else os.environ.update({k: v})
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, corpus):
     """A run uninterrupted, started over a stale lock (its pid is gone): it takes the lock over and finishes."""
