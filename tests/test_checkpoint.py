@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from roberta_jax.train.checkpoint import Checkpointer, CheckpointError
+from roberta_jax.train import workdir as workdir_files
+from roberta_jax.train.checkpoint import Checkpointer, CheckpointError, load_params
 
 
 def make_state(value: float) -> dict:
@@ -76,3 +77,18 @@ def test_no_checkpoint_restores_nothing(tmp_path):
     ckpt = Checkpointer(str(tmp_path), every_steps=2)
     assert ckpt.restore_latest(jax.eval_shape(lambda: make_state(0.0))) is None
     ckpt.close()
+
+
+def test_load_params_takes_the_newest_readable_checkpoint_and_leaves_the_workdir_alone(tmp_path):
+    directory = tmp_path / workdir_files.CHECKPOINTS
+    assert save_steps(directory, [2, 4]) == [2, 4]
+    for root, _, files in os.walk(directory / "4" / "state"):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"\0garbage")
+    params, step = load_params(str(tmp_path))
+    assert step == 2
+    np.testing.assert_array_equal(params["kernel"], np.full((4, 3), 2.0))
+    with pytest.raises(CheckpointError, match=f"checkpoint 4 in {directory} is unreadable"):
+        load_params(str(tmp_path), step=4)
+    assert sorted(os.listdir(directory)) == ["2", "4"]  # a reader moves nothing

@@ -130,15 +130,26 @@ def _rethrown(prefix: str):
 
 
 def load_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
-    """The params of a pretraining workdir's checkpoint (newest when `step` is None), as a
+    """The params of a pretraining workdir's checkpoint (the newest readable one when `step` is None), as a
     tree of host arrays, and its step. The matching architecture is `WORKDIR/model_config.json`."""
-    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), workdir_files.CHECKPOINTS))
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    manager.close()
-    return jax.device_get(restored.state["params"]), step
+    directory = os.path.join(os.path.abspath(workdir), workdir_files.CHECKPOINTS)
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    candidates = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint under {directory}")
+    try:
+        for number in candidates:
+            try:
+                restored = manager.restore(number, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+                return jax.device_get(restored.state["params"]), number
+            except Exception as err:  # noqa: BLE001 - the newest readable one is wanted; left in place (read only)
+                if step is not None or number == candidates[-1]:
+                    raise CheckpointError(f"checkpoint {number} in {directory} is unreadable: "
+                                          f"{type(err).__name__}: {str(err)[:300]}") from err
+                log.warning("checkpoint %d in %s is unreadable (%s); using the one before", number, directory,
+                            type(err).__name__)
+    finally:
+        manager.close()
 
 
 def abstract_like(tree: Any) -> Any:
