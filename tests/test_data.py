@@ -354,3 +354,10 @@ def test_the_tokenizer_is_trained_on_the_documents_the_corpus_reads(tmp_path):
         workdir = tmp_path / f"run-{len(sources)}"
         assert pretrain.load_or_train_tokenizer(config, str(workdir)).get_vocab() == expected
         assert os.path.isfile(workdir / "tokenizer" / "vocab.json")
+
+
+def test_a_malformed_json_line_is_an_error_naming_the_file_and_line(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"text": "the dog"}\n\n{"text": "the fox"\n{"text": "a jam"}\n')
+    with pytest.raises(ValueError, match=rf"{path}, line 3: not valid JSON"):
+        tokenize_corpus(str(path), word_tokenizer())

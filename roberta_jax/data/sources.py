@@ -340,11 +340,29 @@ def _documents(kind, files, sources, text_field, split, hub_config, hub_split, w
     if kind == "hub":
         ds = datasets.load_dataset(sources, hub_config, split=hub_split, cache_dir=hf_dir)
     else:
-        ds = datasets.load_dataset(kind, data_files=files, split="train", cache_dir=hf_dir)
+        try:
+            ds = datasets.load_dataset(kind, data_files=files, split="train", cache_dir=hf_dir)
+        except datasets.exceptions.DatasetGenerationError as err:
+            raise _unreadable(files, err) from err
     if text_field not in ds.column_names:
         raise ValueError(f"{sources!r} has no field {text_field!r}; its fields are {ds.column_names}. Set text_field.")
     ds = ds.select_columns([text_field])
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
+
+
+def _unreadable(files: Sequence[str], err: Exception) -> ValueError:
+    """The error of a JSON-lines or Parquet corpus `datasets` could not read, naming the file (and for JSON
+    lines the line) at fault where it can be found."""
+    for path in files:
+        if not path.endswith(".jsonl"):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    line.strip() and json.loads(line)
+                except ValueError as bad:
+                    return ValueError(f"{path}, line {number}: not valid JSON ({bad})")
+    return ValueError(f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: {err.__cause__ or err}")
 
 
 def _flatten(ids, out_dir: str | None) -> tuple[np.ndarray, np.ndarray, int]:
