@@ -12,6 +12,7 @@ import pytest
 
 from roberta_jax.train import cli
 from roberta_jax.train import workdir as workdir_files
+from roberta_jax.train.config import default_config
 from tests.train_runs import losses, run_train, wait_for_step
 
 # Long enough for five kills at random points of one run (the fault-injection test); the other tests use
@@ -147,3 +148,24 @@ def test_five_kills_at_random_points_then_a_clean_finish_lose_nothing(tmp_path, 
     assert losses(workdir) == losses(trained)  # exact on CPU
     model = transformers.AutoModelForMaskedLM.from_pretrained(workdir / workdir_files.HF_EXPORT)
     assert model.config.hidden_size == 32
+
+
+def test_a_tokenizer_is_fixed_by_its_files_not_its_path(tmp_path):
+    def tokenizer_dir(name, vocab):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "vocab.json").write_text(vocab)
+        (tmp_path / name / "merges.txt").write_text("#version: 0.2\n")
+        return str(tmp_path / name)
+
+    config = default_config()
+    config.tokenizer.path = tokenizer_dir("a", '{"x": 0}')
+    workdir_files.write_contract(str(tmp_path), workdir_files.pretraining_contract(config))
+    config.tokenizer.path = tokenizer_dir("moved", '{"x": 0}')
+    workdir_files.check_contract(str(tmp_path), workdir_files.pretraining_contract(config))
+    config.tokenizer.path = tokenizer_dir("other", '{"y": 0}')
+    with pytest.raises(workdir_files.WorkdirError, match=r"changes tokenizer.fingerprint: '\w+' -> '\w+'\."):
+        workdir_files.check_contract(str(tmp_path), workdir_files.pretraining_contract(config))
+    config.tokenizer.path = ""  # a tokenizer trained in the workdir instead
+    with pytest.raises(workdir_files.WorkdirError, match=r"tokenizer.fingerprint: '\w+' -> '\(none\)', "
+                                                         r"tokenizer.vocab_size: '\(none\)' -> 50265"):
+        workdir_files.check_contract(str(tmp_path), workdir_files.pretraining_contract(config))

@@ -147,8 +147,7 @@ def pretraining_contract(config) -> dict:
     the tokenizer (its files' fingerprint, or the fields it is trained with) and `data.max_seq_length`."""
     contract = {f"model.{k}": v for k, v in config.model.items() if not k.endswith("dropout_prob")}
     contract["data.max_seq_length"] = config.data.max_seq_length
-    contract["tokenizer.path"] = config.tokenizer.path
-    if config.tokenizer.path:
+    if config.tokenizer.path:  # its files, wherever they are
         contract["tokenizer.fingerprint"] = tokenizer_fingerprint(config.tokenizer.path)
     else:
         contract["tokenizer.vocab_size"] = config.tokenizer.vocab_size
@@ -164,7 +163,10 @@ def check_contract(workdir: str, contract: dict) -> None:
         model = _read_json(os.path.join(workdir, MODEL_CONFIG)) or {}
         fixed = {k: model[k[len("model."):]] for k in contract
                  if k.startswith("model.") and k != "model.vocab_size" and k[len("model."):] in model}
-    changed = [f"{k}: {fixed[k]!r} -> {v!r}" for k, v in contract.items() if k in (fixed or {}) and fixed[k] != v]
+        contract = {k: contract[k] for k in fixed}
+    fixed = fixed or contract
+    changed = [f"{k}: {fixed.get(k, '(none)')!r} -> {contract.get(k, '(none)')!r}"
+               for k in {**contract, **fixed} if fixed.get(k) != contract.get(k)]
     if changed:
         raise WorkdirError(
             f"workdir {workdir} is fixed to another architecture, tokenizer or row length; this run changes "
