@@ -166,6 +166,7 @@ def test_a_tokenizer_is_fixed_by_its_files_not_its_path(tmp_path):
     with pytest.raises(workdir_files.WorkdirError, match=r"changes tokenizer.fingerprint: '\w+' -> '\w+'\."):
         workdir_files.check_contract(str(tmp_path), workdir_files.pretraining_contract(config))
     config.tokenizer.path = ""  # a tokenizer trained in the workdir instead
-    with pytest.raises(workdir_files.WorkdirError, match=r"tokenizer.fingerprint: '\w+' -> '\(none\)', "
-                                                         r"tokenizer.vocab_size: '\(none\)' -> 50265"):
+    with pytest.raises(workdir_files.WorkdirError, match=r"tokenizer.vocab_size: '\(none\)' -> 50265, tokenizer.min_"
+                                                         r"frequency: '\(none\)' -> 2, tokenizer.fingerprint: '\w+' -> "
+                                                         r"'\(none\)'\."):
         workdir_files.check_contract(str(tmp_path), workdir_files.pretraining_contract(config))
