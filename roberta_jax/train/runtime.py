@@ -1,10 +1,11 @@
 """The runtime every entry point shares: pretraining, fine-tuning and the benchmarks build it the same way.
 
-    with Runtime(config, workdir, workdir_files.TRAIN_CONFIG) as rt:   # distributed, workdir, mesh, writer
+    with Runtime(config, workdir, workdir_files.TRAIN_CONFIG,          # distributed, config checks, the
+                 check_config=validate.pretraining, contract=...) as rt:   # workdir's lock and contract, mesh
         model = RobertaForMaskedLM(arch, **rt.model_kwargs())
         state, shardings = rt.create_state(model, tx)                  # built in its sharding
         train_step, eval_step = rt.compile(train_fn, eval_fn, shardings)
-        state, step = rt.resume(state, batches)                        # newest readable checkpoint
+        state, step = rt.resume(state, batches)                        # newest readable checkpoint, writer
         result = rt.train(state, train_step, batches, rt.loop_config(...), evaluate)
         rt.export(os.path.join(rt.workdir, "hf"), model, result.state.params, tokenizer)
 
