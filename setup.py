@@ -9,10 +9,12 @@ setup(
     packages=find_packages(include=["roberta_jax", "roberta_jax.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "jax>=0.4.30",
-        "flax>=0.10",
-        "optax",
-        "orbax-checkpoint",
+        # The versions the test suite has passed on, up to the next minor release (the checkpoint code
+        # uses Orbax's AsyncOptions and check_for_errors; JAX's sharding APIs move between minors).
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
         "tokenizers>=0.19",
         "datasets",
         "ml_collections",

@@ -6,7 +6,7 @@ Any config field can be overridden (`--config.optimizer.peak_lr=4e-4`). The run 
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from roberta_jax.train import cli, pretrain
@@ -23,4 +23,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

@@ -2,12 +2,16 @@
 
 import logging
 import os
+import shutil
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from roberta_jax.train.checkpoint import Checkpointer
+from roberta_jax.train import workdir as workdir_files
+from roberta_jax.train.checkpoint import Checkpointer, CheckpointError, load_params
 
 
 def make_state(value: float) -> dict:
@@ -29,7 +33,8 @@ def test_saves_exactly_the_multiples_of_every_steps_and_forced_ones(tmp_path):
     assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [2, 4, 5]
 
 
-def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
+def test_a_corrupt_newest_checkpoint_is_moved_aside_and_its_step_saved_again(tmp_path, caplog):
+    tmp_path = tmp_path / "checkpoints"
     assert save_steps(tmp_path, [2, 4]) == [2, 4]
     for root, _, files in os.walk(tmp_path / "4" / "state"):
         for name in files:
@@ -39,13 +44,51 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, capl
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), make_state(0.0))
     with caplog.at_level(logging.WARNING):
         state, data_state, step = ckpt.restore_latest(target)
-    ckpt.close()
     assert step == 2 and data_state == {"epoch": 0, "index": 2}
     np.testing.assert_array_equal(state["params"]["kernel"], np.full((4, 3), 2.0))
-    assert "checkpoint 4" in caplog.text and "unreadable" in caplog.text
+    [aside] = os.listdir(f"{tmp_path}.unreadable")  # kept for inspection, named in the log
+    assert aside.startswith("4-") and f"checkpoint 4 in {tmp_path} is unreadable" in caplog.text
+    assert os.path.join(f"{tmp_path}.unreadable", aside) in caplog.text
+    # The resumed run reaches step 4 again and saves it (Orbax refused a step that already existed).
+    assert ckpt.save(4, make_state(4.5), {"epoch": 0, "index": 4})
+    ckpt.close()
+    ckpt = Checkpointer(str(tmp_path), every_steps=2)
+    state, _, step = ckpt.restore_latest(target)
+    ckpt.close()
+    assert step == 4
+    np.testing.assert_array_equal(state["params"]["kernel"], np.full((4, 3), 4.5))
+
+
+def test_a_failed_save_is_raised_at_once_with_the_directory_and_never_hangs(tmp_path):
+    directory = tmp_path / "checkpoints"
+    ckpt = Checkpointer(str(directory), every_steps=1)
+    assert ckpt.save(1, make_state(1.0), {})
+    ckpt.wait()
+    shutil.rmtree(directory)
+    directory.write_text("not a directory")  # as a read-only or vanished filesystem would
+    start = time.monotonic()
+    with pytest.raises(CheckpointError, match=f"saving step 2 in {directory} failed: NotADirectoryError"):
+        ckpt.save(2, make_state(2.0), {})
+    ckpt.close()
+    assert time.monotonic() - start < 30  # Orbax's background threads used to wait 5 minutes
 
 
 def test_no_checkpoint_restores_nothing(tmp_path):
     ckpt = Checkpointer(str(tmp_path), every_steps=2)
     assert ckpt.restore_latest(jax.eval_shape(lambda: make_state(0.0))) is None
     ckpt.close()
+
+
+def test_load_params_takes_the_newest_readable_checkpoint_and_leaves_the_workdir_alone(tmp_path):
+    directory = tmp_path / workdir_files.CHECKPOINTS
+    assert save_steps(directory, [2, 4]) == [2, 4]
+    for root, _, files in os.walk(directory / "4" / "state"):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"\0garbage")
+    params, step = load_params(str(tmp_path))
+    assert step == 2
+    np.testing.assert_array_equal(params["kernel"], np.full((4, 3), 2.0))
+    with pytest.raises(CheckpointError, match=f"checkpoint 4 in {directory} is unreadable"):
+        load_params(str(tmp_path), step=4)
+    assert sorted(os.listdir(directory)) == ["2", "4"]  # a reader moves nothing

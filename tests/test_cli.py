@@ -23,14 +23,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
          "unknown config key 'data.max_seq_lenght'; did you mean 'data.max_seq_length'?"),
     ],
 )
-def test_unknown_config_key_exits_with_one_line_naming_the_nearest(config, override, message):
+def test_unknown_config_key_exits_with_one_line_naming_the_nearest(config, override, message, capsys):
     argv = ["finetune.py", f"--config={REPO}/configs/{config}", override]
     flag_values = flags.FlagValues()
     # ml_collections finds the `--config.` overrides in the argv it is given (else in sys.argv).
     config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv)
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_flags(argv, flag_values)
-    assert str(exit_info.value) == f"finetune.py: {message}"
+    assert exit_info.value.code == cli.EXIT_BAD_INPUT
+    assert capsys.readouterr().err == f"finetune.py: {message}\n"
 
 
 def test_a_known_override_parses():

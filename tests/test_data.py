@@ -13,7 +13,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from roberta_jax.data.batches import build_pretraining_data
 from roberta_jax.data.packing import pack_documents, unpack_documents
-from roberta_jax.data.sources import TokenizerInfo, resolve_tokenizer, split_documents, tokenize_corpus
+from roberta_jax.data.sources import (
+    TokenizerInfo,
+    document_texts,
+    resolve_tokenizer,
+    split_documents,
+    tokenize_corpus,
+)
+from roberta_jax.data.tokenizer import RobertaTokenizer
 
 BOS, PAD, EOS = 0, 1, 2
 WIKITEXT = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data/corpus/wikitext2-test.raw"
@@ -310,3 +317,47 @@ def test_demo_corpus_is_valid(tmp_path):
         str(path), resolve_tokenizer(lambda texts: [[5] * len(t.split()) for t in texts], bos_id=0, eos_id=2, pad_id=1)
     )
     assert 300_000 < os.path.getsize(path) < 600_000 and corpus.num_documents > 1000
+
+
+def test_a_separator_line_splits_text_files(tmp_path):
+    path = write(tmp_path / "stories.txt", "the dog\n<|endoftext|>\nthe fox\n\njumps\n  <|endoftext|> \n"
+                                           "<|endoftext|>\nthe jam")
+    assert list(document_texts(path, doc_separator="<|endoftext|>")) == ["the dog", "the fox\n\njumps", "the jam"]
+    corpus = tokenize_corpus(path, word_tokenizer(), doc_separator="<|endoftext|>", cache_dir=str(tmp_path / "c"))
+    assert documents(corpus) == [ids("the dog"), ids("the fox jumps"), ids("the jam")]
+    # The separator is part of the cache key: the same file split by blank lines is another corpus.
+    lenient = resolve_tokenizer(lambda texts: [[len(w) for w in t.split()] for t in texts], bos_id=BOS, eos_id=EOS,
+                                pad_id=PAD, fingerprint="word lengths")
+    cache = str(tmp_path / "lengths")
+    assert tokenize_corpus(path, lenient, doc_separator="<|endoftext|>", cache_dir=cache).num_documents == 3
+    blank_lines = tokenize_corpus(path, lenient, cache_dir=cache)
+    assert not blank_lines.from_cache and blank_lines.num_documents == 2
+
+
+def test_the_tokenizer_is_trained_on_the_documents_the_corpus_reads(tmp_path):
+    """JSON lines in a directory (and Parquet through a glob), their `body` field: the trained vocabulary is
+    that of the texts alone, never of the JSON syntax around them."""
+    from roberta_jax.train import pretrain
+    from roberta_jax.train.config import default_config
+
+    texts = [f"the {w} dog ran over a {w} fox" for w in ("lazy", "quick", "brown", "red", "slow")] * 20
+    (tmp_path / "json").mkdir()
+    with open(tmp_path / "json" / "part-0.jsonl", "w") as f:
+        f.writelines(json.dumps({"body": t, "id": i}) + "\n" for i, t in enumerate(texts))
+    pq.write_table(pa.table({"body": texts}), tmp_path / "part-0.parquet")
+    expected = RobertaTokenizer.train(iter(texts), vocab_size=300, min_frequency=2).get_vocab()
+    assert not {'{"', '":', "body"} & set(expected)
+    for sources in (str(tmp_path / "json"), str(tmp_path / "*.parquet")):
+        config = default_config()
+        config.data.train_files, config.data.text_field = sources, "body"
+        config.tokenizer.vocab_size = 300
+        workdir = tmp_path / f"run-{len(sources)}"
+        assert pretrain.load_or_train_tokenizer(config, str(workdir)).get_vocab() == expected
+        assert os.path.isfile(workdir / "tokenizer" / "vocab.json")
+
+
+def test_a_malformed_json_line_is_an_error_naming_the_file_and_line(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"text": "the dog"}\n\n{"text": "the fox"\n{"text": "a jam"}\n')
+    with pytest.raises(ValueError, match=rf"{path}, line 3: not valid JSON"):
+        tokenize_corpus(str(path), word_tokenizer())

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -87,3 +88,25 @@ def test_find_logdir_looks_in_the_directory_then_around_an_hf_export(tmp_path):
     (tmp_path / workdir_files.METRICS).write_text("")
     assert events.find_logdir(str(tmp_path / workdir_files.HF_EXPORT)) == str(tmp_path)
     assert events.find_logdir(str(tmp_path)) == str(tmp_path)
+
+
+def test_a_resumed_writer_drops_what_was_logged_past_its_step(tmp_path):
+    """A run killed after logging step 6 resumes from its checkpoint of step 3: steps 4-6 are dropped from
+    metrics.jsonl and purged from TensorBoard, then logged again; steps 7-8 of the old run never come back."""
+    writer = metrics.MetricWriter(str(tmp_path), enabled=True)
+    for step in range(1, 9):
+        writer.write(step, {"train/loss": float(step)})
+    writer.close()
+    with open(tmp_path / workdir_files.METRICS, "a") as f:
+        f.write('{"step": 9, "train/lo')  # cut short by the kill
+    time.sleep(1.1)  # event files are named by the second they were opened
+    writer = metrics.MetricWriter(str(tmp_path), enabled=True, resume_step=3)
+    for step in range(4, 7):
+        writer.write(step, {"train/loss": 10.0 + step})
+    writer.close()
+    lines = [json.loads(line) for line in (tmp_path / workdir_files.METRICS).read_text().splitlines()]
+    assert [(r["step"], r["train/loss"]) for r in lines] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0), (5, 15.0),
+                                                               (6, 16.0)]
+    for source in ("events", "jsonl"):
+        steps, values = events.read_scalars(str(tmp_path), source=source)["train/loss"]
+        assert steps.tolist() == [1, 2, 3, 4, 5, 6] and values.tolist() == [1.0, 2.0, 3.0, 14.0, 15.0, 16.0]

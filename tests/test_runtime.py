@@ -18,12 +18,12 @@ from roberta_jax.train import workdir as workdir_files
 from roberta_jax.train.config import default_config
 
 
-def test_prepare_workdir_records_the_resolved_config(tmp_path):
+def test_write_record_records_the_resolved_config(tmp_path):
     config = ml_collections.ConfigDict(dict(seed=3, optimizer=dict(peak_lr=1e-4)))
-    workdir = runtime.prepare_workdir(str(tmp_path / "a" / "b"), config, workdir_files.TRAIN_CONFIG)
-    assert workdir == str(tmp_path / "a" / "b")
-    assert json.loads((tmp_path / "a" / "b" / workdir_files.TRAIN_CONFIG).read_text()) == {
+    runtime.write_record(str(tmp_path), config, workdir_files.TRAIN_CONFIG)
+    assert json.loads((tmp_path / workdir_files.TRAIN_CONFIG).read_text()) == {
         "optimizer": {"peak_lr": 1e-4}, "seed": 3}
+    assert os.listdir(tmp_path) == [workdir_files.TRAIN_CONFIG]
 
 
 def eval_step(params, batch, batch_index):
@@ -55,7 +55,9 @@ def test_evaluate_sums_over_the_batches_up_to_max_batches(tmp_path):
         sums, outputs = rt.evaluate(eval_step, params, batches(), max_batches=2)
         assert sums == {"loss_sum": 0.5 * float(np.sum(xs[:2])), "count": 16.0, "correct": 8.0}
         assert len(outputs) == 2 and pulled == [0, 1]  # the third batch is never read
-    assert os.path.isfile(tmp_path / workdir_files.TRAIN_CONFIG)
+        assert os.path.isfile(tmp_path / workdir_files.LOCK)
+    # The config is recorded when training starts, and the lock goes with the run.
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import sys
 
 import pytest
 
@@ -138,3 +139,13 @@ def test_a_two_by_two_sweep_runs_and_compares(tmp_path, monkeypatch, capsys):
         assert overrides == [f"optimizer.{name.split(',')[0]}", f"model.{name.split(',')[1]}"]
         assert 4.0 < train_loss < 7.0 and best_eval <= final_eval and steps == "4"
     assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_an_interrupted_run_stops_the_sweep(tmp_path, capsys):
+    runs = [sweep.Run(name, str(tmp_path / name), {}) for name in ("a", "b", "c")]
+    exits = [0, cli.EXIT_INTERRUPTED, 0]
+    commands = [(run, [sys.executable, "-c", f"import sys; sys.exit({code})"]) for run, code in zip(runs, exits)]
+    assert sweep.run_all(commands) == 2  # b (interrupted) and c (never started) are not done
+    err = capsys.readouterr().err
+    assert "b: interrupted after" in err and "run the sweep again to resume" in err
+    assert not os.path.exists(tmp_path / "c")

@@ -363,3 +363,14 @@ def test_cli_trains_and_saves_for_hf(tmp_path):
     hf_loaded = transformers.RobertaTokenizerFast.from_pretrained(tmp_path / "tok")
     assert len(hf_loaded) == len(ours) and hf_loaded.mask_token_id == ours.mask_token_id == len(ours) - 1
     _assert_same(ours(TEXTS), hf_loaded(TEXTS))
+
+
+def test_an_invalid_tokenizer_file_is_an_error_naming_it(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match=f"{tmp_path}/tokenizer.json: not a valid tokenizer.json"):
+        RobertaTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "vocab.json").write_text('{"a": 0')
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(ValueError, match=f"{tmp_path}/vocab.json / {tmp_path}/merges.txt: not a valid vocab.json"):
+        RobertaTokenizer.from_pretrained(tmp_path)

@@ -3,12 +3,13 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 import safetensors.numpy
 
 from roberta_jax.tools import convert
-from roberta_jax.train import metrics
+from roberta_jax.train import checkpoint, cli, metrics
 from roberta_jax.train import workdir as workdir_files
 from tests.train_runs import losses, run_train
 
@@ -75,10 +76,31 @@ def test_a_checkpoint_restores_onto_another_mesh(tmp_path, corpus, one_device_lo
 
 def test_unknown_config_key_names_the_nearest(tmp_path, corpus):
     out = run_train(tmp_path, corpus, "--config.optimiser.peak_lr=1e-4", succeeds=False)
-    assert "did you mean 'optimizer'" in out.stderr.lower() and "Traceback" not in out.stderr
+    assert out.stderr.endswith("unknown config key 'optimiser'; did you mean 'optimizer'?\n")
+    assert out.returncode == cli.EXIT_BAD_INPUT
 
 
-def test_non_finite_run_stops_with_a_clear_error(tmp_path, corpus):
+def test_non_finite_run_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path, corpus):
+    # Step 1 trains at lr 0 (warmup), step 2 at 5e29 overflows the params; then every update is skipped.
     out = run_train(tmp_path, corpus, "--config.total_steps=30", "--config.optimizer.peak_lr=1e30",
-                    "--config.optimizer.warmup_steps=0", "--config.max_nonfinite_steps=3", succeeds=False)
-    assert "3 consecutive steps with non-finite loss or gradients" in out.stderr
+                    "--config.optimizer.warmup_steps=2", "--config.max_nonfinite_steps=3",
+                    "--config.checkpoint.every_steps=1", "--config.checkpoint.keep=2", succeeds=False)
+    assert out.returncode == cli.EXIT_FAILED
+    assert "3 consecutive steps with non-finite loss or gradients" in out.stderr.splitlines()[-1]
+    logged = metrics.read_metrics(str(tmp_path))
+    assert np.isfinite(logged[1]["train/param_norm"]) and not np.isfinite(logged[2]["train/param_norm"])
+    # Only step 1 was saved: the streak neither wrote bad checkpoints nor rotated the good one out.
+    assert sorted(os.listdir(tmp_path / workdir_files.CHECKPOINTS)) == ["1"]
+    params, step = checkpoint.load_params(str(tmp_path))
+    assert step == 1 and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_an_evaluation_that_scores_nothing_is_reported_as_such(tmp_path, corpus):
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("To")  # one row of 3 tokens with <s> and </s>: round(0.15 x 1) = 0 masked
+    out = run_train(tmp_path / "run", corpus, f"--config.data.eval_files={held_out}", "--config.data.eval_fraction=0",
+                    "--config.total_steps=2", "--config.eval_every_steps=1")
+    assert "step 2: the evaluation masked no token (1 held-out rows); no eval metrics" in out.stderr
+    logged = metrics.read_metrics(str(tmp_path / "run"))
+    assert sorted(logged) == [1, 2] and not any(k.startswith("eval/") for m in logged.values() for k in m)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"train/loss": round(logged[2]["train/loss"], 4)}

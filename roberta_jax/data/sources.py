@@ -11,6 +11,8 @@ Documents in text files (`doc_split`):
     are kept; `\\r\\n` is read as `\\n`.
   - "line": every line is a document (WikiText-style rows).
   - "file": every file is one document.
+With `doc_separator` set (e.g. "<|endoftext|>"), a document is the text between lines that are the
+separator (whitespace around it aside), whatever `doc_split` says; the separator lines are dropped.
 A document whose text is empty or whitespace-only (a JSON record, a blank line in "line" mode),
 or that tokenizes to no ids, is skipped and counted in `num_empty_documents`.
 
@@ -160,6 +162,7 @@ def tokenize_corpus(
     format: str = "auto",
     text_field: str = "text",
     doc_split: str = "blank_line",
+    doc_separator: str = "",
     hub_config: str | None = None,
     hub_split: str = "train",
     num_proc: int = 1,
@@ -176,7 +179,8 @@ def tokenize_corpus(
     if doc_split not in _DOC_SPLITS:
         raise ValueError(f"doc_split={doc_split!r} is not one of {_DOC_SPLITS}.")
     files, kind, source_key = _resolve_sources(sources, format, hub_config, hub_split)
-    source_fp = _sha256(json.dumps([_CACHE_VERSION, kind, text_field, doc_split, source_key]))
+    source_fp = _sha256(json.dumps([_CACHE_VERSION, kind, text_field, doc_split, source_key]
+                                   + ([doc_separator] if doc_separator else [])))
     fingerprint = _sha256(source_fp + tok.fingerprint)
 
     final_dir = os.path.join(cache_dir, f"tokenized-{fingerprint}") if cache_dir else None
@@ -186,7 +190,8 @@ def tokenize_corpus(
     for path in files:
         text_files.check_file(path, kind)
     with _scratch_dir(cache_dir) as work_dir:
-        docs = _documents(kind, files, sources, text_field, doc_split, hub_config, hub_split, work_dir, source_fp)
+        docs = _documents(kind, files, sources, text_field, (doc_split, doc_separator), hub_config, hub_split,
+                          work_dir, source_fp)
         ids = _encode_documents(docs, tok.encode, batch_size, num_proc, fingerprint)
         out_dir = f"{final_dir}.tmp-{uuid.uuid4().hex}" if final_dir else None
         tokens, offsets, num_empty = _flatten(ids, out_dir)
@@ -198,6 +203,34 @@ def tokenize_corpus(
     meta = {"num_empty_documents": num_empty, "sources": source_key, "tokenizer": tok.fingerprint}
     corpus = _publish(out_dir, final_dir, meta, fingerprint)
     return dataclasses.replace(corpus, from_cache=False)
+
+
+def document_texts(
+    sources: str | Sequence[str],
+    *,
+    format: str = "auto",
+    text_field: str = "text",
+    doc_split: str = "blank_line",
+    doc_separator: str = "",
+    hub_config: str | None = None,
+    hub_split: str = "train",
+    cache_dir: str | None = None,
+) -> Iterator[str]:
+    """The non-blank document texts of a corpus, read exactly as `tokenize_corpus` reads them (files,
+    directories and globs; text, JSON lines, Parquet or the Hub; `text_field`; the document split): what a
+    tokenizer is trained on."""
+    files, kind, _ = _resolve_sources(sources, format, hub_config, hub_split)
+    for path in files:
+        text_files.check_file(path, kind)
+    if kind == "text":
+        for texts in text_files.text_documents(files, doc_split, doc_separator):
+            yield from texts
+        return
+    with _scratch_dir(cache_dir) as work_dir:
+        docs = _documents(kind, files, sources, text_field, (doc_split, doc_separator), hub_config, hub_split,
+                          work_dir, source_fp="")
+        for batch in docs.iter(batch_size=1000):
+            yield from (text for text in batch["text"] if text and text.strip())
 
 
 def split_documents(num_documents: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -286,8 +319,9 @@ def _publish(out_dir: str, final_dir: str, meta: dict[str, Any], fingerprint: st
     return _load_cached(final_dir, fingerprint)
 
 
-def _documents(kind, files, sources, text_field, doc_split, hub_config, hub_split, work_dir, source_fp):
-    """A `datasets.Dataset` with one column "text", one row per document (empty ones included)."""
+def _documents(kind, files, sources, text_field, split, hub_config, hub_split, work_dir, source_fp):
+    """A `datasets.Dataset` with one column "text", one row per document (empty ones included); `split`:
+    (doc_split, doc_separator) of text files."""
     import datasets
 
     hf_dir = os.path.join(work_dir, "hf")
@@ -299,18 +333,36 @@ def _documents(kind, files, sources, text_field, doc_split, hub_config, hub_spli
             schema = pa.schema({"text": pa.string()})
             tmp_path = f"{path}.tmp-{uuid.uuid4().hex}"
             with pa.OSFile(tmp_path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-                for texts in text_files.text_documents(files, doc_split):
+                for texts in text_files.text_documents(files, *split):
                     writer.write_batch(pa.record_batch([pa.array(texts, pa.string())], schema=schema))
             os.replace(tmp_path, path)
         return datasets.Dataset.from_file(path)
     if kind == "hub":
         ds = datasets.load_dataset(sources, hub_config, split=hub_split, cache_dir=hf_dir)
     else:
-        ds = datasets.load_dataset(kind, data_files=files, split="train", cache_dir=hf_dir)
+        try:
+            ds = datasets.load_dataset(kind, data_files=files, split="train", cache_dir=hf_dir)
+        except datasets.exceptions.DatasetGenerationError as err:
+            raise _unreadable(files, err) from err
     if text_field not in ds.column_names:
         raise ValueError(f"{sources!r} has no field {text_field!r}; its fields are {ds.column_names}. Set text_field.")
     ds = ds.select_columns([text_field])
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
+
+
+def _unreadable(files: Sequence[str], err: Exception) -> ValueError:
+    """The error of a JSON-lines or Parquet corpus `datasets` could not read, naming the file (and for JSON
+    lines the line) at fault where it can be found."""
+    for path in files:
+        if not path.endswith(".jsonl"):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    line.strip() and json.loads(line)
+                except ValueError as bad:
+                    return ValueError(f"{path}, line {number}: not valid JSON ({bad})")
+    return ValueError(f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: {err.__cause__ or err}")
 
 
 def _flatten(ids, out_dir: str | None) -> tuple[np.ndarray, np.ndarray, int]:

@@ -97,11 +97,15 @@ def file_kind(path: str, format: str = "auto") -> str:
     return "text"
 
 
-def text_documents(files: Sequence[str], doc_split: str) -> Iterator[list[str]]:
+def text_documents(files: Sequence[str], doc_split: str, separator: str = "") -> Iterator[list[str]]:
     """Batches of the document texts of plain-text files, in file order, split by `doc_split`
-    ("blank_line", "line" or "file"; the rules are in `data_sources`' docstring)."""
+    ("blank_line", "line" or "file"), or, when `separator` is set, at each line that is `separator`
+    (whitespace around it aside); the rules are in `data.sources`' docstring."""
     for path in files:
         with open(path, encoding="utf-8") as f:  # universal newlines: \r\n and \r read as \n
+            if separator:
+                yield from _separated(f, separator)
+                continue
             if doc_split == "file":
                 yield _nonblank([f.read()])
                 continue
@@ -135,6 +139,21 @@ def split_text(text: str, doc_split: str) -> list[str]:
         lines = text.split("\n")
         return lines[:-1] if lines[-1] == "" else lines
     return _nonblank(_BLANK_LINES.split(text))
+
+
+def _separated(lines: Iterator[str], separator: str, batch_size: int = 1000) -> Iterator[list[str]]:
+    """Batches of the texts between the lines that are `separator` (TinyStories' `<|endoftext|>`)."""
+    batch, document = [], []
+    for line in lines:
+        if line.strip() != separator:
+            document.append(line)
+            continue
+        batch.append("".join(document))
+        document = []
+        if len(batch) == batch_size:
+            yield _nonblank(batch)
+            batch = []
+    yield _nonblank([*batch, "".join(document)])
 
 
 def _nonblank(parts: list[str]) -> list[str]:

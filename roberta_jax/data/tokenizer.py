@@ -94,7 +94,10 @@ class RobertaTokenizer(FastTokenizer):
     @classmethod
     def from_files(cls, vocab_json: PathLike, merges_txt: PathLike, add_prefix_space: bool = False) -> RobertaTokenizer:
         """From a GPT-2/RoBERTa `vocab.json` (token -> id) and `merges.txt` (`#version` header, one merge a line)."""
-        vocab, merges = BPE.read_file(str(vocab_json), str(merges_txt))
+        try:
+            vocab, merges = BPE.read_file(str(vocab_json), str(merges_txt))
+        except Exception as err:  # tokenizers' message names neither file
+            raise ValueError(f"{vocab_json} / {merges_txt}: not a valid vocab.json + merges.txt ({err})") from err
         return cls(_build(vocab, merges, add_prefix_space))
 
     @classmethod
@@ -103,7 +106,11 @@ class RobertaTokenizer(FastTokenizer):
         `vocab.json` + `merges.txt`; `model_max_length` from `tokenizer_config.json` where it sets one."""
         directory = Path(directory)
         if (directory / "tokenizer.json").exists():
-            tok = cls(Tokenizer.from_file(str(directory / "tokenizer.json")), add_prefix_space)
+            try:
+                backend = Tokenizer.from_file(str(directory / "tokenizer.json"))
+            except Exception as err:  # tokenizers' message does not name the file
+                raise ValueError(f"{directory / 'tokenizer.json'}: not a valid tokenizer.json ({err})") from err
+            tok = cls(backend, add_prefix_space)
         elif (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
             tok = cls.from_files(directory / "vocab.json", directory / "merges.txt", bool(add_prefix_space))
         else:

@@ -30,7 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
             max_eval_examples=0,  # 0 = all; else the first this many
             max_length=128,  # tokens per row; longer inputs are truncated (QA: cut into windows)
             doc_stride=128,  # qa: tokens shared by consecutive windows of a long context
-            labels="",  # classification, ner: comma-separated label list; "" = sorted labels of both files
+            labels="",  # classification, ner: comma-separated label list; "" = the training file's, sorted
             regression=False,  # classification: a numeric target, one output, MSE loss (STS-B)
             text_a="",  # classification: text columns ("" = the first of GLUE's names found)
             text_b="",

@@ -36,10 +36,23 @@ class TaskData:
         return {k: features[k] for k in self.model_arrays}
 
 
+def check_labels(config, task: Task, examples: Sequence, labels: list[str] | None) -> None:
+    """Raises ValueError at the first example of the eval file with a label the model has no output for."""
+    for number, example in enumerate(examples, start=1):
+        unknown = [label for label in task.example_labels(config, example) if label not in (labels or ())]
+        if unknown:
+            source = "--config.data.labels" if config.data.labels else f"the training file {config.data.train_file}"
+            raise ValueError(
+                f"{config.data.eval_file}: example {number} has label {unknown[0]!r}, which {source} does not have "
+                f"(labels: {labels}); add it to the training data or list every label in --config.data.labels")
+
+
 def load_task_data(config, tokenizer, task: Task) -> TaskData:
     """Reads, subsets and featurizes `config.data.train_file` and `eval_file` with `task`'s functions."""
     d = config.data
     train, dev = task.read_split(config, d.train_file), task.read_split(config, d.eval_file)
+    # The labels are the training set's (or the config's list), before any subset: the head is trained on them.
+    labels = task.choose_labels(config, train)
     if d.max_train_examples and d.max_train_examples < len(train):
         keep = np.random.default_rng(config.seed).choice(len(train), d.max_train_examples, replace=False)
         train = [train[i] for i in sorted(keep)]
@@ -47,8 +60,7 @@ def load_task_data(config, tokenizer, task: Task) -> TaskData:
         dev = dev[: d.max_eval_examples]
     if not train or not dev:
         raise ValueError(f"{d.train_file if not train else d.eval_file} holds no examples")
-    # Labels of both files, so a label seen only in the dev set still has an id.
-    labels = task.choose_labels(config, train + dev)
+    check_labels(config, task, dev, labels)
     train_features, dev_features = (task.make_features(config, e, tokenizer, labels) for e in (train, dev))
     arrays = ("input_ids", "attention_mask", *task.TARGETS)
     for name, features in (("train", train_features), ("eval", dev_features)):

@@ -73,7 +73,7 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
         "best_step": best.step, "best": best.metrics, "final_step": int(result.state.step), "final": final,
         "best_hf": best.export_dir,
     }
-    if rt.is_main and not result.stopped_by_signal:
+    if rt.is_main:
         with open(os.path.join(rt.workdir, workdir_files.RESULTS), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
     return results

@@ -8,7 +8,9 @@ Event files are TFRecord files of `Event` protos: each record is
 They are parsed here with the protos that ship with tensorboardX (already a dependency, as the
 writer), so neither TensorFlow nor `tensorboard` is needed. Every `events.out.tfevents.*` file
 of the directory is read in name (= creation time) order; a resumed run writes a new file, and
-the later value of a step wins, as in `metrics.read_metrics`. A record cut short by a writer
+the later value of a step wins, as in `metrics.read_metrics`. A file that starts with a purge
+(`SummaryWriter(purge_step=P)`, a resumed run's) drops the earlier files' steps from P on, as
+TensorBoard does. A record cut short by a writer
 that is still running (or was killed) ends that file's reading; earlier records are kept.
 """
 
@@ -19,7 +21,7 @@ import os
 import struct
 
 import numpy as np
-from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.record_writer import masked_crc32c
 
 from roberta_jax.train import metrics
@@ -64,6 +66,15 @@ def read_records(path: str) -> list[bytes]:
     return records
 
 
+def purge_step(path: str) -> int | None:
+    """The step P of a purge event at the start of an event file (earlier files' steps >= P are void)."""
+    for record in read_records(path)[:3]:  # after the file-version event
+        event = Event.FromString(record)
+        if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+            return event.step
+    return None
+
+
 def read_event_scalars(path: str) -> dict[str, dict[int, float]]:
     """{tag: {step: value}} of the scalar summaries in one event file."""
     out: dict[str, dict[int, float]] = {}
@@ -105,6 +116,9 @@ def read_scalars(logdir: str, source: str = "auto") -> Scalars:
             raise FileNotFoundError(f"no {EVENTS_GLOB} files in {logdir}")
         merged: dict[str, dict[int, float]] = {}
         for path in files:
+            purge = purge_step(path)
+            if purge is not None:
+                merged = {tag: {s: v for s, v in series.items() if s < purge} for tag, series in merged.items()}
             for tag, series in read_event_scalars(path).items():
                 merged.setdefault(tag, {}).update(series)
     else:

@@ -210,7 +210,8 @@ def read_sweep_file(workdir: str) -> list[dict[str, Any]]:
 
 def run_all(commands: list[tuple[Run, list[str]]]) -> int:
     """Runs the commands one after another, each logging into its workdir's train.log; returns
-    the number of runs that failed (their log's tail goes to stderr)."""
+    the number of runs that failed (their log's tail goes to stderr). A run interrupted by a signal
+    (`cli.EXIT_INTERRUPTED`) stops the sweep; it and the runs after it count as not done."""
     failed = 0
     for index, (run, cmd) in enumerate(commands, 1):
         os.makedirs(run.workdir, exist_ok=True)
@@ -220,6 +221,10 @@ def run_all(commands: list[tuple[Run, list[str]]]) -> int:
         with open(log_path, "a", encoding="utf-8") as log:  # a resumed run adds to its log
             code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
         took = time.perf_counter() - start
+        if code == cli.EXIT_INTERRUPTED:  # preempted: the run saved a checkpoint; so stops the sweep
+            print(f"[{index}/{len(commands)}] {run.name}: interrupted after {took:.0f} s, checkpoint saved; "
+                  "run the sweep again to resume", file=sys.stderr, flush=True)
+            return failed + len(commands) - index + 1
         if code:
             failed += 1
             with open(log_path, encoding="utf-8", errors="replace") as log:

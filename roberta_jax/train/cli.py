@@ -1,6 +1,15 @@
 """Command-line pieces shared by the entry points (`train.py`, `finetune.py`, the sweep): loading a
-config file, config-flag parsing with a one-line error for an unknown key, and the log filter that
-keeps Orbax's per-save lines out of the way."""
+config file, config-flag parsing with a one-line error for an unknown key, the exit codes, errors as
+one line (`--verbose` for the traceback), and the log filter that keeps Orbax's per-save lines out of the way.
+
+Exit codes of `train.py` and `finetune.py`:
+
+    0   finished
+    1   the run failed (a non-finite streak, a checkpoint that cannot be written, an unexpected error)
+    2   bad input: a config field, a data file, the workdir (in use, or fixed to another architecture)
+    75  interrupted by SIGTERM/SIGINT after saving a checkpoint: rerun the same command to resume
+        (EX_TEMPFAIL, so a scheduler or sweep can tell it from success and from failure)
+"""
 
 from __future__ import annotations
 
@@ -9,11 +18,23 @@ import logging
 import os
 import re
 import sys
+import traceback
+from collections.abc import Callable
 
 import ml_collections
-from absl import flags
+from absl import app, flags
 
 from roberta_jax.suggest import did_you_mean
+from roberta_jax.train import checkpoint, loop, validate
+from roberta_jax.train import workdir as workdir_files
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 75
+
+# Errors whose message says all: one line without --verbose. Anything else keeps its traceback.
+BAD_INPUT = (validate.ConfigError, workdir_files.WorkdirError, FileNotFoundError, ValueError)
+FAILURES = (loop.NonFiniteError, checkpoint.CheckpointError)
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -33,7 +54,8 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     try:
         return flag_values(argv)
     except (KeyError, AttributeError) as err:
-        sys.exit(f"{argv[0]}: {unknown_key_message(err, argv)}")
+        print(f"{argv[0]}: {unknown_key_message(err, argv)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def unknown_key_message(err: BaseException, argv: list[str]) -> str:
@@ -56,6 +78,29 @@ def unknown_key_message(err: BaseException, argv: list[str]) -> str:
     hinted = re.search(r'Did you mean "([^"]+)"', text)
     suggestion = [f"{prefix}.{hinted.group(1)}" if prefix else hinted.group(1)] if hinted else []
     return f"unknown config key {full!r}{did_you_mean(full, suggestion, cutoff=0.0)}"
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """`app.run(main)` with `parse_flags`, a `--verbose` flag and `guarded` errors and exit codes."""
+    flags.DEFINE_bool("verbose", False, "on an error, print the traceback, not only its one-line message")
+    app.run(lambda argv: guarded(main, argv), flags_parser=parse_flags)
+
+
+def guarded(main: Callable[[list[str]], None], argv: list[str]) -> None:
+    """Runs `main(argv)`; an interrupted run exits `EXIT_INTERRUPTED`, a known error prints
+    `PROG: error: MESSAGE` (and the traceback with `--verbose`) and exits `EXIT_BAD_INPUT` or `EXIT_FAILED`."""
+    prog = os.path.basename(argv[0])
+    try:
+        main(argv)
+    except loop.Interrupted as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except (*BAD_INPUT, *FAILURES) as err:
+        if flags.FLAGS["verbose"].value:
+            traceback.print_exc()
+        message = " ".join(str(err).strip().splitlines()) or type(err).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_FAILED if isinstance(err, FAILURES) else EXIT_BAD_INPUT)
 
 
 class QuietLibraries(logging.Filter):

@@ -39,6 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
             format="auto",  # auto (by extension) | text | json (JSON lines) | parquet | hub
             text_field="text",
             doc_split="blank_line",  # text files: blank_line | file | line
+            doc_separator="",  # text files: a line that separates documents (e.g. <|endoftext|>), instead of doc_split
             max_seq_length=512,
             # full_sentences: documents back to back, a row may span several (the paper's choice);
             # doc_sentences: no input crosses a document, short ones share a row without seeing each other.

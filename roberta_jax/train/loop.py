@@ -3,14 +3,17 @@
 Per step: next host batch -> global array -> compiled step -> checkpoint on the interval ->
 evaluation on the interval. Metrics of step N are fetched after step N + 1 is dispatched, so
 the host never idles the device waiting for a scalar. SIGTERM/SIGINT finish the step in
-flight, save a checkpoint and return. Consecutive non-finite steps beyond the limit stop the
-run with `NonFiniteError`.
+flight, save a checkpoint and return: the run ends within one step and one checkpoint save of
+the signal, and a second signal ends it at once. Consecutive non-finite steps beyond the limit
+stop the run with `NonFiniteError`; state with a skipped update or overflowing params is never
+checkpointed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +29,10 @@ log = logging.getLogger("absl")
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient norm."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped the run after it saved a checkpoint; the same command resumes it."""
 
 
 @dataclasses.dataclass
@@ -90,14 +97,10 @@ def run(
 
     `batches` yields host-local batches, which `put` makes global arrays, and must have `get_state()`
     (saved with every checkpoint). `evaluate(state, step)` returns scalars written under their own
-    names; it runs every `eval_every_steps` and at the end.
+    names; it runs every `eval_every_steps` and at the end. A step is logged before its checkpoint
+    is taken, and the logs are flushed with it, so a checkpoint never covers a step the logs lack.
     """
-    stop = {"signal": None}
-
-    def request_stop(signum, _frame):
-        stop["signal"] = signum
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop, previous = _catch_stop_signals()
     report = _Reporter(cfg, writer)
     pending = None
     try:
@@ -106,23 +109,57 @@ def run(
             if pending is not None:
                 report(*pending)
             pending = (step_metrics, step)
-            checkpointer.save(step, state, batches.get_state(), force=step == cfg.total_steps)
-            if evaluate is not None and (step % cfg.eval_every_steps == 0 or step == cfg.total_steps):
+            checkpointer.check()
+            last, stopping = step == cfg.total_steps, stop["signal"] is not None
+            evaluating = evaluate is not None and (step % cfg.eval_every_steps == 0 or last)
+            saving = checkpointer.due(step) or last or stopping
+            if saving or evaluating:
                 report(*pending)
                 pending = None
+            if saving:
+                _save_if_finite(step, state, batches, checkpointer, writer, report.last, force=last or stopping)
+            if evaluating:
                 eval_metrics = evaluate(state, step)
-                writer.write(step, eval_metrics)
+                if eval_metrics:
+                    writer.write(step, eval_metrics)
                 report.last.update(eval_metrics)
                 log.info("step %d: %s", step, {k: round(v, 4) for k, v in eval_metrics.items()})
-            if stop["signal"] is not None:
-                log.warning("signal %d: saving step %d and stopping", stop["signal"], step)
-                checkpointer.save(step, state, batches.get_state(), force=True)
+            if stopping:
+                log.warning("signal %d: saved step %d, stopping", stop["signal"], step)
                 break
         if pending is not None:
             report(*pending)
     finally:
-        checkpointer.wait()
-        writer.flush()
         for s, handler in previous.items():
             signal.signal(s, handler)
+        writer.flush()
+    checkpointer.wait()
     return LoopResult(state, report.last, stop["signal"] is not None)
+
+
+def _catch_stop_signals() -> tuple[dict, dict]:
+    """SIGTERM and SIGINT recorded in `stop["signal"]` (the first one; a second acts at once, as before);
+    returns (stop, the previous handlers)."""
+    stop = {"signal": None}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def request_stop(signum, _frame):
+        stop["signal"] = signum
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    for s in previous:
+        signal.signal(s, request_stop)
+    return stop, previous
+
+
+def _save_if_finite(step: int, state: Any, batches, checkpointer: ckpt.Checkpointer, writer: metrics.MetricWriter,
+                    values: dict[str, float], force: bool) -> None:
+    """Checkpoints `step` unless its update was skipped or its params overflow (the last good checkpoint
+    stays, and is not rotated out by bad ones); flushes the logs first."""
+    writer.flush()
+    if values.get("train/nonfinite_streak", 0) or not math.isfinite(values.get("train/param_norm", 0.0)):
+        log.warning("step %d: not checkpointing non-finite state; the newest checkpoint stays the last good one",
+                    step)
+        return
+    checkpointer.save(step, state, batches.get_state(), force=force)

@@ -53,17 +53,24 @@ def peak_flops_by_kind(kind: str) -> float | None:
 
 
 class MetricWriter:
-    """TensorBoard events and `metrics.jsonl` in `logdir`, written by process 0 only."""
+    """TensorBoard events and `metrics.jsonl` in `logdir`, written by process 0 only.
 
-    def __init__(self, logdir: str, enabled: bool | None = None):
+    `resume_step`: the step a run resumes from; what an earlier run logged past it is dropped (from
+    `metrics.jsonl` now, from TensorBoard through its purge_step) since the run logs those steps again.
+    """
+
+    def __init__(self, logdir: str, enabled: bool | None = None, resume_step: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._tb = self._jsonl = None
         if self.enabled:
             from tensorboardX import SummaryWriter
 
             os.makedirs(logdir, exist_ok=True)
-            self._tb = SummaryWriter(logdir)
-            self._jsonl = open(os.path.join(logdir, workdir_files.METRICS), "a", encoding="utf-8")
+            path = os.path.join(logdir, workdir_files.METRICS)
+            if resume_step is not None:
+                drop_after(path, resume_step)
+            self._tb = SummaryWriter(logdir, purge_step=None if resume_step is None else resume_step + 1)
+            self._jsonl = open(path, "a", encoding="utf-8")
 
     def write(self, step: int, scalars: Mapping[str, float], to_tensorboard: bool = True) -> None:
         if not self.enabled:
@@ -83,6 +90,23 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def drop_after(path: str, step: int) -> None:
+    """Rewrites the JSON-lines file `path` without its records past `step` (and a line cut short by a kill)."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError):
+                continue
+    with open(f"{path}.partial", "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(f"{path}.partial", path)
 
 
 def read_metrics(logdir: str) -> dict[int, dict[str, float]]:

@@ -17,11 +17,11 @@ import numpy as np
 from roberta_jax.data import shards
 from roberta_jax.data.batches import BatchIterator, PretrainingData, build_pretraining_data
 from roberta_jax.data.fast_tokenizer import FastTokenizer
-from roberta_jax.data.sources import resolve_tokenizer
+from roberta_jax.data.sources import document_texts, resolve_tokenizer
 from roberta_jax.data.tokenizer import is_tokenizer_dir, load_tokenizer, train_tokenizer
 from roberta_jax.model.config import MODEL_TYPES, RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
-from roberta_jax.train import masking, metrics, objectives, optimizer, runtime, steps, word_masking
+from roberta_jax.train import masking, metrics, objectives, optimizer, runtime, steps, validate, word_masking
 from roberta_jax.train import workdir as workdir_files
 
 log = logging.getLogger("absl")  # absl sets up the handlers
@@ -29,7 +29,8 @@ log = logging.getLogger("absl")  # absl sets up the handlers
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Runs (or resumes) pretraining in `workdir`; returns the last logged metrics."""
-    with runtime.Runtime(config, workdir, workdir_files.TRAIN_CONFIG) as rt:
+    with runtime.Runtime(config, workdir, workdir_files.TRAIN_CONFIG, check_config=validate.pretraining,
+                         contract=workdir_files.pretraining_contract(config)) as rt:
         tokenizer = load_or_train_tokenizer(config, rt.workdir)
         data = pretraining_data(config, tokenizer, rt.workdir)
         train_batches = train_batch_iterator(config, tokenizer, data)
@@ -47,17 +48,23 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             eval_batches = BatchIterator(data.eval, config.batch_size, shuffle=False, num_epochs=1,
                                          drop_remainder=False, segment_separator=segment_separator(config, tokenizer))
             sums, _ = rt.evaluate(eval_step, state.params, eval_batches, config.eval_batches)
-            loss = sums["loss_sum"] / max(sums["count"], 1.0)
+            if not sums["count"]:  # no token was masked: there is no score, not a perfect one
+                log.warning("step %d: the evaluation masked no token (%d held-out rows); no eval metrics. Hold out "
+                            "more data (data.eval_fraction, data.eval_files)", _step, data.eval.num_rows)
+                return {}
+            loss = sums["loss_sum"] / sums["count"]
             return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss)),
-                    "eval/accuracy": sums["correct"] / max(sums["count"], 1.0)}
+                    "eval/accuracy": sums["correct"] / sums["count"]}
 
         tokens_per_step = config.batch_size * config.data.max_seq_length
         flops_per_step = metrics.flops_per_token(arch, config.data.max_seq_length) * tokens_per_step
-        result = rt.train(state, train_step, train_batches,
-                          rt.loop_config(config.total_steps, tokens_per_step, flops_per_step),
-                          evaluate if data.eval is not None else None)
-        train_batches.close()
-        if not result.stopped_by_signal and config.export_hf:
+        try:
+            result = rt.train(state, train_step, train_batches,
+                              rt.loop_config(config.total_steps, tokens_per_step, flops_per_step),
+                              evaluate if data.eval is not None else None)
+        finally:
+            train_batches.close()
+        if config.export_hf:
             runtime.export_hf(os.path.join(rt.workdir, workdir_files.HF_EXPORT), model, result.state.params,
                               tokenizer)
     return result.last_metrics
@@ -123,9 +130,13 @@ def load_or_train_tokenizer(config, workdir: str) -> FastTokenizer:
             raise ValueError(f"tokenizer.kind={kind!r}, but the tokenizer in {path} is {tok.kind!r}; set "
                              f"--config.tokenizer.kind={tok.kind} (a workdir keeps the tokenizer of its first run).")
         return tok
-    # Training is deterministic, so every host trains the same tokenizer; process 0 keeps it.
-    tok = train_tokenizer(split_list(config.data.train_files), kind, config.tokenizer.vocab_size,
-                          config.tokenizer.min_frequency)
+    # Training is deterministic, so every host trains the same tokenizer; process 0 keeps it. The documents
+    # are read as the corpus reads them: the same formats, text field and document split.
+    d = config.data
+    texts = document_texts(split_list(d.train_files), format=d.format, text_field=d.text_field,
+                           doc_split=d.doc_split, doc_separator=d.doc_separator,
+                           cache_dir=d.cache_dir or os.path.join(workdir, workdir_files.DATA_CACHE))
+    tok = train_tokenizer(texts, kind, config.tokenizer.vocab_size, config.tokenizer.min_frequency)
     if jax.process_index() == 0:
         # Written aside and renamed, so another host never reads a half-written tokenizer.
         partial = f"{saved}.partial"
@@ -145,7 +156,7 @@ def pretraining_data(config, tokenizer: FastTokenizer, workdir: str) -> Pretrain
         eval_sources=split_list(d.eval_files) or None, eval_fraction=d.eval_fraction, split_seed=config.seed,
         max_seq_length=d.max_seq_length, cache_dir=d.cache_dir or os.path.join(workdir, workdir_files.DATA_CACHE),
         num_proc=d.num_proc, input_format=d.input_format, format=d.format, text_field=d.text_field,
-        doc_split=d.doc_split,
+        doc_split=d.doc_split, doc_separator=d.doc_separator,
     )
     log.info("data: %s", data.stats)
     return data

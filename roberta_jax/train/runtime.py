@@ -1,10 +1,11 @@
 """The runtime every entry point shares: pretraining, fine-tuning and the benchmarks build it the same way.
 
-    with Runtime(config, workdir, workdir_files.TRAIN_CONFIG) as rt:   # distributed, workdir, mesh, writer
+    with Runtime(config, workdir, workdir_files.TRAIN_CONFIG,          # distributed, config checks, the
+                 check_config=validate.pretraining, contract=...) as rt:   # workdir's lock and contract, mesh
         model = RobertaForMaskedLM(arch, **rt.model_kwargs())
         state, shardings = rt.create_state(model, tx)                  # built in its sharding
         train_step, eval_step = rt.compile(train_fn, eval_fn, shardings)
-        state, step = rt.resume(state, batches)                        # newest readable checkpoint
+        state, step = rt.resume(state, batches)                        # newest readable checkpoint, writer
         result = rt.train(state, train_step, batches, rt.loop_config(...), evaluate)
         rt.export(os.path.join(rt.workdir, "hf"), model, result.state.params, tokenizer)
 
@@ -18,6 +19,7 @@ Eval steps have one form: `eval_step(params, batch, batch_index) -> (sums, outpu
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -31,7 +33,7 @@ from jax.sharding import Mesh
 
 from roberta_jax.data.batches import to_global
 from roberta_jax.model import hf_io
-from roberta_jax.train import checkpoint, loop, metrics, sharding, steps
+from roberta_jax.train import checkpoint, loop, metrics, sharding, steps, validate
 from roberta_jax.train import workdir as workdir_files
 
 log = logging.getLogger("absl")  # absl sets up the handlers
@@ -50,15 +52,12 @@ def initialize_distributed(dist) -> None:
         )
 
 
-def prepare_workdir(workdir: str, config, record: str) -> str:
-    """Creates `workdir` and (process 0) writes the resolved `config` into it as the JSON file `record`,
-    the record of what ran; returns the absolute path."""
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, record), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    return workdir
+def write_record(workdir: str, config, record: str) -> None:
+    """Writes the resolved `config` into `workdir` as the JSON file `record`: the record of what ran."""
+    path = os.path.join(workdir, record)
+    with open(f"{path}.partial", "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(f"{path}.partial", path)
 
 
 def jit_train_step(train_fn: Callable, state_shardings: Any, mesh: Mesh, rules: sharding.Rules) -> Callable:
@@ -109,23 +108,45 @@ class Runtime:
     Use it as a context manager: leaving it waits for the last checkpoint and closes the writers.
     """
 
-    def __init__(self, config, workdir: str, record: str):
+    def __init__(self, config, workdir: str, record: str, check_config: Callable = validate.runtime,
+                 contract: dict | None = None):
+        """Checks the config (`check_config(config, num_devices, num_hosts)`), takes the workdir's lock (process
+        0) and checks the workdir's `contract` (`workdir.check_contract`) before anything is written."""
         initialize_distributed(config.distributed)
-        self.config = config
+        check_config(config, jax.device_count(), jax.process_count())
+        self.config, self.record, self.contract = config, record, contract
         self.is_main = jax.process_index() == 0
-        self.workdir = prepare_workdir(workdir, config, record)
-        self.rules = sharding.axis_rules(config.logical_axis_rules)
-        self.mesh = sharding.make_mesh(dict(config.mesh))
-        self.writer = metrics.MetricWriter(self.workdir)
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.lock = workdir_files.Lock(self.workdir)
+        if self.is_main:
+            self.lock.acquire()
+        try:
+            if contract is not None:
+                workdir_files.check_contract(self.workdir, contract)
+            self.rules = sharding.axis_rules(config.logical_axis_rules)
+            self.mesh = sharding.make_mesh(dict(config.mesh))
+        except BaseException:
+            self.lock.release()
+            raise
+        self.writer: metrics.MetricWriter | None = None
         self.checkpointer: checkpoint.Checkpointer | None = None
 
     def __enter__(self) -> Runtime:
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.close()
-        self.writer.close()
+    def __exit__(self, kind, *_) -> None:
+        try:
+            if self.checkpointer is not None:
+                if kind is None:
+                    self.checkpointer.close()
+                else:  # already failing: the one error to report is that one
+                    with contextlib.suppress(Exception):
+                        self.checkpointer.close()
+            if self.writer is not None:
+                self.writer.close()
+        finally:
+            self.lock.release()
 
     def model_kwargs(self) -> dict[str, Any]:
         """The module attributes the config sets beside the architecture: compute dtype, attention, remat."""
@@ -158,6 +179,7 @@ class Runtime:
         state, step = self.checkpointer.resume(state, batches)
         if step:
             log.info("resumed from step %d", step)
+        self.writer = metrics.MetricWriter(self.workdir, resume_step=step)
         return state, step
 
     def loop_config(self, total_steps: int, tokens_per_step: int, flops_per_step: float) -> loop.LoopConfig:
@@ -170,10 +192,21 @@ class Runtime:
 
     def train(self, state: Any, train_step: Callable, batches, loop_config: loop.LoopConfig,
               evaluate: Callable[[Any, int], dict[str, float]] | None) -> loop.LoopResult:
-        """The loop (`loop.run`) from `state.step + 1`, checkpointing into the workdir (`resume` first)."""
+        """The loop (`loop.run`) from `state.step + 1`, checkpointing into the workdir (`resume` first).
+        The workdir is fixed to the contract and the config recorded as the first step starts; a run
+        stopped by a signal raises `loop.Interrupted` once its checkpoint is saved."""
         if self.checkpointer is None:
             raise RuntimeError("Runtime.resume opens the checkpoints; call it before train")
-        return loop.run(state, train_step, batches, self.put, loop_config, self.checkpointer, self.writer, evaluate)
+        if self.is_main:
+            if self.contract is not None:
+                workdir_files.write_contract(self.workdir, self.contract)
+            write_record(self.workdir, self.config, self.record)
+        result = loop.run(state, train_step, batches, self.put, loop_config, self.checkpointer, self.writer,
+                          evaluate)
+        if result.stopped_by_signal:
+            raise loop.Interrupted(f"interrupted at step {int(result.state.step)}, checkpoint saved in "
+                                   f"{self.checkpointer.directory}; run the same command to resume")
+        return result
 
     def evaluate(self, eval_step: Callable, params: Any, batches: Iterable[dict],
                  max_batches: int | None = None) -> tuple[dict[str, float], list]:

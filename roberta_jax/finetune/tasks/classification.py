@@ -215,6 +215,10 @@ def choose_labels(config, examples: Sequence[Example]) -> list[str] | None:
     return config_labels(config) or infer_label_list(examples)
 
 
+def example_labels(config, example: Example) -> tuple[str, ...]:
+    return () if config.data.regression or example.label is None else (example.label,)
+
+
 def make_features(config, examples: Sequence[Example], tokenizer, labels: list[str] | None) -> dict[str, np.ndarray]:
     return featurize(examples, tokenizer, max_length=config.data.max_length, label_list=labels,
                      regression=config.data.regression)

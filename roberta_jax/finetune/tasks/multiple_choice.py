@@ -127,6 +127,10 @@ def choose_labels(config, examples: Sequence[Example]) -> None:
     return None  # the choices are numbered; there are no label names
 
 
+def example_labels(config, example: Example) -> tuple[str, ...]:
+    return ()  # the answer is a choice's number, not a label name
+
+
 def make_features(config, examples: Sequence[Example], tokenizer, labels: None) -> dict[str, np.ndarray]:
     return featurize(examples, tokenizer, max_length=config.data.max_length)
 

@@ -161,6 +161,10 @@ def choose_labels(config, examples: Sequence[Example]) -> list[str]:
     return config_labels(config) or infer_label_list(examples)
 
 
+def example_labels(config, example: Example) -> tuple[str, ...]:
+    return tuple(example.tags or ())
+
+
 def make_features(config, examples: Sequence[Example], tokenizer, labels: list[str]) -> dict[str, np.ndarray]:
     return featurize(examples, tokenizer, max_length=config.data.max_length, label_list=labels)
 

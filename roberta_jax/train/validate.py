@@ -1,0 +1,75 @@
+"""Config checks before any data or model work: every message names the config key, its value and the fix.
+
+    validate.pretraining(config, num_devices=jax.device_count(), num_hosts=jax.process_count())
+
+raises `ConfigError` at the first bad field; `train.cli.guarded_main` prints it as one line. The checks
+of the fields both entry points share (`train.config.add_runtime_fields`, batch and steps) are `runtime`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from roberta_jax.train import sharding
+
+
+class ConfigError(ValueError):
+    """One bad config field: `key`, its `value` and what to do."""
+
+    def __init__(self, key: str, value, problem: str, fix: str):
+        self.key, self.value = key, value
+        super().__init__(f"--config.{key}={value!r}: {problem}; {fix}")
+
+
+def _require(ok: bool, key: str, value, problem: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, problem, fix)
+
+
+def runtime(config, num_devices: int, num_hosts: int) -> None:
+    """The batch, its split over microbatches, hosts and the mesh, and the loop's intervals."""
+    b, accum = config.batch_size, config.grad_accum_steps
+    _require(b > 0, "batch_size", b, "the global batch must be positive", "set at least 1")
+    _require(accum > 0, "grad_accum_steps", accum, "must be positive", "use 1 for no accumulation")
+    _require(b % accum == 0, "grad_accum_steps", accum, f"does not divide batch_size={b}",
+             "choose a divisor of the batch (or another batch)")
+    _require(b % num_hosts == 0, "batch_size", b, f"does not split over the {num_hosts} hosts",
+             f"use a multiple of {num_hosts}")
+    try:
+        sizes = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(dict(config.mesh), num_devices)))
+    except ValueError as err:
+        raise ConfigError("mesh", dict(config.mesh), str(err).rstrip("."),
+                          f"make the axes multiply to the {num_devices} devices (one may be -1)") from None
+    split = math.prod(sizes[a] for a in sharding.batch_axes(sharding.axis_rules(config.logical_axis_rules)))
+    _require((b // accum) % split == 0, "batch_size", b,
+             f"each of the {accum} microbatches of {b // accum} does not split over the {split} batch shards "
+             f"of mesh {sizes}", f"use a multiple of {split * accum}")
+    for key in ("log_every_steps", "eval_every_steps", "max_nonfinite_steps", "checkpoint.every_steps",
+                "checkpoint.keep"):
+        value = config[key.split(".")[0]][key.split(".")[1]] if "." in key else config[key]
+        _require(value > 0, key, value, "must be positive", "set at least 1")
+    _require(config.optimizer.peak_lr > 0 and np.isfinite(config.optimizer.peak_lr), "optimizer.peak_lr",
+             config.optimizer.peak_lr, "the learning rate must be a positive number", "e.g. 6e-4 (pretraining)")
+
+
+def pretraining(config, num_devices: int, num_hosts: int) -> None:
+    """`runtime`, then the fields of `train.config.default_config`: data, row length, steps."""
+    runtime(config, num_devices, num_hosts)
+    d = config.data
+    _require(bool(d.train_files.strip() or d.prepared), "data.train_files", d.train_files, "no training data",
+             "name files, directories or globs (comma-separated), or a prepared directory (data.prepared)")
+    limit = config.model.max_position_embeddings - 2  # RoBERTa's positions start after pad_token_id
+    _require(2 < d.max_seq_length <= limit, "data.max_seq_length", d.max_seq_length,
+             f"rows must fit the position table (model.max_position_embeddings - 2 = {limit})",
+             f"lower it to at most {limit} or raise model.max_position_embeddings")
+    _require(config.total_steps > 0, "total_steps", config.total_steps, "nothing would be trained",
+             "set the number of steps to train")
+    _require(not (d.eval_files.strip() and d.eval_fraction), "data.eval_fraction", d.eval_fraction,
+             f"held-out data comes either from data.eval_files ({d.eval_files!r}) or from a fraction of the "
+             "training documents", "set --config.data.eval_fraction=0 to use eval_files")
+    _require(0 <= d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "must be in [0, 1)",
+             "e.g. 0.05 to hold out 5% of the documents")
+    _require(config.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", config.optimizer.warmup_steps,
+             "must not be negative", "use 0 for no warmup")
