@@ -29,6 +29,8 @@ setup(
             "scipy", "scikit-learn", "seqeval",
             # the notebook tests execute the notebooks
             "matplotlib", "nbclient", "nbformat", "ipykernel",
+            # the ahead-of-time tests compile for TPU slices with libtpu's compiler (no TPU needed)
+            "jax[tpu]",
         ],
         "notebooks": ["matplotlib", "nbclient", "nbformat", "ipykernel"],
         "gpu": ["jax[cuda12]"],

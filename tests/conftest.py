@@ -1,11 +1,15 @@
 """Shared fixtures: the official roberta-base tokenizer (ours and `transformers`'), a small training corpus."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from roberta_jax.data.tokenizer import RobertaTokenizer
+
+# The suite runs on the CPU even where libtpu is installed (the AOT tests use its compiler, not a TPU).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
