@@ -36,6 +36,8 @@ setup(
             "matplotlib", "nbclient", "nbformat", "ipykernel",
             # XLM-R / CamemBERT tokenizers from sentencepiece.bpe.model, and reference models the tests train
             "sentencepiece", "protobuf",
+            # the ahead-of-time tests compile for TPU slices with libtpu's compiler (no TPU needed)
+            "jax[tpu]",
         ],
         # reading a SentencePiece model file (sentencepiece.bpe.model) into data.sentencepiece's tokenizer
         "sentencepiece": ["sentencepiece", "protobuf"],

@@ -6,7 +6,7 @@ none, and with it every layer writes out its [batch, heads, 512, 512] probabilit
 
     python train.py --config configs/large.py --workdir DIR \
         --config.data.train_files=/data/corpus --config.tokenizer.path=/data/roberta-base \
-        --config.remat=True --config.mesh.fsdp=-1 --config.mesh.data=1
+        --config.remat=full --config.mesh.fsdp=-1 --config.mesh.data=1
 
 Expect MLM loss ~1.8 after the full schedule at paper scale.
 """

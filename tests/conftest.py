@@ -3,11 +3,15 @@ multilingual texts and a SentencePiece model trained on them."""
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from roberta_jax.data.tokenizer import RobertaTokenizer
+
+# The suite runs on the CPU even where libtpu is installed (the AOT tests use its compiler, not a TPU).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -112,7 +112,8 @@ def test_dropout_is_active_only_when_not_deterministic(mlm):
     )
 
 
-def test_remat_gives_the_same_loss_and_gradients():
+@pytest.mark.parametrize("policy", [True, "full", "dots"])
+def test_remat_gives_the_same_loss_and_gradients(policy):
     ids, mask = padded_batch()
     labels = jnp.asarray(np.random.default_rng(1).integers(0, 2, 3))
 
@@ -120,11 +121,18 @@ def test_remat_gives_the_same_loss_and_gradients():
         logits = model.apply({"params": params}, ids, mask, deterministic=False, rngs={"dropout": jax.random.key(7)})
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), labels])
 
-    plain, remat = RobertaForSequenceClassification(CONFIG), RobertaForSequenceClassification(CONFIG, remat=True)
+    plain, remat = RobertaForSequenceClassification(CONFIG), RobertaForSequenceClassification(CONFIG, remat=policy)
     params = init_params(plain, jax.random.key(0))
     (l1, g1), (l2, g2) = (jax.value_and_grad(lambda p, m=m: loss(m, p))(params) for m in (plain, remat))
     np.testing.assert_allclose(l1, l2, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
+
+
+def test_unknown_remat_policy_names_the_policies():
+    ids, mask = padded_batch()
+    message = r"remat='some' is not a policy; choose from \['dots', 'full', 'none', 'offload'\]"
+    with pytest.raises(ValueError, match=message):
+        RobertaForSequenceClassification(CONFIG, remat="some").init(jax.random.key(0), ids, mask)
 
 
 def test_params_carry_logical_axis_names():

@@ -35,12 +35,12 @@ def test_keys_sharing_a_last_component_keep_their_full_names(config, tmp_path):
 
 
 def test_values_take_the_type_of_their_field(config, tmp_path):
-    runs, common = sweep.expand(config, ["model.hidden_dropout_prob=0", "total_steps=1e3", "remat=true"],
+    runs, common = sweep.expand(config, ["model.hidden_dropout_prob=0", "total_steps=1e3", "export_hf=false"],
                                 ["data.train_files=a.txt,b.txt"], str(tmp_path))
     cmd = sweep.train_command("configs/tiny.py", runs[0], common, config)
     assert cmd[:4] == ["python", "train.py", "--config=configs/tiny.py", f"--workdir={runs[0].workdir}"]
     assert cmd[4:] == ["--config.data.train_files=a.txt,b.txt", "--config.model.hidden_dropout_prob=0.0",
-                       "--config.total_steps=1000", "--config.remat=True"]
+                       "--config.total_steps=1000", "--config.export_hf=False"]
 
 
 def test_the_ablations_runs_file_names_each_run_with_checked_typed_overrides(config, tmp_path):
@@ -64,7 +64,7 @@ def test_the_ablations_runs_file_names_each_run_with_checked_typed_overrides(con
     ([], ["model.hiden_size=64"], "did you mean 'model.hidden_size'?"),
     (["total_steps=1.5"], [], "total_steps='1.5': expected an integer, like the default 300"),
     (["optimizer.peak_lr=fast"], [], "expected a number"),
-    (["remat=maybe"], [], "expected true or false"),
+    (["export_hf=maybe"], [], "expected true or false"),
     (["total_steps=1", "total_steps=2"], [], "given twice"),
     (["total_steps=1,2"], ["total_steps=3"], "both swept (--grid) and fixed (--set)"),
     (["total_steps"], [], "expected KEY=VALUE"),

@@ -28,7 +28,7 @@ class _Head(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     implementation: str | None = None
-    remat: bool = False
+    remat: bool | str = False  # a `layers.REMAT_POLICIES` name; True is "full"
 
     def encoder(self, add_pooling_layer: bool) -> RobertaModel:
         return RobertaModel(

@@ -87,7 +87,9 @@ def add_runtime_fields(c: ml_collections.ConfigDict, checkpoint_keep: int) -> ml
     """The fields `train.runtime.Runtime` reads, the same for pretraining and fine-tuning configs."""
     c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
     c.attention_implementation = ""  # "": cuDNN flash attention on GPU where it applies, else XLA; or force one
-    c.remat = False  # recompute each layer in the backward pass (less memory, ~30% more compute)
+    # What each layer keeps for its backward pass: none (everything) | full (its input only; ~1/3 more
+    # compute) | dots (the projections' outputs) | offload (those, in host memory). `model.layers.REMAT_POLICIES`.
+    c.remat = "none"
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # one axis may be -1 (the rest)
     # Logical axis of the layers -> mesh axes (a tuple: split over all of them; None: replicated). An axis

@@ -17,19 +17,8 @@ from collections.abc import Mapping
 import jax
 
 from roberta_jax.model.config import RobertaConfig
+from roberta_jax.train import chips
 from roberta_jax.train import workdir as workdir_files
-
-# Dense bf16 peak FLOP/s per device, by `jax.Device.device_kind` prefix.
-PEAK_FLOPS = {
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6": 918e12,
-}
 
 
 def flops_per_token(config: RobertaConfig, length: int, lm_head: bool = True) -> float:
@@ -48,8 +37,9 @@ def peak_flops(device: jax.Device | None = None) -> float | None:
 
 
 def peak_flops_by_kind(kind: str) -> float | None:
-    """Peak bf16 FLOP/s for a device name such as 'NVIDIA H100 80GB HBM3'."""
-    return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
+    """Peak bf16 FLOP/s for a device name such as 'NVIDIA H100 80GB HBM3' (`chips.CHIPS`)."""
+    chip = chips.chip_for(kind)
+    return chip.peak_flops if chip else None
 
 
 class MetricWriter:

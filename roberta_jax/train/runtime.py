@@ -60,6 +60,12 @@ def write_record(workdir: str, config, record: str) -> None:
     os.replace(f"{path}.partial", path)
 
 
+def model_kwargs(config) -> dict[str, Any]:
+    """The module attributes a config sets beside the architecture: compute dtype, attention, remat."""
+    return {"dtype": jnp.dtype(config.dtype), "implementation": config.attention_implementation or None,
+            "remat": config.remat}
+
+
 def jit_train_step(train_fn: Callable, state_shardings: Any, mesh: Mesh, rules: sharding.Rules) -> Callable:
     """`train_fn(state, batch) -> (state, metrics)` compiled with the state in its sharding (donated:
     updated in place), the batch split over the batch axes and the metrics replicated."""
@@ -149,9 +155,7 @@ class Runtime:
             self.lock.release()
 
     def model_kwargs(self) -> dict[str, Any]:
-        """The module attributes the config sets beside the architecture: compute dtype, attention, remat."""
-        c = self.config
-        return {"dtype": jnp.dtype(c.dtype), "implementation": c.attention_implementation or None, "remat": c.remat}
+        return model_kwargs(self.config)
 
     def create_state(self, model, tx) -> tuple[Any, Any]:
         """(state, state_shardings): params and optimizer state initialised in their sharding."""

@@ -43,6 +43,25 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh:
     The optimizer is initialised on the boxed params, so Adam's moments carry the same logical
     axis names as the params they follow. Returns (state, state_shardings).
     """
+    boxed_init = _boxed_init(model, tx)
+    rng = jax.random.key(seed)
+    shardings = sharding.logical_shardings(jax.eval_shape(boxed_init, rng), mesh, rules)
+    state = jax.jit(lambda r: nn.meta.unbox(boxed_init(r)), out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rules):
+    """(state, state_shardings) as `create_train_state` would make them, with `jax.ShapeDtypeStruct`
+    leaves carrying their shardings instead of arrays: for compiling ahead of time, nothing allocated."""
+    boxed = jax.eval_shape(_boxed_init(model, tx), jax.random.key(0))
+    shardings = sharding.logical_shardings(boxed, mesh, rules)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed),
+                         shardings)
+    return state, shardings
+
+
+def _boxed_init(model: nn.Module, tx: optax.GradientTransformation):
+    """`init(rng) -> TrainState` whose params keep their logical-axis boxes."""
 
     def boxed_init(rng):
         params = model.init(rng, dummy_inputs(model))["params"]
@@ -50,10 +69,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh:
         return TrainState(step=zero, params=params, opt_state=tx.init(params), nonfinite_streak=zero,
                           nonfinite_total=zero)
 
-    rng = jax.random.key(seed)
-    shardings = sharding.logical_shardings(jax.eval_shape(boxed_init, rng), mesh, rules)
-    state = jax.jit(lambda r: nn.meta.unbox(boxed_init(r)), out_shardings=shardings)(rng)
-    return state, shardings
+    return boxed_init
 
 
 def make_train_step(

@@ -1,0 +1,83 @@
+"""Compile a config's train and eval steps for a TPU slice from any host, and print what they need per chip.
+
+    python -m roberta_jax.tools.aot --config configs/base.py --target v5p-32
+    python -m roberta_jax.tools.aot --config configs/base.py --target v5e:4x4 --config.batch_size=128
+    python -m roberta_jax.tools.aot --config configs/base.py --target host       # this machine's GPUs/CPU
+    python -m roberta_jax.tools.aot ... --dump_hlo /tmp/hlo                       # keep the optimized HLO
+
+Takes the same config file and `--config.*` overrides as train.py. TPU targets need libtpu
+(`pip install -e '.[tpu]'`); no TPU is used, only its compiler. The report: per chip, parameters +
+optimizer state, the program's arguments, outputs, temporaries and code against the chip's HBM (fits
+with 10% headroom or not), the largest buffers live at the peak with the operations that wrote them;
+FLOPs and bytes accessed per step and the roofline bound on step time, tokens/s and MFU.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from roberta_jax.train import aot, chips, cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
+_TARGET = flags.DEFINE_string("target", "host", "v5p-32 | v5e:4x4 | ... | host")
+_DUMP = flags.DEFINE_string("dump_hlo", "", "directory for the optimized HLO and buffer assignment")
+_BUFFERS = flags.DEFINE_integer("buffers", 8, "largest live buffers to list per step")
+
+
+def format_report(target: str, config, compiled: aot.CompiledSteps, reports: list[aot.StepReport]) -> str:
+    """The report as text: one section per step."""
+    device = compiled.mesh.devices.flat[0]
+    chip = chips.chip_for(device.device_kind)
+    n = compiled.mesh.devices.size
+    lines = [f"{target}: {n} x {device.device_kind}, mesh {dict(compiled.mesh.shape)}, global batch "
+             f"{config.batch_size} x {config.data.max_seq_length}, grad_accum_steps {config.grad_accum_steps}, "
+             f"remat {config.remat or 'none'}, dtype {config.dtype}",
+             f"  params + optimizer state per chip: {_gib(compiled.state_bytes)}"]
+    for report in reports:
+        lines += _step_lines(report, chip, compiled, config, n)
+    return "\n".join(lines)
+
+
+def _step_lines(report: aot.StepReport, chip, compiled, config, n: int) -> list[str]:
+    hbm = f" of {_gib(chip.hbm_bytes)} HBM: {_fits(report.total_bytes, chip.hbm_bytes)}" if chip else ""
+    lines = [f"  {report.name}: {_gib(report.total_bytes)} per chip{hbm}",
+             f"    arguments {_gib(report.argument_bytes)}, outputs {_gib(report.output_bytes)}, "
+             f"temporaries {_gib(report.temp_bytes)}, code {_gib(report.code_bytes)}",
+             f"    {report.flops / 1e12:.3f} TFLOP and {report.bytes_accessed / 1e9:.2f} GB accessed per chip per step"]
+    if chip and report.name == "train_step":
+        model_flops = aot.model_flops_per_step(compiled, config.data.max_seq_length)
+        bound = aot.roofline(report, chip, compiled.tokens_per_step, n, model_flops)
+        lines.append(f"    roofline ({bound.bound}-bound): step >= {bound.step_seconds * 1e3:.1f} ms, "
+                     f"<= {bound.tokens_per_second_per_chip:,.0f} tokens/s per chip, MFU <= {bound.mfu:.1%}")
+    for buffer in report.peak_buffers:
+        lines.append(f"    {_gib(buffer.bytes):>10}  {buffer.shapes[:100]}")
+        lines += [f"                {op}" for op in buffer.ops]
+    return lines
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
+
+
+def _fits(need: float, hbm: float) -> str:
+    return "fits" if need <= aot.HEADROOM * hbm else f"does NOT fit (over {aot.HEADROOM:.0%} of HBM)"
+
+
+def main(argv):
+    del argv
+    config, target = _CONFIG.value, _TARGET.value
+    dump = _DUMP.value or tempfile.mkdtemp(prefix="roberta_aot_")
+    compiled = aot.compile_steps(config, aot.target_devices(target), dump_dir=dump)
+    reports = [aot.step_report(name, step, dump, _BUFFERS.value)
+               for name, step in (("train_step", compiled.train), ("eval_step", compiled.eval))]
+    print(format_report(target, config, compiled, reports))
+    if _DUMP.value:
+        print(f"optimized HLO and buffer assignment in {dump}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main, flags_parser=cli.parse_flags)

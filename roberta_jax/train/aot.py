@@ -1,0 +1,242 @@
+"""Ahead of time: the exact train and eval steps of a config compiled for a TPU slice (from a CPU host,
+through libtpu's topology descriptions) or for the host's own devices, and what they need per chip.
+
+    devices = target_devices("v5p-8")                  # or "v5p:2x2x1", "v5e:4x4", "host"
+    compiled = compile_steps(config, devices, dump_dir="/tmp/hlo")
+    report = step_report(compiled.train, compiled, dump_dir="/tmp/hlo")
+
+Nothing is allocated: the state and the batch are shapes with their shardings, built by the same
+functions train.py runs (`steps.abstract_train_state`, `pretrain.mlm_steps`, `runtime.jit_*_step`).
+`compiled.memory_analysis()` gives bytes per device, `cost_analysis()` FLOPs and bytes accessed per
+device; the largest buffers live at the peak come from XLA's buffer assignment, dumped with the HLO.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from roberta_jax.model.heads import RobertaForMaskedLM
+from roberta_jax.train import chips, metrics, optimizer, pretrain, runtime, sharding, steps
+
+# Cloud TPU accelerator types (`v5p-128`) as chips in a slice's standard shape. v4 and v5p count
+# TensorCores (two per chip) and are 3-D tori; v5e and v6e count chips and are 2-D.
+_SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+              512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+_SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+_CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}
+HEADROOM = 0.9  # a program that needs more than this fraction of HBM is reported as not fitting
+
+
+def topology_name(target: str) -> str:
+    """`v5p-128` (Cloud TPU's accelerator type) -> `v5p:4x4x8` (libtpu's topology); a topology name
+    such as `v5e:4x4` is returned as it is."""
+    if ":" in target:
+        return target
+    found = re.fullmatch(r"(v4|v5p|v5e|v6e)-(\d+)", target)
+    if not found:
+        raise ValueError(f"unknown TPU target {target!r}: give an accelerator type (v5p-128, v5e-16) or a "
+                         "topology (v5p:4x4x8, v6e:4x4)")
+    generation, count = found.group(1), int(found.group(2))
+    chips_count = count // _CORES_PER_CHIP[generation]
+    shapes = _SHAPES_2D if _CORES_PER_CHIP[generation] == 1 else _SHAPES_3D
+    if chips_count not in shapes:
+        raise ValueError(f"{target}: no standard {generation} slice of {chips_count} chips; sizes: "
+                         f"{', '.join(f'{generation}-{n * _CORES_PER_CHIP[generation]}' for n in shapes)}")
+    return f"{generation}:{shapes[chips_count]}"
+
+
+def target_devices(target: str) -> list:
+    """The devices to compile for: "host" (this machine's, e.g. a GPU node), or a TPU slice by
+    accelerator type or topology name, one device per chip (v4 as megacore)."""
+    if target == "host":
+        return jax.devices()
+    # Several processes may load libtpu at once (parallel tests, a sweep of reports): nothing runs on it.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    from jax.experimental import topologies
+
+    name = topology_name(target)
+    kwargs = {"chip_config_name": "megacore"} if name.startswith("v4") else {}
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=name, **kwargs).devices)
+
+
+class StandInTokenizer:
+    """What the step needs of a tokenizer, for a vocabulary of `vocab_size` laid out as roberta-base's:
+    `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, `<mask>` last. Used when the config names no tokenizer."""
+
+    bos_token_id, pad_token_id, eos_token_id, unk_token_id = 0, 1, 2, 3
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+        self.mask_token_id = vocab_size - 1
+        self.all_special_ids = [0, 1, 2, 3, self.mask_token_id]
+
+    def get_vocab(self) -> dict[str, int]:
+        return {str(i): i for i in range(self.vocab_size)}
+
+
+@dataclasses.dataclass
+class CompiledSteps:
+    train: Any  # jax.stages.Compiled of train_step(state, batch)
+    eval: Any  # of eval_step(params, batch, batch_index)
+    model: RobertaForMaskedLM
+    mesh: jax.sharding.Mesh
+    state_bytes: int  # params + optimizer state on one device
+    tokens_per_step: int  # global
+
+
+def compile_steps(config, devices: list, dump_dir: str | None = None) -> CompiledSteps:
+    """Lowers and compiles the config's MLM train and eval steps on a mesh over `devices`, as train.py
+    would run them (global batch `batch_size` rows of `data.max_seq_length`). `dump_dir`: XLA writes the
+    optimized HLO and its buffer assignment there."""
+    tokenizer = _tokenizer(config)
+    model = RobertaForMaskedLM(pretrain.model_config(config, tokenizer), **runtime.model_kwargs(config))
+    tx, schedule = optimizer.make_optimizer(config.optimizer)
+    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    rules = sharding.axis_rules(config.logical_axis_rules)
+    state, shardings = steps.abstract_train_state(model, tx, mesh, rules)
+    train_fn, eval_fn = pretrain.mlm_steps(config, model, tokenizer, tx, schedule)
+    ids = jax.ShapeDtypeStruct((config.batch_size, config.data.max_seq_length), jnp.int32,
+                               sharding=sharding.batch_sharding(mesh, rules))
+    options = {"xla_dump_to": dump_dir, "xla_dump_hlo_as_text": True} if dump_dir else None
+    train = runtime.jit_train_step(train_fn, shardings, mesh, rules).lower(state, {"input_ids": ids})
+    evaluation = runtime.jit_eval_step(eval_fn, shardings, mesh, rules).lower(
+        state.params, {"input_ids": ids, "attention_mask": ids}, 0)
+    return CompiledSteps(
+        train=train.compile(options), eval=evaluation.compile(options), model=model, mesh=mesh,
+        state_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state)),
+        tokens_per_step=config.batch_size * config.data.max_seq_length,
+    )
+
+
+def _tokenizer(config):
+    if config.tokenizer.path:
+        from roberta_jax.data.tokenizer import RobertaTokenizer
+
+        return RobertaTokenizer.from_pretrained(config.tokenizer.path)
+    return StandInTokenizer(config.model.vocab_size or config.tokenizer.vocab_size)
+
+
+def _shard_bytes(x: jax.ShapeDtypeStruct) -> int:
+    return int(np.prod(x.sharding.shard_shape(x.shape))) * jnp.dtype(x.dtype).itemsize
+
+
+@dataclasses.dataclass
+class Buffer:
+    """One buffer live at the peak: its bytes, the shapes of the values that share it, and the JAX
+    operations (`op_name` metadata) that wrote the largest of them."""
+
+    bytes: int
+    shapes: str
+    ops: list[str]
+
+
+@dataclasses.dataclass
+class StepReport:
+    """Per device: bytes of the compiled program's arguments, outputs (less those aliased to donated
+    arguments), temporaries and generated code; FLOPs and bytes accessed per step."""
+
+    name: str
+    argument_bytes: int
+    output_bytes: int
+    temp_bytes: int
+    code_bytes: int
+    flops: float
+    bytes_accessed: float
+    peak_buffers: list[Buffer]
+
+    @property
+    def total_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes + self.temp_bytes + self.code_bytes
+
+
+def step_report(name: str, compiled, dump_dir: str | None = None, num_buffers: int = 8) -> StepReport:
+    """The memory and cost analyses of one compiled step; its peak buffers when `dump_dir` holds its dump."""
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return StepReport(
+        name=name, argument_bytes=memory.argument_size_in_bytes,
+        output_bytes=memory.output_size_in_bytes - memory.alias_size_in_bytes,
+        temp_bytes=memory.temp_size_in_bytes, code_bytes=memory.generated_code_size_in_bytes,
+        flops=float(cost.get("flops", 0.0)), bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+        peak_buffers=peak_buffers(dump_dir, f"jit_{name}", num_buffers) if dump_dir else [],
+    )
+
+
+def peak_buffers(dump_dir: str, module: str, n: int) -> list[Buffer]:
+    """The `n` largest buffers of XLA's memory-usage report for `module` (e.g. "jit_train_step"), each
+    with the operations that wrote the values living in it. Empty when the backend wrote no report."""
+    reports = sorted(glob.glob(os.path.join(dump_dir, f"*{module}*after_optimizations-memory-usage-report.txt")))
+    if not reports:
+        return []
+    prefix = reports[-1].removesuffix("-memory-usage-report.txt")
+    with open(f"{prefix}-buffer-assignment.txt", encoding="utf-8") as f:
+        assignment = f.read()
+    with open(f"{prefix}.txt", encoding="utf-8") as f:
+        hlo = f.read()
+    buffers = []
+    for size, offset, shapes in _report_rows(reports[-1])[:n]:
+        values = re.findall(rf"<\d+ ([\w.-]+)(?:\{{[\d,]*\}})? @\d+> \(size=(\d+),offset={offset}\)", assignment)
+        largest = sorted(values, key=lambda v: -int(v[1]))[:2]
+        buffers.append(Buffer(size, shapes, [_op_name(hlo, name) for name, _ in largest]))
+    return buffers
+
+
+def _report_rows(path: str) -> list[tuple[int, int, str]]:
+    """(bytes, offset, shapes) of the rows of the default memory space's table, largest first."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if rows and not line.strip():
+                break  # the default memory space's table ends at the first blank line
+            found = re.match(r"\s*[\d.]+\w+\(\s*\d+%\);\s*([\d.]+)(\w+);\s*(\d+);\s*\d+;\s*(.*)$", line)
+            if found:
+                rows.append((_bytes(found.group(1), found.group(2)), int(found.group(3)), found.group(4)))
+    return sorted(rows, key=lambda r: -r[0])
+
+
+def _bytes(number: str, unit: str) -> int:
+    scale = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[unit]
+    return int(float(number) * scale)
+
+
+def _op_name(hlo: str, instruction: str) -> str:
+    """The JAX operation behind an HLO instruction (its `op_name` metadata), or the instruction's name."""
+    found = re.search(rf"%{re.escape(instruction)} = .*?op_name=\"([^\"]+)\"", hlo)
+    return found.group(1) if found else instruction
+
+
+@dataclasses.dataclass
+class Roofline:
+    """The step-time lower bound of one device: its FLOPs at peak or its bytes at HBM bandwidth,
+    whichever is slower, and the tokens/s and MFU that bound allows."""
+
+    step_seconds: float
+    bound: str  # "compute" or "memory"
+    tokens_per_second_per_chip: float
+    mfu: float
+
+
+def roofline(report: StepReport, chip: chips.Chip, tokens_per_step: int, num_devices: int,
+             model_flops_per_step: float) -> Roofline:
+    compute, memory = report.flops / chip.peak_flops, report.bytes_accessed / chip.hbm_bandwidth
+    seconds = max(compute, memory)
+    return Roofline(
+        step_seconds=seconds, bound="compute" if compute >= memory else "memory",
+        tokens_per_second_per_chip=tokens_per_step / num_devices / seconds,
+        mfu=model_flops_per_step / (seconds * chip.peak_flops * num_devices),
+    )
+
+
+def model_flops_per_step(compiled: CompiledSteps, length: int) -> float:
+    """The model's training FLOPs of one global step (`metrics.flops_per_token`, PaLM's count)."""
+    return metrics.flops_per_token(compiled.model.config, length) * compiled.tokens_per_step

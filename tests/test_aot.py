@@ -1,0 +1,107 @@
+"""Ahead-of-time compilation of the real steps: slice names, the chip table, per-chip bytes, FLOPs and the
+roofline, on the host's CPU and, where libtpu is installed, for a TPU slice described by libtpu."""
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from roberta_jax.model.config import preset
+from roberta_jax.model.heads import RobertaForMaskedLM
+from roberta_jax.train import aot, chips, optimizer, sharding, steps
+from roberta_jax.train.config import default_config, with_preset
+
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+
+def micro_config(**mesh):
+    """The unit tests' model on rows of 64, 8 per step, in bfloat16 as on an accelerator."""
+    c = with_preset(default_config(), "micro")
+    c.model.update(vocab_size=1024, max_position_embeddings=66)
+    c.update(batch_size=8, dtype="bfloat16")
+    c.data.max_seq_length = 64
+    c.mesh.update(mesh or dict(data=-1))
+    return c
+
+
+@pytest.mark.parametrize("target, name", [
+    ("v5p-8", "v5p:2x2x1"), ("v5p-128", "v5p:4x4x4"), ("v4-64", "v4:2x4x4"), ("v5e-16", "v5e:4x4"),
+    ("v6e-256", "v6e:16x16"), ("v5e:2x4", "v5e:2x4"),
+])
+def test_accelerator_types_name_their_topology(target, name):
+    assert aot.topology_name(target) == name
+
+
+def test_unknown_slices_are_errors_that_list_the_sizes():
+    with pytest.raises(ValueError, match=r"no standard v5p slice of 3 chips; sizes: v5p-8, v5p-16"):
+        aot.topology_name("v5p-6")
+    with pytest.raises(ValueError, match="unknown TPU target 'v7x-8'"):
+        aot.topology_name("v7x-8")
+
+
+def test_chips_by_device_kind():
+    assert chips.chip_for("TPU v5 lite").name == "TPU v5e"  # the longer prefix wins over "TPU v5"
+    assert chips.chip_for("TPU v5").name == "TPU v5p"
+    assert chips.chip_for("TPU v6 lite").peak_flops == 918e12
+    assert chips.chip_for("NVIDIA H100 80GB HBM3").hbm_bandwidth == 3350e9
+    assert chips.chip_for("cpu") is None
+
+
+def test_abstract_state_is_the_state_that_would_be_made():
+    c = micro_config()
+    model = RobertaForMaskedLM(preset("micro"))
+    tx, _ = optimizer.make_optimizer(c.optimizer)
+    mesh = sharding.make_mesh({"data": -1})
+    rules = sharding.axis_rules(c.logical_axis_rules)
+    abstract, shardings = steps.abstract_train_state(model, tx, mesh, rules)
+    state, real_shardings = steps.create_train_state(model, tx, mesh, 0, rules)
+    same = jax.tree.map(lambda a, x: (a.shape, a.dtype, a.sharding) == (x.shape, x.dtype, x.sharding), abstract, state)
+    assert all(jax.tree.leaves(same)) and shardings == real_shardings
+
+
+@pytest.fixture(scope="module")
+def host_compiled():
+    c = micro_config()
+    return c, aot.compile_steps(c, jax.devices())
+
+
+def test_host_report_counts_the_state_and_the_model_flops(host_compiled):
+    c, compiled = host_compiled
+    report = aot.step_report("train_step", compiled.train)
+    # float32 params and Adam's two moments, and five int32 counters (the step, the two non-finite counts,
+    # Adam's and the schedule's step counts), all on the one device.
+    num_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
+        lambda: compiled.model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))))
+    assert compiled.state_bytes == 3 * 4 * num_params + 5 * 4
+    assert report.argument_bytes >= compiled.state_bytes
+    # XLA's count against the model's 6N + attention formula: the LM head runs on the masked slots only
+    # and XLA adds the elementwise work, so they agree within a factor, not exactly.
+    model_flops = aot.model_flops_per_step(compiled, c.data.max_seq_length)
+    assert 0.3 < report.flops / model_flops < 3.0
+    assert report.temp_bytes > 0 and report.bytes_accessed > 0
+
+
+def test_roofline_is_the_slower_of_compute_and_memory():
+    report = aot.StepReport("train_step", 0, 0, 0, 0, flops=459e12, bytes_accessed=2765e9 / 2, peak_buffers=[])
+    bound = aot.roofline(report, chips.chip_for("TPU v5"), tokens_per_step=4096, num_devices=4,
+                         model_flops_per_step=4 * 459e12 / 2)
+    assert bound.bound == "compute" and bound.step_seconds == pytest.approx(1.0)
+    assert bound.tokens_per_second_per_chip == pytest.approx(1024) and bound.mfu == pytest.approx(0.5)
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]'): no TPU compiler")
+def test_compiles_for_a_tpu_slice_and_names_the_peak_buffers(tmp_path):
+    c = micro_config(data=1, fsdp=-1)
+    devices = aot.target_devices("v5p-8")
+    assert len(devices) == 4 and devices[0].device_kind == "TPU v5"
+    compiled = aot.compile_steps(c, devices, dump_dir=str(tmp_path))
+    report = aot.step_report("train_step", compiled.train, str(tmp_path), num_buffers=4)
+    # FSDP over 4 chips: each holds a quarter of every divisible parameter and its moments.
+    single = aot.compile_steps(micro_config(), jax.devices())
+    assert compiled.state_bytes < 0.5 * single.state_bytes
+    assert len(report.peak_buffers) == 4
+    assert all(b.bytes > 0 and b.shapes for b in report.peak_buffers)
+    assert any("jit(train_step)" in op for b in report.peak_buffers for op in b.ops)
+    assert np.all(np.diff([b.bytes for b in report.peak_buffers]) <= 0)  # largest first
