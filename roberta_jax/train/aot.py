@@ -73,6 +73,7 @@ class StandInTokenizer:
     `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, `<mask>` last. Used when the config names no tokenizer."""
 
     bos_token_id, pad_token_id, eos_token_id, unk_token_id = 0, 1, 2, 3
+    kind, model_type = "byte_level_bpe", "roberta"
 
     def __init__(self, vocab_size: int):
         self.vocab_size = vocab_size
