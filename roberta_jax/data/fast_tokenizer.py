@@ -9,6 +9,7 @@ with each vocabulary's own ids. Subclasses (`tokenizer.RobertaTokenizer`, byte-l
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -109,6 +110,14 @@ class FastTokenizer:
         self._main = tokenizer
         # Truncation and padding are settings on the Rust object, so each call sets them and encodes under a lock.
         self._lock = threading.Lock()
+
+    def read_max_length(self, directory) -> None:
+        """`model_max_length` from `directory`'s tokenizer_config.json, where it gives a real one."""
+        path = os.path.join(directory, "tokenizer_config.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                length = json.load(f).get("model_max_length", self.model_max_length)
+            self.model_max_length = length if length < 2**31 else self.model_max_length  # HF writes 1e30: "unset"
 
     # Special tokens and vocabulary.
 

@@ -190,10 +190,7 @@ class SentencePieceTokenizer(FastTokenizer):
             tok = cls.from_spm(directory / SPM_FILE, model_type or _model_type_of(directory, None))
         else:
             raise FileNotFoundError(f"{directory}: has neither tokenizer.json nor {SPM_FILE}")
-        if (directory / "tokenizer_config.json").exists():
-            config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
-            length = config.get("model_max_length", tok.model_max_length)
-            tok.model_max_length = length if length < 2**31 else tok.model_max_length  # HF writes 1e30 for "unset"
+        tok.read_max_length(directory)
         return tok
 
     @classmethod

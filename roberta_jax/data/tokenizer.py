@@ -115,10 +115,7 @@ class RobertaTokenizer(FastTokenizer):
             tok = cls.from_files(directory / "vocab.json", directory / "merges.txt", bool(add_prefix_space))
         else:
             raise FileNotFoundError(f"{directory}: has neither tokenizer.json nor vocab.json + merges.txt")
-        if (directory / "tokenizer_config.json").exists():
-            config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
-            length = config.get("model_max_length", tok.model_max_length)
-            tok.model_max_length = length if length < 2**31 else tok.model_max_length  # HF writes 1e30 for "unset"
+        tok.read_max_length(directory)
         return tok
 
     @classmethod

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import itertools
 import json
 import math
@@ -161,11 +160,7 @@ def load_runs(spec: str) -> dict[str, dict[str, Any]]:
     """The `get_runs()` of a runs file (`configs/sweeps/*.py`), or `get_runs(arg)` for `path:arg`:
     {run name: {dotted key: value}}."""
     path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"runs file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location("_runs_file", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = cli.load_module(path, "runs file")
     if not hasattr(module, "get_runs"):
         raise ValueError(f"runs file {path!r} has no get_runs()")
     return module.get_runs(arg) if arg else module.get_runs()

@@ -40,12 +40,18 @@ FAILURES = (loop.NonFiniteError, checkpoint.CheckpointError)
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """`path/to/config.py` or `path/to/config.py:arg`, as `--config` takes it: its `get_config([arg])`."""
     path, _, arg = spec.partition(":")
+    module = load_module(path, "config file")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def load_module(path: str, what: str):
+    """The Python file `path` (a config or runs file) run as a module; `what` names it in the error."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location("_config_file", path)
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location("_" + what.replace(" ", "_"), path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    return module
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
