@@ -126,8 +126,11 @@ def test_sigkill_during_prepare_then_rerun_gives_identical_files(corpus, bpe, he
     with pytest.raises(FileNotFoundError, match="did not finish"):
         shards.ShardedRows(killed)
     # A leftover temporary file, and a shard whose record was never written, as a kill can leave them.
-    (killed / "train" / ".shard-00005.npy.tmp-0").write_bytes(b"\x93NUMPY half")
-    (killed / "train" / "shard-00006.npy").write_bytes(b"\x93NUMPY half")
+    recorded = {p.stem for p in (killed / "train").glob("shard-*.json")}
+    unrecorded = sorted({p.stem for p in (out / "train").glob("shard-*.npy")} - recorded)
+    assert unrecorded, "the kill came after every shard was written"
+    (killed / "train" / f".{unrecorded[0]}.npy.tmp-0").write_bytes(b"\x93NUMPY half")
+    (killed / "train" / f"{unrecorded[-1]}.npy").write_bytes(b"\x93NUMPY half")
     assert run_prepare(corpus, bpe, killed, num_workers=2, eval_sources=heldout) == manifest
     assert files_of(killed) == files_of(out)
 
