@@ -12,14 +12,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from roberta_jax.data.batches import build_pretraining_data
+from roberta_jax.data.encoders import TokenizerInfo, resolve_tokenizer
 from roberta_jax.data.packing import pack_documents, unpack_documents
-from roberta_jax.data.sources import (
-    TokenizerInfo,
-    document_texts,
-    resolve_tokenizer,
-    split_documents,
-    tokenize_corpus,
-)
+from roberta_jax.data.sources import document_texts, split_documents, tokenize_corpus
 from roberta_jax.data.tokenizer import RobertaTokenizer
 
 BOS, PAD, EOS = 0, 1, 2

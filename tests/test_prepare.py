@@ -14,8 +14,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from roberta_jax.data import prepare, shards
 from roberta_jax.data.batches import BatchIterator
+from roberta_jax.data.encoders import resolve_tokenizer
 from roberta_jax.data.packing import PackedRows, unpack_documents
-from roberta_jax.data.sources import resolve_tokenizer, tokenize_corpus
+from roberta_jax.data.sources import tokenize_corpus
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "data" / "corpus"

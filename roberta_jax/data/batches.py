@@ -35,9 +35,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from roberta_jax.data.doc_packing import pack_document_windows
+from roberta_jax.data.encoders import TokenizerInfo, resolve_tokenizer
 from roberta_jax.data.packing import PackedRows, pack_documents, packed_shape, segment_ids
 from roberta_jax.data.shards import ShardedRows
-from roberta_jax.data.sources import TokenizedCorpus, TokenizerInfo, resolve_tokenizer, split_documents, tokenize_corpus
+from roberta_jax.data.sources import TokenizedCorpus, split_documents, tokenize_corpus
 from roberta_jax.suggest import did_you_mean
 
 INPUT_FORMATS = ("full_sentences", "doc_sentences")
@@ -72,7 +73,7 @@ def build_pretraining_data(
 
     Args:
       train_sources: files, directories, globs, or a Hub name (with `format="hub"`).
-      tokenizer: anything `data_sources.resolve_tokenizer` accepts.
+      tokenizer: anything `encoders.resolve_tokenizer` accepts.
       eval_sources: held-out files, read like `train_sources`.
       eval_fraction: else, hold out this fraction of the training documents, chosen by
         `split_seed`, before packing (so no document is in both).

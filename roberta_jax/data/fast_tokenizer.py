@@ -18,12 +18,29 @@ from typing import Any, Literal
 import numpy as np
 from tokenizers import AddedToken, Encoding, Tokenizer
 
+from roberta_jax.data.text_files import check_text_file
+
 BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
 MODEL_MAX_LENGTH = 512  # roberta-base's 514 position embeddings, less the padding offset of 2
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
 PADDING_STRATEGIES = ("longest", "max_length")
 
 PathLike = str | os.PathLike
+
+
+def train_backend(tok: Tokenizer, files_or_iterator, trainer) -> None:
+    """Trains `tok` with `trainer` on text files (a path, or a list/tuple of paths, each checked to be
+    non-empty UTF-8 first) or on an iterator of texts (pass a list of texts as `iter(texts)`)."""
+    if isinstance(files_or_iterator, (str, os.PathLike)):
+        files_or_iterator = [files_or_iterator]
+    if not isinstance(files_or_iterator, (list, tuple)):
+        tok.train_from_iterator(files_or_iterator, trainer)
+        return
+    for path in files_or_iterator:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such file (to train on a list of texts, pass iter(texts))")
+        check_text_file(path)
+    tok.train([str(p) for p in files_or_iterator], trainer)
 
 
 def token_json(token: AddedToken) -> dict[str, Any]:

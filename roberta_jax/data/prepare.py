@@ -37,8 +37,8 @@ import numpy as np
 from etils import epath
 
 from roberta_jax.data import shards, text_files
+from roberta_jax.data.encoders import EncodeBatch, TokenizerInfo, resolve_tokenizer
 from roberta_jax.data.packing import pack_documents
-from roberta_jax.data.sources import EncodeBatch, TokenizerInfo, resolve_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def prepare(
 
     Args:
       train_sources, eval_sources: files, directories or globs of plain text (`format` "auto" or "text").
-      tokenizer: anything `sources.resolve_tokenizer` accepts.
+      tokenizer: anything `encoders.resolve_tokenizer` accepts.
       vocab_size: the largest token id + 1; it sets the dtype (`shards.token_dtype`).
       num_workers: worker processes of a local Dask cluster; ignored with `scheduler`, the address of a
         running Dask scheduler.

@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -43,8 +42,8 @@ from roberta_jax.data.fast_tokenizer import (
     FastTokenizer,
     PathLike,
     token_json,
+    train_backend,
 )
-from roberta_jax.data.text_files import check_text_file
 from roberta_jax.suggest import did_you_mean
 
 SPM_FILE = "sentencepiece.bpe.model"
@@ -201,13 +200,6 @@ class SentencePieceTokenizer(FastTokenizer):
         counts every id, `<mask>` (the last) included; a small corpus may yield fewer."""
         if vocab_size < 6:
             raise ValueError(f"vocab_size={vocab_size} is too small: 5 special tokens and one piece need 6")
-        if isinstance(files_or_iterator, (str, os.PathLike)):
-            files_or_iterator = [files_or_iterator]
-        if isinstance(files_or_iterator, (list, tuple)):
-            for path in files_or_iterator:
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(f"{path}: no such file (to train on a list of texts, pass iter(texts))")
-                check_text_file(path)
         layout = LAYOUTS["xlm-roberta"]
         # Training splits words with the pipeline's own pre-tokenizer, so pieces never cross a word's `▁`.
         tok = build([*layout.leading, (MASK, 0.0)], None, layout)
@@ -218,10 +210,7 @@ class SentencePieceTokenizer(FastTokenizer):
             show_progress=False,
         )
         try:
-            if isinstance(files_or_iterator, (list, tuple)):
-                tok.train([str(p) for p in files_or_iterator], trainer)
-            else:
-                tok.train_from_iterator(files_or_iterator, trainer)
+            train_backend(tok, files_or_iterator, trainer)
         except Exception as e:  # the Rust trainer raises a bare Exception
             if "not large enough to contain all chars" not in str(e):
                 raise

@@ -27,106 +27,33 @@ Tokenizing is `Dataset.map(batched=True, num_proc=...)`, ids without special tok
 run, which then reads neither the text nor the tokenizer. The fingerprint covers the format,
 text field, document split, every file's absolute path, size and modification time, and the
 tokenizer (the serialized JSON of a `tokenizers.Tokenizer` backend; for a plain callable, the
-`fingerprint` given to `resolve_tokenizer`, else `datasets`' hash of the callable). `datasets`' own arrow files live in
-`cache_dir/hf/` and may be deleted once the `.npy` files exist.
+`fingerprint` given to `encoders.resolve_tokenizer`, else `datasets`' hash of the callable).
+`datasets`' own arrow files live in `cache_dir/hf/` and may be deleted once the `.npy` files exist.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import tokenizers
 
 from roberta_jax.data import text_files
+from roberta_jax.data.encoders import EncodeBatch, EncodeFn, resolve_tokenizer, sha256
 
 # Bump when the cached format or the document rules change.
 _CACHE_VERSION = 1
 _DOC_SPLITS = ("blank_line", "line", "file")
 _FORMATS = ("auto", "text", "json", "parquet", "hub")
-
-EncodeFn = Callable[[list[str]], Sequence[Sequence[int]]]
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizerInfo:
-    """What the pipeline needs from a tokenizer: batch encoding and the special ids.
-
-    `encode` maps a list of texts to their token ids without special tokens; it must pickle
-    (it runs in `num_proc` worker processes).
-    """
-
-    encode: EncodeFn
-    bos_id: int
-    eos_id: int
-    pad_id: int
-    fingerprint: str
-
-
-def resolve_tokenizer(
-    tokenizer: Any,
-    *,
-    bos_id: int | None = None,
-    eos_id: int | None = None,
-    pad_id: int | None = None,
-    fingerprint: str | None = None,
-) -> TokenizerInfo:
-    """Accepts a `tokenizers.Tokenizer`; an object holding one as `.backend` or `._tokenizer`
-    (`roberta_jax.data.tokenizer.RobertaTokenizer`, the `tokenizers` implementations); a
-    `TokenizerInfo`; or a callable `list[str] -> list[list[int]]`. Special ids come from the
-    arguments, else the object's `bos_token_id`/`eos_token_id`/`pad_token_id`, else the
-    backend's `<s>`/`</s>`/`<pad>`. A backend is copied with padding and truncation off, so
-    settings left on it by earlier calls do not leak into pretraining data.
-    """
-    if isinstance(tokenizer, TokenizerInfo):
-        return tokenizer
-    backend = next(
-        (
-            b
-            for b in (tokenizer, getattr(tokenizer, "backend", None), getattr(tokenizer, "_tokenizer", None))
-            if isinstance(b, tokenizers.Tokenizer)
-        ),
-        None,
-    )
-    ids = {"bos": bos_id, "eos": eos_id, "pad": pad_id}
-    for name, token in (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>")):
-        if ids[name] is None:
-            ids[name] = getattr(tokenizer, f"{name}_token_id", None)
-        if ids[name] is None and backend is not None:
-            ids[name] = backend.token_to_id(token)
-    missing = [f"{name}_id" for name, value in ids.items() if value is None]
-    if missing:
-        raise ValueError(f"cannot tell the special ids of {type(tokenizer).__name__}; pass {', '.join(missing)}.")
-    if backend is not None:
-        backend = tokenizers.Tokenizer.from_str(backend.to_str())
-        backend.no_padding()
-        backend.no_truncation()
-        encode = _BackendEncode(backend)
-        fingerprint = fingerprint or _sha256(backend.to_str())
-    elif callable(tokenizer):
-        encode = tokenizer
-        if fingerprint is None:
-            from datasets.fingerprint import Hasher
-
-            fingerprint = Hasher.hash(tokenizer)
-    else:
-        raise TypeError(
-            f"tokenizer of type {type(tokenizer).__name__} is neither a tokenizers.Tokenizer, nor holds "
-            "one as `.backend` or `._tokenizer`, nor is a callable list[str] -> list[list[int]]."
-        )
-    return TokenizerInfo(encode, int(ids["bos"]), int(ids["eos"]), int(ids["pad"]), fingerprint)
-
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedCorpus:
@@ -179,9 +106,9 @@ def tokenize_corpus(
     if doc_split not in _DOC_SPLITS:
         raise ValueError(f"doc_split={doc_split!r} is not one of {_DOC_SPLITS}.")
     files, kind, source_key = _resolve_sources(sources, format, hub_config, hub_split)
-    source_fp = _sha256(json.dumps([_CACHE_VERSION, kind, text_field, doc_split, source_key]
+    source_fp = sha256(json.dumps([_CACHE_VERSION, kind, text_field, doc_split, source_key]
                                    + ([doc_separator] if doc_separator else [])))
-    fingerprint = _sha256(source_fp + tok.fingerprint)
+    fingerprint = sha256(source_fp + tok.fingerprint)
 
     final_dir = os.path.join(cache_dir, f"tokenized-{fingerprint}") if cache_dir else None
     if final_dir and os.path.exists(os.path.join(final_dir, "meta.json")):
@@ -248,30 +175,6 @@ def split_documents(num_documents: int, eval_fraction: float, seed: int) -> tupl
     held_out = np.zeros(num_documents, bool)
     held_out[np.random.default_rng(seed).permutation(num_documents)[:num_eval]] = True
     return np.flatnonzero(~held_out), np.flatnonzero(held_out)
-
-
-class _BackendEncode:
-    def __init__(self, backend: tokenizers.Tokenizer):
-        self.backend = backend
-
-    def __call__(self, texts: list[str]) -> list[list[int]]:
-        # encode_batch_fast (tokenizers >= 0.20) skips computing character offsets.
-        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
-        return [e.ids for e in encode(texts, add_special_tokens=False)]
-
-
-class EncodeBatch:
-    """`Dataset.map` function: empty and whitespace-only texts become empty id lists."""
-
-    def __init__(self, encode: EncodeFn):
-        self.encode = encode
-
-    def __call__(self, texts: list[str | None]) -> dict[str, list]:
-        keep = [i for i, t in enumerate(texts) if t and not t.isspace()]
-        out: list[Sequence[int]] = [[] for _ in texts]
-        for i, ids in zip(keep, self.encode([texts[i] for i in keep]) if keep else []):
-            out[i] = ids
-        return {"input_ids": out}
 
 
 def _resolve_sources(
@@ -411,7 +314,3 @@ def _scratch_dir(cache_dir: str | None) -> Iterator[str]:
     else:
         with tempfile.TemporaryDirectory(prefix="roberta_jax_data_") as tmp:
             yield tmp
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -35,9 +35,9 @@ from roberta_jax.data.fast_tokenizer import (
     FastTokenizer,
     PathLike,
     token_json,
+    train_backend,
 )
 from roberta_jax.data.sentencepiece import SPM_FILE, SentencePieceTokenizer
-from roberta_jax.data.text_files import check_text_file
 from roberta_jax.suggest import did_you_mean
 
 __all__ = ["BatchEncoding", "RobertaTokenizer", "SentencePieceTokenizer", "load_tokenizer", "train_tokenizer"]
@@ -130,8 +130,6 @@ class RobertaTokenizer(FastTokenizer):
         a small corpus may yield fewer. Files must be non-empty UTF-8 and are checked before training."""
         if vocab_size < len(LEADING_SPECIAL_TOKENS) + 256 + 1:
             raise ValueError(f"vocab_size={vocab_size} is too small: 4 special tokens, 256 bytes and <mask> need 261")
-        if isinstance(files_or_iterator, (str, os.PathLike)):
-            files_or_iterator = [files_or_iterator]
         tok = Tokenizer(BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         trainer = trainers.BpeTrainer(
@@ -141,14 +139,7 @@ class RobertaTokenizer(FastTokenizer):
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        if isinstance(files_or_iterator, (list, tuple)):
-            for path in files_or_iterator:
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(f"{path}: no such file (to train on a list of texts, pass iter(texts))")
-                check_text_file(path)
-            tok.train([str(p) for p in files_or_iterator], trainer)
-        else:
-            tok.train_from_iterator(files_or_iterator, trainer)
+        train_backend(tok, files_or_iterator, trainer)
         # Rebuild around the trained vocabulary with <mask> in it, so vocab.json alone is complete, as HF's is.
         with tempfile.TemporaryDirectory() as tmp:
             vocab, merges = BPE.read_file(*tok.model.save(tmp))

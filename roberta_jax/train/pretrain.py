@@ -16,8 +16,9 @@ import numpy as np
 
 from roberta_jax.data import shards
 from roberta_jax.data.batches import BatchIterator, PretrainingData, build_pretraining_data
+from roberta_jax.data.encoders import resolve_tokenizer
 from roberta_jax.data.fast_tokenizer import FastTokenizer
-from roberta_jax.data.sources import document_texts, resolve_tokenizer
+from roberta_jax.data.sources import document_texts
 from roberta_jax.data.tokenizer import is_tokenizer_dir, load_tokenizer, train_tokenizer
 from roberta_jax.model.config import MODEL_TYPES, RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
