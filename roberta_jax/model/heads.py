@@ -59,6 +59,11 @@ class RobertaLMHead(nn.Module):
         """x [..., H], `attend` maps [..., H] to [..., vocab] with the word embeddings."""
         c = self.config
         x = dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype, "dense")(x)
+        # Whole hidden vectors per batch shard before the tied projection: left split over `tensor`
+        # (as the kernel's `mlp` axis would leave them), XLA's partitioner (jax 0.10.2) computes wrong
+        # gradients for the dense and its input on a data x fsdp x tensor mesh
+        # (tests/test_xla_partitioner.py holds the reproducer).
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         x = ACTIVATIONS["gelu"](x)
         x = layer_norm(c, self.dtype, self.param_dtype, "layer_norm")(x)
         if c.tie_word_embeddings:

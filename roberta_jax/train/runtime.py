@@ -20,6 +20,7 @@ Eval steps have one form: `eval_step(params, batch, batch_index) -> (sums, outpu
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -27,6 +28,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -66,11 +68,24 @@ def model_kwargs(config) -> dict[str, Any]:
             "remat": config.remat}
 
 
+def with_axis_rules(fn: Callable, mesh: Mesh, rules: sharding.Rules) -> Callable:
+    """`fn` traced under `mesh` and the logical-axis `rules`, so the layers' activation constraints
+    (`nn.with_logical_constraint`: [batch, length, embed] split over the batch axes) bind: without them
+    XLA may follow the FSDP-sharded kernels and hold whole-batch activations on every device."""
+
+    @functools.wraps(fn)
+    def constrained(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+            return fn(*args)
+
+    return constrained
+
+
 def jit_train_step(train_fn: Callable, state_shardings: Any, mesh: Mesh, rules: sharding.Rules) -> Callable:
     """`train_fn(state, batch) -> (state, metrics)` compiled with the state in its sharding (donated:
     updated in place), the batch split over the batch axes and the metrics replicated."""
     return jax.jit(
-        train_fn,
+        with_axis_rules(train_fn, mesh, rules),
         in_shardings=(state_shardings, sharding.batch_sharding(mesh, rules)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
@@ -80,7 +95,7 @@ def jit_train_step(train_fn: Callable, state_shardings: Any, mesh: Mesh, rules: 
 def jit_eval_step(eval_fn: Callable, state_shardings: Any, mesh: Mesh, rules: sharding.Rules) -> Callable:
     """`eval_fn(params, batch, batch_index) -> (sums, outputs)` compiled, its results replicated."""
     return jax.jit(
-        eval_fn,
+        with_axis_rules(eval_fn, mesh, rules),
         in_shardings=(state_shardings.params, sharding.batch_sharding(mesh, rules), None),
         out_shardings=sharding.replicated(mesh),
     )
