@@ -7,7 +7,8 @@ value is right. It is the MLM head's path (masked gather -> dense -> tied vocabu
 the layers' activation constraints make XLA pick the failing layout for it. Constraining the dense's
 output to whole hidden vectors per batch shard (`heads.RobertaLMHead`) gives exact gradients.
 
-The reproducer runs in a subprocess with 8 CPU devices. When the bare form comes out right, the jax in
+Every head's gradients on that mesh, traced the way the runtime traces its steps, are checked against
+one device here too. The reproducer runs in a subprocess with 8 CPU devices. When the bare form comes out right, the jax in
 use has fixed the bug: the test then fails and says which constraint to reconsider.
 """
 
@@ -47,13 +48,58 @@ def relative_gradient_errors(constrain: bool) -> list[float]:
     return [float(jnp.max(jnp.abs(g - e)) / jnp.max(jnp.abs(e))) for g, e in zip(got, expected)]
 
 
-def test_the_partitioner_bug_and_its_workaround():
+HEADS = ("RobertaForMaskedLM", "RobertaForSequenceClassification", "RobertaForTokenClassification",
+         "RobertaForQuestionAnswering", "RobertaForMultipleChoice")
+
+
+def head_gradient_error(name: str) -> float:
+    """Every head's parameter gradients on a data=2 x fsdp=2 x tensor=2 mesh, traced as the runtime
+    traces its steps (under the mesh and the default logical-axis rules), against one device: the
+    largest difference over the largest gradient."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from roberta_jax.model import heads
+    from roberta_jax.model.config import preset
+    from roberta_jax.train import sharding
+    from roberta_jax.train.config import default_config
+
+    rules = sharding.axis_rules(default_config().logical_axis_rules)
+    labels = {0: "start", 1: "end"} if name == "RobertaForQuestionAnswering" else {0: "a", 1: "b", 2: "c"}
+    model = getattr(heads, name)(preset("micro", hidden_dropout_prob=0.0, id2label=labels))
+    ids = jnp.asarray(np.random.default_rng(0).integers(3, 100, (8, 2, 16) if "Multiple" in name else (8, 16)))
+    boxed = jax.eval_shape(model.init, jax.random.key(0), ids)["params"]
+    params = nn.meta.unbox(model.init(jax.random.key(0), ids)["params"])
+
+    def loss(p, ids):  # every output, weighted so that no gradient is symmetric by accident
+        outs = jax.tree.leaves(model.apply({"params": p}, ids))
+        return sum(jnp.sum(jnp.tanh(o) * jnp.cos(jnp.arange(o.size).reshape(o.shape))) for o in outs)
+
+    mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+
+    def constrained_grad(p, ids):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+            return jax.grad(loss)(p, ids)
+
+    expected = jax.jit(jax.grad(loss))(params, ids)
+    shardings = sharding.logical_shardings(boxed, mesh, rules)
+    got = jax.jit(constrained_grad, out_shardings=shardings)(
+        jax.device_put(params, shardings), jax.device_put(ids, sharding.batch_sharding(mesh, rules)))
+    scale = max(float(jnp.max(jnp.abs(e))) for e in jax.tree.leaves(expected))
+    return max(float(jnp.max(jnp.abs(g - e))) for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected))) / scale
+
+
+def test_the_partitioner_bug_its_workaround_and_every_heads_gradients():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
                PYTHONPATH=REPO)
     out = subprocess.run([sys.executable, "-m", "tests.test_xla_partitioner"], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    bare, constrained = (eval(line.split("=", 1)[1]) for line in out.stdout.splitlines()[-2:])
+    results = dict(line.split(" = ", 1) for line in out.stdout.splitlines() if " = " in line)
+    for name in HEADS:
+        assert float(results[name]) < 1e-5, (name, results[name])
+    bare, constrained = eval(results["bare"]), eval(results["constrained"])
     assert max(constrained) < 1e-5, constrained
     assert max(bare) > 0.1, (
         f"the bare form is exact now ({bare}): this jax fixed the partitioner bug; the constraint in "
@@ -63,3 +109,5 @@ def test_the_partitioner_bug_and_its_workaround():
 if __name__ == "__main__":
     print("bare =", relative_gradient_errors(constrain=False))
     print("constrained =", relative_gradient_errors(constrain=True))
+    for head in HEADS:
+        print(head, "=", head_gradient_error(head))
