@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model import layers
 from roberta_jax.model.heads import RobertaForMaskedLM
 from roberta_jax.train import chips, metrics, optimizer, pretrain, runtime, sharding, steps
 
@@ -92,6 +94,23 @@ class CompiledSteps:
     mesh: jax.sharding.Mesh
     state_bytes: int  # params + optimizer state on one device
     tokens_per_step: int  # global
+    rows_per_device: int  # of one microbatch
+    length: int
+
+    @property
+    def attention(self) -> str:
+        """The attention the train step runs: "xla" (scores written out), a fused kernel ("cudnn",
+        "splash"), or "xla, dropout" (attention dropout needs the probabilities written out)."""
+        if self.model.config.attention_probs_dropout_prob > 0:
+            return "xla, dropout"
+        platform = self.mesh.devices.flat[0].platform
+        return layers.attention_implementation(self.model.implementation, self.model.dtype,
+                                               self.model.config.head_dim, masked=False, backend=platform)
+
+    def activation_bytes(self) -> int:
+        """`activation_bytes` of this step's model and rows per chip, for the attention it runs."""
+        return activation_bytes(self.model.config, self.rows_per_device, self.length,
+                                scores_written=self.attention.startswith("xla"))
 
 
 def compile_steps(config, devices: list, dump_dir: str | None = None) -> CompiledSteps:
@@ -115,7 +134,14 @@ def compile_steps(config, devices: list, dump_dir: str | None = None) -> Compile
         train=train.compile(options), eval=evaluation.compile(options), model=model, mesh=mesh,
         state_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state)),
         tokens_per_step=config.batch_size * config.data.max_seq_length,
+        rows_per_device=config.batch_size // config.grad_accum_steps // _batch_devices(mesh, rules),
+        length=config.data.max_seq_length,
     )
+
+
+def _batch_devices(mesh: jax.sharding.Mesh, rules) -> int:
+    """How many ways the batch is split: the product of the mesh axes of the logical `batch` axis."""
+    return int(np.prod([mesh.shape[a] for a in sharding.batch_axes(rules)]))
 
 
 def _tokenizer(config):
@@ -236,6 +262,22 @@ def roofline(report: StepReport, chip: chips.Chip, tokens_per_step: int, num_dev
         tokens_per_second_per_chip=tokens_per_step / num_devices / seconds,
         mfu=model_flops_per_step / (seconds * chip.peak_flops * num_devices),
     )
+
+
+def activation_bytes(c: RobertaConfig, rows: int, length: int, scores_written: bool) -> int:
+    """What a backward pass must keep of an encoder's activations for `rows` rows of `length` on one
+    chip, in 16-bit (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
+    Models", section 4.1): s·b·h·(34 + 5·a·s/h) bytes per layer. The 34·s·b·h are the layer's inputs,
+    projections, FFN activations, LayerNorm inputs and 1-byte dropout masks; the 5·a·s²·b are the
+    attention scores and softmax (2 bytes each) and their 1-byte dropout mask. A fused attention kernel
+    keeps none of them (`scores_written=False`), and without attention dropout there is no mask (4).
+    The MLM head and embeddings are left out: they are small beside the layers at the masked slots."""
+    h, heads, layers = c.hidden_size, c.num_attention_heads, c.num_hidden_layers
+    per_layer = 34 * length * rows * h
+    if scores_written:
+        per_score = 5 if c.attention_probs_dropout_prob > 0 else 4
+        per_layer += per_score * heads * length * length * rows
+    return layers * per_layer
 
 
 def model_flops_per_step(compiled: CompiledSteps, length: int) -> float:
