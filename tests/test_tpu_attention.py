@@ -1,6 +1,10 @@
 """The Pallas TPU splash-attention path: its outputs and gradients against XLA's attention (the kernel run in
 the Pallas interpreter on the CPU), its choice by platform and shape, its segment ids."""
 
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +15,7 @@ from roberta_jax.model import tpu_attention
 from roberta_jax.model.config import preset
 from roberta_jax.model.heads import init_params
 from roberta_jax.model.layers import RobertaModel, attention_implementation, attention_mask_4d
+from roberta_jax.train import sharding
 
 B, L, N, D = 2, 256, 2, 64
 # Forward and gradient tolerances: float32 to the kernel's reassociated sums; bfloat16 to its rounding
@@ -116,6 +121,18 @@ def test_splash_is_chosen_on_tpu_where_it_applies():
         tpu_attention.splash_attention(*(jnp.zeros((1, 64, 1, 64)),) * 3)
 
 
+def test_placement_splits_the_batch_and_the_heads_the_rules_name():
+    mesh = sharding.make_mesh({"data": -1})
+    rules = sharding.axis_rules([("batch", ("data", "fsdp")), ("heads", "tensor"), ("embed", "fsdp")])
+    placement = sharding.attention_placement(mesh, rules)
+    assert placement == tpu_attention.Placement(mesh, ("data", "fsdp"), ("tensor",))
+    assert placement.platform == jax.default_backend()
+    assert placement.spec(12) == (jax.P(("data", "fsdp"), None, ("tensor",), None), jax.P(("data", "fsdp"), None))
+    # heads shared by batch axes stay whole
+    rules = sharding.axis_rules([("batch", "data"), ("heads", ("data", "tensor"))])
+    assert sharding.attention_placement(mesh, rules).head_axes == ("tensor",)
+
+
 @pytest.mark.parametrize("is_decoder", [False, True])
 def test_model_through_splash_matches_xla(is_decoder):
     """The encoder's hidden states and parameter gradients with splash (interpreted) equal XLA's, on packed
@@ -142,3 +159,32 @@ def test_model_through_splash_matches_xla(is_decoder):
     np.testing.assert_allclose(hidden[live], expected[live], atol=1e-4, rtol=1e-4)
     for g, e in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
         np.testing.assert_allclose(g, e, atol=1e-4 * max(1.0, float(np.abs(e).max())), rtol=1e-4)
+
+
+def test_per_shard_kernel_on_a_two_device_mesh_matches_xla():
+    """Under a (data=2) mesh the kernel runs per shard (`jax.shard_map`) and gives XLA's outputs."""
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from roberta_jax.model import tpu_attention
+        from roberta_jax.train import sharding
+        tpu_attention.INTERPRET = True
+        mesh = sharding.make_mesh({"data": 2})
+        placement = sharding.attention_placement(mesh, sharding.axis_rules([("batch", "data")]))
+        q, k, v = (jax.random.normal(key, (4, 128, 2, 64)) for key in jax.random.split(jax.random.key(0), 3))
+        padding = np.ones((4, 128), np.int32)
+        padding[1, 100:] = 0
+        batch = jax.sharding.NamedSharding(mesh, jax.P("data"))
+        q, k, v, padding = (jax.device_put(x, batch) for x in (q, k, v, padding))
+        attend = jax.jit(lambda q, k, v, m: tpu_attention.splash_attention(q, k, v, m, placement=placement))
+        out = attend(q, k, v, padding)
+        mask = padding.astype(bool)[:, None, None, :]
+        expected = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+        assert out.sharding.spec[0] == "data", out.sharding
+        np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+        print("ok")
+    """)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
