@@ -1,6 +1,8 @@
 """The Pallas TPU splash-attention path: its outputs and gradients against XLA's attention (the kernel run in
-the Pallas interpreter on the CPU), its choice by platform and shape, its segment ids."""
+the Pallas interpreter on the CPU), its choice by platform and shape, its segment ids, and the compiled TPU
+program of a small model (for a v5e and a v5p slice, from this CPU host through libtpu's compiler)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,8 +17,11 @@ from roberta_jax.model import tpu_attention
 from roberta_jax.model.config import preset
 from roberta_jax.model.heads import init_params
 from roberta_jax.model.layers import RobertaModel, attention_implementation, attention_mask_4d
-from roberta_jax.train import sharding
+from roberta_jax.tools.aot import format_report
+from roberta_jax.train import aot, sharding
+from roberta_jax.train.config import default_config, with_preset
 
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 B, L, N, D = 2, 256, 2, 64
 # Forward and gradient tolerances: float32 to the kernel's reassociated sums; bfloat16 to its rounding
 # (q scaled before the product, probabilities cast to bfloat16 for the value product in both).
@@ -188,3 +193,38 @@ def test_per_shard_kernel_on_a_two_device_mesh_matches_xla():
                PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def small_config(attention_dropout: float):
+    """A model whose heads (64) and rows (128) the kernel takes, 8 rows per step, in bfloat16, FSDP."""
+    c = with_preset(default_config(), "micro")
+    c.model.update(vocab_size=1024, hidden_size=128, num_attention_heads=2, max_position_embeddings=130,
+                   attention_probs_dropout_prob=attention_dropout)
+    c.update(batch_size=8, dtype="bfloat16")
+    c.data.max_seq_length = 128
+    c.mesh.update(data=1, fsdp=-1)
+    return c
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]'): no TPU compiler")
+@pytest.mark.parametrize("target", ["v5e-4", "v5p-8"])
+def test_compiled_tpu_steps_run_the_kernel_and_the_report_says_so(target, monkeypatch):
+    """Compiled for a TPU slice from this CPU host (where `jax.default_backend()` is "cpu"), the steps choose
+    splash from the mesh's platform: the program holds its Mosaic custom calls, per shard of the batch. With
+    the paper's attention dropout the train step writes the probabilities out (XLA); eval still runs splash."""
+    monkeypatch.setattr(tpu_attention, "INTERPRET", False)
+    monkeypatch.setattr(tpu_attention, "BLOCK_SIZES", (512, 256, 128))
+    devices = aot.target_devices(target)
+    c = small_config(attention_dropout=0.0)
+    compiled = aot.compile_steps(c, devices)
+    text = compiled.train.as_text()
+    assert 'custom_call_target="tpu_custom_call"' in text and "splash_mha_fwd" in text and "splash_mha_dkv" in text
+    assert "bf16[2,2,128,64]" in text  # the kernel sees one chip's 2 rows of the 8 (FSDP over 4 chips)
+    reports = [aot.step_report(name, step) for name, step in (("train_step", compiled.train),
+                                                              ("eval_step", compiled.eval))]
+    assert [r.attention for r in reports] == ["splash", "splash"]
+    report = format_report(target, c, compiled, reports)
+    assert report.count("attention: splash (Pallas TPU flash-attention kernel)") == 2, report
+    dropout = aot.compile_steps(small_config(attention_dropout=0.1), devices)
+    assert aot.step_report("train_step", dropout.train).attention == "xla"
+    assert aot.step_report("eval_step", dropout.eval).attention == "splash"
