@@ -122,6 +122,7 @@ def test_splash_is_chosen_on_tpu_where_it_applies():
     assert attention_implementation(None, bf16, 64, False, "gpu", 512) == "cudnn"
     assert attention_implementation("xla", bf16, 64, False, "tpu", 512) == "xla"
     assert attention_implementation("splash", jnp.float32, 64, True, "cpu", 512) == "splash"
+    assert attention_implementation("splash", bf16, 64, False, "tpu", 8) == "xla"  # e.g. `init`'s short rows
     with pytest.raises(ValueError, match="multiple of 128 tokens.*got length 64"):
         tpu_attention.splash_attention(*(jnp.zeros((1, 64, 1, 64)),) * 3)
 

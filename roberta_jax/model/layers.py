@@ -195,7 +195,8 @@ def attention_implementation(
     length: int | None = None,
 ) -> str:
     """The attention to run: `requested` ("splash", or "cudnn" / "xla" for `jax.nn.dot_product_attention`)
-    when given; otherwise (None or "") a fused kernel where one applies, XLA's elsewhere.
+    when given (splash only for shapes it takes: XLA for others, such as the short rows `init` traces);
+    otherwise (None or "") a fused kernel where one applies, XLA's elsewhere.
 
     On TPU, the Pallas splash-attention kernel (`tpu_attention`) applies to rows of `length` a multiple of
     128 and head sizes a multiple of 64, with or without padding and segment ids. cuDNN's applies on a GPU,
@@ -204,10 +205,11 @@ def attention_implementation(
     default `jax.default_backend()`). JAX itself picks XLA when asked to choose, which writes out the
     [B, N, L, L] scores.
     """
+    splash = length is not None and tpu_attention.applies(head_dim, length)
     if requested:
-        return requested
+        return "xla" if requested == "splash" and not splash else requested
     backend = backend or jax.default_backend()
-    if backend == "tpu" and length is not None and tpu_attention.applies(head_dim, length):
+    if backend == "tpu" and splash:
         return "splash"
     fused_dtype = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if backend == "gpu" and fused_dtype and head_dim % 8 == 0 and head_dim <= 128 and not masked:
