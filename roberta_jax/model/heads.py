@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from roberta_jax.model.config import MODEL_TYPES, RobertaConfig
 from roberta_jax.model.dropout import Dropout
 from roberta_jax.model.layers import ACTIVATIONS, RobertaModel, dense, layer_norm
+from roberta_jax.model.tpu_attention import Placement
 
 Dtype = Any
 
@@ -29,6 +30,7 @@ class _Head(nn.Module):
     param_dtype: Dtype = jnp.float32
     implementation: str | None = None
     remat: bool | str = False  # a `layers.REMAT_POLICIES` name; True is "full"
+    placement: Placement | None = None  # the mesh the step is compiled for: attention's platform and shards
 
     def encoder(self, add_pooling_layer: bool) -> RobertaModel:
         return RobertaModel(
@@ -38,6 +40,7 @@ class _Head(nn.Module):
             add_pooling_layer=add_pooling_layer,
             implementation=self.implementation,
             remat=self.remat,
+            placement=self.placement,
             name="roberta",
         )
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from roberta_jax.model import tpu_attention
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.dropout import Dropout
 
@@ -101,6 +102,26 @@ def attention_mask_4d(attention_mask: jax.Array | None, segment_ids: jax.Array |
     return mask
 
 
+class AttentionMask(NamedTuple):
+    """Which keys each query may attend to, as the inputs state it; each attention implementation builds
+    its own form from it (`dense` for XLA and cuDNN, the kernel's segment ids for splash).
+
+    padding: int [B, L], 0 at padding tokens (keys no query attends to), or None.
+    segment_ids: int [B, L], a query attends only to its own segment's keys, or None.
+    """
+
+    padding: jax.Array | None = None
+    segment_ids: jax.Array | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.padding is None and self.segment_ids is None
+
+    def dense(self) -> jax.Array | None:
+        """`attention_mask_4d`: bool [B, 1, 1, L] or [B, 1, L, L], or None."""
+        return attention_mask_4d(self.padding, self.segment_ids)
+
+
 class Embed(nn.Embed):
     """`nn.Embed` whose lookups keep their gradients cheap on accelerators.
 
@@ -170,18 +191,26 @@ class RobertaEmbeddings(nn.Module):
 
 
 def attention_implementation(
-    requested: str | None, dtype, head_dim: int, masked: bool, backend: str | None = None
+    requested: str | None, dtype, head_dim: int, masked: bool, backend: str | None = None,
+    length: int | None = None,
 ) -> str:
-    """The `jax.nn.dot_product_attention` implementation to run: `requested` ("cudnn" or "xla")
-    when given; otherwise (None or "") cuDNN's flash attention where it applies, XLA's elsewhere.
+    """The attention to run: `requested` ("splash", or "cudnn" / "xla" for `jax.nn.dot_product_attention`)
+    when given (splash only for shapes it takes: XLA for others, such as the short rows `init` traces);
+    otherwise (None or "") a fused kernel where one applies, XLA's elsewhere.
 
-    cuDNN applies on a GPU, for bfloat16/float16, head sizes that are multiples of 8 up to 128, and
-    rows without padding (`masked` False: full packed pretraining rows). JAX itself picks XLA when
-    asked to choose, which writes out the [B, N, L, L] scores.
+    On TPU, the Pallas splash-attention kernel (`tpu_attention`) applies to rows of `length` a multiple of
+    128 and head sizes a multiple of 64, with or without padding and segment ids. cuDNN's applies on a GPU,
+    for bfloat16/float16, head sizes that are multiples of 8 up to 128, and rows without padding (`masked`
+    False: full packed pretraining rows). `backend` is the platform the step is compiled for (the mesh's;
+    default `jax.default_backend()`). JAX itself picks XLA when asked to choose, which writes out the
+    [B, N, L, L] scores.
     """
+    splash = length is not None and tpu_attention.applies(head_dim, length)
     if requested:
-        return requested
+        return "xla" if requested == "splash" and not splash else requested
     backend = backend or jax.default_backend()
+    if backend == "tpu" and splash:
+        return "splash"
     fused_dtype = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if backend == "gpu" and fused_dtype and head_dim % 8 == 0 and head_dim <= 128 and not masked:
         return "cudnn"
@@ -189,23 +218,25 @@ def attention_implementation(
 
 
 class RobertaSelfAttention(nn.Module):
-    """Multi-head attention: q/k/v projections and `jax.nn.dot_product_attention`.
+    """Multi-head attention: q/k/v projections and `jax.nn.dot_product_attention` or the TPU kernel.
 
-    `implementation` is passed to `jax.nn.dot_product_attention` ("cudnn" asks for flash attention
-    on GPU; None picks with `attention_implementation`). Attention-probability dropout needs the
-    probabilities, so while it is active (training with `attention_probs_dropout_prob > 0`) the
-    softmax is written out; the same happens when the `intermediates` collection is mutable, which
-    records the attention weights [B, N, L, L] for inspection.
+    `implementation`: "splash" runs the Pallas TPU kernel (`tpu_attention`), "cudnn" / "xla" are passed
+    to `jax.nn.dot_product_attention`; None picks with `attention_implementation` for the platform of
+    `placement` (the mesh the step is compiled for, under which the kernel runs per shard). Attention-
+    probability dropout needs the probabilities, so while it is active (training with
+    `attention_probs_dropout_prob > 0`) the softmax is written out; the same happens when the
+    `intermediates` collection is mutable, which records the attention weights [B, N, L, L] for inspection.
     """
 
     config: RobertaConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     implementation: str | None = None
+    placement: tpu_attention.Placement | None = None
 
     @nn.compact
-    def __call__(self, x, mask, deterministic=True):
-        """x [B, L, H], mask bool [B, 1, 1, L] or [B, 1, L, L] (True = may attend) or None -> [B, L, H].
+    def __call__(self, x, mask: AttentionMask, deterministic=True):
+        """x [B, L, H], `mask` the padding and segments (an `AttentionMask`) -> [B, L, H].
 
         `config.is_decoder` adds the causal mask.
         """
@@ -219,7 +250,7 @@ class RobertaSelfAttention(nn.Module):
         dropout = 0.0 if deterministic else c.attention_probs_dropout_prob
         if dropout > 0.0 or self.is_mutable_collection("intermediates"):
             scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / jnp.sqrt(c.head_dim)
-            allowed = jnp.ones(scores.shape[-2:], bool) if mask is None else mask
+            allowed = jnp.ones(scores.shape[-2:], bool) if mask.is_empty else mask.dense()
             if c.is_decoder:
                 allowed = allowed & jnp.tril(jnp.ones(scores.shape[-2:], bool))
             scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
@@ -228,10 +259,15 @@ class RobertaSelfAttention(nn.Module):
             weights = Dropout(dropout)(weights, deterministic=deterministic)
             out = jnp.einsum("bnqk,bknd->bqnd", weights.astype(self.dtype), v)
         else:
-            implementation = attention_implementation(self.implementation, q.dtype, c.head_dim, mask is not None)
-            out = jax.nn.dot_product_attention(
-                q, k, v, mask=mask, is_causal=c.is_decoder, implementation=implementation
-            )
+            backend = self.placement.platform if self.placement is not None else None
+            implementation = attention_implementation(
+                self.implementation, q.dtype, c.head_dim, not mask.is_empty, backend, length)
+            if implementation == "splash":
+                out = tpu_attention.splash_attention(
+                    q, k, v, mask.padding, mask.segment_ids, c.is_decoder, self.placement)
+            else:
+                out = jax.nn.dot_product_attention(
+                    q, k, v, mask=mask.dense(), is_causal=c.is_decoder, implementation=implementation)
         return out.reshape(b, length, c.hidden_size)
 
 
@@ -242,11 +278,12 @@ class RobertaAttention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     implementation: str | None = None
+    placement: tpu_attention.Placement | None = None
 
     @nn.compact
     def __call__(self, x, mask, deterministic=True):
         c = self.config
-        h = RobertaSelfAttention(c, self.dtype, self.param_dtype, self.implementation, name="self")(
+        h = RobertaSelfAttention(c, self.dtype, self.param_dtype, self.implementation, self.placement, name="self")(
             x, mask, deterministic
         )
         return RobertaSelfOutput(c, self.dtype, self.param_dtype, "heads", name="output")(x, h, deterministic)
@@ -289,11 +326,12 @@ class RobertaLayer(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     implementation: str | None = None
+    placement: tpu_attention.Placement | None = None
 
     @nn.compact
     def __call__(self, x, mask, deterministic=True):
         c = self.config
-        x = RobertaAttention(c, self.dtype, self.param_dtype, self.implementation, name="attention")(
+        x = RobertaAttention(c, self.dtype, self.param_dtype, self.implementation, self.placement, name="attention")(
             x, mask, deterministic
         )
         h = RobertaIntermediate(c, self.dtype, self.param_dtype, name="intermediate")(x)
@@ -327,6 +365,7 @@ class RobertaEncoder(nn.Module):
     param_dtype: Dtype = jnp.float32
     implementation: str | None = None
     remat: bool | str = False
+    placement: tpu_attention.Placement | None = None
 
     @nn.compact
     def __call__(self, x, mask, deterministic=True):
@@ -335,9 +374,8 @@ class RobertaEncoder(nn.Module):
         layer_cls = RobertaLayer if policy == "none" else nn.remat(
             RobertaLayer, static_argnums=(3,), policy=REMAT_POLICIES[policy])
         for i in range(self.config.num_hidden_layers):
-            x = layer_cls(self.config, self.dtype, self.param_dtype, self.implementation, name=f"layer_{i}")(
-                x, mask, deterministic
-            )
+            x = layer_cls(self.config, self.dtype, self.param_dtype, self.implementation, self.placement,
+                          name=f"layer_{i}")(x, mask, deterministic)
         return x
 
 
@@ -366,11 +404,12 @@ class RobertaModel(nn.Module):
     add_pooling_layer: bool = True
     implementation: str | None = None
     remat: bool | str = False
+    placement: tpu_attention.Placement | None = None  # the mesh the step is compiled for (attention's choice)
 
     def setup(self):
         c = self.config
         self.embeddings = RobertaEmbeddings(c, self.dtype, self.param_dtype)
-        self.encoder = RobertaEncoder(c, self.dtype, self.param_dtype, self.implementation, self.remat)
+        self.encoder = RobertaEncoder(c, self.dtype, self.param_dtype, self.implementation, self.remat, self.placement)
         self.pooler = RobertaPooler(c, self.dtype, self.param_dtype) if self.add_pooling_layer else None
 
     def __call__(
@@ -390,7 +429,7 @@ class RobertaModel(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         # No mask means every token is attended to, as in HF; full packed rows need none, which
         # keeps the fused attention kernels on their fastest path.
-        x = self.encoder(x, attention_mask_4d(attention_mask, segment_ids), deterministic)
+        x = self.encoder(x, AttentionMask(attention_mask, segment_ids), deterministic)
         pooled = self.pooler(x) if self.pooler is not None else None
         return x, pooled
 

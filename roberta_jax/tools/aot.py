@@ -46,7 +46,8 @@ def _step_lines(report: aot.StepReport, chip, compiled, config, n: int) -> list[
     lines = [f"  {report.name}: {_gib(report.total_bytes)} per chip{hbm}",
              f"    arguments {_gib(report.argument_bytes)}, outputs {_gib(report.output_bytes)}, "
              f"temporaries {_gib(report.temp_bytes)}, code {_gib(report.code_bytes)}",
-             f"    {report.flops / 1e12:.3f} TFLOP and {report.bytes_accessed / 1e9:.2f} GB accessed per chip per step"]
+             f"    {report.flops / 1e12:.3f} TFLOP and {report.bytes_accessed / 1e9:.2f} GB accessed per chip per step",
+             f"    attention: {ATTENTION[report.attention]}"]
     if chip and report.name == "train_step":
         model_flops = aot.model_flops_per_step(compiled, config.data.max_seq_length)
         bound = aot.roofline(report, chip, compiled.tokens_per_step, n, model_flops)
@@ -61,6 +62,10 @@ def _step_lines(report: aot.StepReport, chip, compiled, config, n: int) -> list[
         lines.append(f"    {_gib(buffer.bytes):>10}  {buffer.shapes[:100]}")
         lines += [f"                {op}" for op in buffer.ops]
     return lines
+
+
+ATTENTION = {"splash": "splash (Pallas TPU flash-attention kernel)", "cudnn": "cudnn (fused flash attention)",
+             "xla": "xla (scores [B, N, L, L] written out)"}
 
 
 def _gib(n: float) -> str:

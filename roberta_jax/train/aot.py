@@ -118,9 +118,9 @@ def compile_steps(config, devices: list, dump_dir: str | None = None) -> Compile
     would run them (global batch `batch_size` rows of `data.max_seq_length`). `dump_dir`: XLA writes the
     optimized HLO and its buffer assignment there."""
     tokenizer = _tokenizer(config)
-    model = RobertaForMaskedLM(pretrain.model_config(config, tokenizer), **runtime.model_kwargs(config))
-    tx, schedule = optimizer.make_optimizer(config.optimizer)
     mesh = sharding.make_mesh(dict(config.mesh), devices)
+    model = RobertaForMaskedLM(pretrain.model_config(config, tokenizer), **runtime.model_kwargs(config, mesh))
+    tx, schedule = optimizer.make_optimizer(config.optimizer)
     rules = sharding.axis_rules(config.logical_axis_rules)
     state, shardings = steps.abstract_train_state(model, tx, mesh, rules)
     train_fn, eval_fn = pretrain.mlm_steps(config, model, tokenizer, tx, schedule)
@@ -179,6 +179,7 @@ class StepReport:
     flops: float
     bytes_accessed: float
     peak_buffers: list[Buffer]
+    attention: str = ""  # the attention that ran (`attention_kernel`)
 
     @property
     def total_bytes(self) -> int:
@@ -196,7 +197,18 @@ def step_report(name: str, compiled, dump_dir: str | None = None, num_buffers: i
         temp_bytes=memory.temp_size_in_bytes, code_bytes=memory.generated_code_size_in_bytes,
         flops=float(cost.get("flops", 0.0)), bytes_accessed=float(cost.get("bytes accessed", 0.0)),
         peak_buffers=peak_buffers(dump_dir, f"jit_{name}", num_buffers) if dump_dir else [],
+        attention=attention_kernel(compiled.as_text()),
     )
+
+
+def attention_kernel(hlo: str) -> str:
+    """The attention a compiled program runs, read from its optimized HLO: "splash" (the Pallas TPU kernel,
+    a `tpu_custom_call` named splash_mha_*), "cudnn" (cuDNN's fused attention), else "xla" (written-out scores)."""
+    if re.search(r'%splash_mha[\w.-]* = [^\n]*custom_call_target="tpu_custom_call"', hlo):
+        return "splash"
+    if "__cudnn$fmha" in hlo:
+        return "cudnn"
+    return "xla"
 
 
 def peak_buffers(dump_dir: str, module: str, n: int) -> list[Buffer]:

@@ -86,7 +86,8 @@ def default_config() -> ml_collections.ConfigDict:
 def add_runtime_fields(c: ml_collections.ConfigDict, checkpoint_keep: int) -> ml_collections.ConfigDict:
     """The fields `train.runtime.Runtime` reads, the same for pretraining and fine-tuning configs."""
     c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
-    c.attention_implementation = ""  # "": cuDNN flash attention on GPU where it applies, else XLA; or force one
+    # "": a fused kernel where one applies (splash on TPU, cuDNN on GPU), else XLA; or force splash | cudnn | xla
+    c.attention_implementation = ""
     # What each layer keeps for its backward pass: none (everything) | full (its input only; ~1/3 more
     # compute) | dots (the projections' outputs) | offload (those, in host memory). `model.layers.REMAT_POLICIES`.
     c.remat = "none"

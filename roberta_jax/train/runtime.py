@@ -62,10 +62,14 @@ def write_record(workdir: str, config, record: str) -> None:
     os.replace(f"{path}.partial", path)
 
 
-def model_kwargs(config) -> dict[str, Any]:
-    """The module attributes a config sets beside the architecture: compute dtype, attention, remat."""
-    return {"dtype": jnp.dtype(config.dtype), "implementation": config.attention_implementation or None,
-            "remat": config.remat}
+def model_kwargs(config, mesh: Mesh | None = None) -> dict[str, Any]:
+    """The module attributes a config sets beside the architecture: compute dtype, attention, remat; with the
+    `mesh` the steps run on, attention's placement (its platform picks the kernel, which runs per shard)."""
+    kwargs = {"dtype": jnp.dtype(config.dtype), "implementation": config.attention_implementation or None,
+              "remat": config.remat}
+    if mesh is not None:
+        kwargs["placement"] = sharding.attention_placement(mesh, sharding.axis_rules(config.logical_axis_rules))
+    return kwargs
 
 
 def with_axis_rules(fn: Callable, mesh: Mesh, rules: sharding.Rules) -> Callable:
@@ -170,7 +174,7 @@ class Runtime:
             self.lock.release()
 
     def model_kwargs(self) -> dict[str, Any]:
-        return model_kwargs(self.config)
+        return model_kwargs(self.config, self.mesh)
 
     def create_state(self, model, tx) -> tuple[Any, Any]:
         """(state, state_shardings): params and optimizer state initialised in their sharding."""

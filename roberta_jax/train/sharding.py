@@ -24,6 +24,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from roberta_jax.model.tpu_attention import Placement
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 Rules = tuple[tuple[str, Any], ...]
@@ -43,12 +45,24 @@ def axis_rules(rules: Sequence[Sequence[Any]]) -> Rules:
     return tuple(out)
 
 
-def batch_axes(rules: Rules) -> tuple[str, ...]:
-    """The mesh axes the logical `batch` axis is split over (the first rule for `batch`)."""
+def mesh_axes(rules: Rules, logical: str) -> tuple[str, ...]:
+    """The mesh axes the `logical` axis is split over (its first rule)."""
     for name, target in rules:
-        if name == "batch":
+        if name == logical:
             return () if target is None else (target,) if isinstance(target, str) else tuple(target)
     return ()
+
+
+def batch_axes(rules: Rules) -> tuple[str, ...]:
+    """The mesh axes the logical `batch` axis is split over (the first rule for `batch`)."""
+    return mesh_axes(rules, "batch")
+
+
+def attention_placement(mesh: Mesh, rules: Rules) -> Placement:
+    """Where attention's [B, L, N, D] tensors live: the batch over the batch axes, the heads over the `heads`
+    axes the batch leaves free."""
+    batch = batch_axes(rules)
+    return Placement(mesh, batch, tuple(a for a in mesh_axes(rules, "heads") if a not in batch))
 
 
 def mesh_shape(axes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
