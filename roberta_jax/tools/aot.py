@@ -54,10 +54,9 @@ def _step_lines(report: aot.StepReport, chip, compiled, config, n: int) -> list[
         lines.append(f"    roofline ({bound.bound}-bound): step >= {bound.step_seconds * 1e3:.1f} ms, "
                      f"<= {bound.tokens_per_second_per_chip:,.0f} tokens/s per chip, MFU <= {bound.mfu:.1%}")
     if report.name == "train_step":
-        needed = compiled.activation_bytes()
-        lines.append(f"    activations a backward pass keeps ({compiled.rows_per_device} rows per chip, attention "
-                     f"{compiled.attention}; Korthikanti et al. 2022): {_gib(needed)}; temporaries are "
-                     f"{report.temp_bytes / needed:.2f}x that")
+        needed = compiled.activation_bytes(report)
+        lines.append(f"    activations a backward pass keeps ({compiled.rows_per_device} rows per chip; Korthikanti "
+                     f"et al. 2022): {_gib(needed)}; temporaries are {report.temp_bytes / needed:.2f}x that")
     for buffer in report.peak_buffers:
         lines.append(f"    {_gib(buffer.bytes):>10}  {buffer.shapes[:100]}")
         lines += [f"                {op}" for op in buffer.ops]

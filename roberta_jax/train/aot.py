@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from roberta_jax.model.config import RobertaConfig
-from roberta_jax.model import layers
 from roberta_jax.model.heads import RobertaForMaskedLM
 from roberta_jax.train import chips, metrics, optimizer, pretrain, runtime, sharding, steps
 
@@ -97,20 +96,10 @@ class CompiledSteps:
     rows_per_device: int  # of one microbatch
     length: int
 
-    @property
-    def attention(self) -> str:
-        """The attention the train step runs: "xla" (scores written out), a fused kernel ("cudnn",
-        "splash"), or "xla, dropout" (attention dropout needs the probabilities written out)."""
-        if self.model.config.attention_probs_dropout_prob > 0:
-            return "xla, dropout"
-        platform = self.mesh.devices.flat[0].platform
-        return layers.attention_implementation(self.model.implementation, self.model.dtype,
-                                               self.model.config.head_dim, masked=False, backend=platform)
-
-    def activation_bytes(self) -> int:
-        """`activation_bytes` of this step's model and rows per chip, for the attention it runs."""
+    def activation_bytes(self, report: StepReport) -> int:
+        """`activation_bytes` of this step's model and rows per chip, for the attention `report` ran."""
         return activation_bytes(self.model.config, self.rows_per_device, self.length,
-                                scores_written=self.attention.startswith("xla"))
+                                scores_written=report.attention == "xla")
 
 
 def compile_steps(config, devices: list, dump_dir: str | None = None) -> CompiledSteps:
