@@ -146,8 +146,9 @@ def _accumulate(grad_fn, loss_fn, params, batch: dict[str, jax.Array], dropout_k
         (loss_sum, aux), grads = grad_fn(params, micro_batch, jax.random.fold_in(dropout_key, index))
         return jax.tree.map(jnp.add, carry, (grads, loss_sum, aux)), None
 
-    sums = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), dropout_key)
-    zeros = (jax.tree.map(jnp.zeros_like, params), *jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums))
+    # The carry has the loss_fn's output structure (ratios included), found without running it.
+    shapes = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), dropout_key)
+    zeros = (jax.tree.map(jnp.zeros_like, params), *jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
     sums, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_micro), micro))
     return sums
 
