@@ -15,7 +15,7 @@ from roberta_jax.data.batches import NO_LABEL
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM, init_params
 from roberta_jax.model.layers import RobertaModel
-from roberta_jax.train import checkpoint, metrics, objectives, steps, validate
+from roberta_jax.train import aot, checkpoint, metrics, objectives, steps, validate
 from roberta_jax.train.config import default_config
 from tests.train_runs import losses, run_train
 
@@ -92,6 +92,19 @@ def test_the_head_exists_only_with_next_sentence():
     head = init_params(RobertaForMaskedLM(CONFIG, next_sentence=True), jax.random.key(0))["next_sentence"]
     assert jax.tree.map(np.shape, head) == {"pooler": {"kernel": (16, 16), "bias": (16,)},
                                             "seq_relationship": {"kernel": (16, 2), "bias": (2,)}}
+
+
+def test_the_ahead_of_time_steps_of_a_pair_format_carry_the_head_and_the_labels():
+    config = data_config(input_format="segment_pair")
+    config.model.update(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                        vocab_size=64, max_position_embeddings=34)
+    config.update(batch_size=4, dtype="float32")
+    config.data.max_seq_length = 32
+    compiled = aot.compile_steps(config, jax.devices()[:1])
+    assert compiled.model.next_sentence
+    _, batch = compiled.train.args_info[0]
+    assert batch["nsp_labels"].shape == (4,) and "next_sentence" in compiled.model.init(
+        jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
 
 
 def data_config(**data) -> ml_collections.ConfigDict:

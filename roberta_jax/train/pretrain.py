@@ -37,8 +37,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         train_batches = train_batch_iterator(config, tokenizer, data)
 
         arch = model_config(config, tokenizer)
-        # The pair formats train next-sentence prediction beside MLM: the head exists only for them.
-        model = RobertaForMaskedLM(arch, next_sentence=config.data.input_format in PAIR_FORMATS, **rt.model_kwargs())
+        model = pretraining_model(config, arch, **rt.model_kwargs())
         if rt.is_main:
             arch.to_json_file(os.path.join(rt.workdir, workdir_files.MODEL_CONFIG))
         tx, schedule = optimizer.make_optimizer(config.optimizer)
@@ -72,6 +71,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             runtime.export_hf(os.path.join(rt.workdir, workdir_files.HF_EXPORT), model, result.state.params,
                               tokenizer)
     return result.last_metrics
+
+
+def pretraining_model(config, arch: RobertaConfig, **kwargs) -> RobertaForMaskedLM:
+    """The MLM model of `arch`; the pair formats train next-sentence prediction beside MLM, and only they
+    have its head. `kwargs`: the module attributes beside the architecture (`runtime.model_kwargs`)."""
+    return RobertaForMaskedLM(arch, next_sentence=config.data.input_format in PAIR_FORMATS, **kwargs)
 
 
 def train_batch_iterator(config, tokenizer: FastTokenizer, data: PretrainingData) -> BatchIterator:
