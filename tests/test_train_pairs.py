@@ -10,11 +10,13 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+import safetensors.numpy
 
 from roberta_jax.data.batches import NO_LABEL
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM, init_params
 from roberta_jax.model.layers import RobertaModel
+from roberta_jax.tools import convert
 from roberta_jax.train import aot, checkpoint, metrics, objectives, steps, validate
 from roberta_jax.train.config import default_config
 from tests.train_runs import losses, run_train
@@ -160,7 +162,7 @@ def test_segment_pairs_agree_across_meshes_and_resume_exactly(tmp_path, corpus, 
     assert abs(nsp_losses(tmp_path)[1] - np.log(2)) < 0.1  # a fresh head guesses
 
 
-def test_export_loads_in_transformers_while_the_checkpoint_keeps_the_nsp_head(one_device):
+def test_export_loads_in_transformers_while_the_checkpoint_keeps_the_nsp_head(one_device, tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     workdir, stderr = one_device
     left_out = ("next_sentence.pooler.bias, next_sentence.pooler.weight, next_sentence.seq_relationship.bias, "
@@ -174,3 +176,9 @@ def test_export_loads_in_transformers_while_the_checkpoint_keeps_the_nsp_head(on
     assert step == 6 and set(params["next_sentence"]) == {"pooler", "seq_relationship"}
     np.testing.assert_array_equal(hf_model.roberta.embeddings.word_embeddings.weight.detach().numpy(),
                                   params["roberta"]["embeddings"]["word_embeddings"]["embedding"])
+    # The checkpoint converted later: the same weights, the same names left out.
+    convert.main(["to-hf", str(workdir), str(tmp_path / "converted")])
+    assert f"left out 4 weights RobertaForMaskedLM has not: {left_out}" in capsys.readouterr().out
+    exported, converted = (safetensors.numpy.load_file(d / "model.safetensors") for d in (workdir / "hf",
+                                                                                           tmp_path / "converted"))
+    assert sorted(exported) == sorted(converted) and not any(k.startswith("next_sentence") for k in converted)
