@@ -47,11 +47,12 @@ def test_the_ablations_runs_file_names_each_run_with_checked_typed_overrides(con
     path = os.path.join(REPO, "configs", "sweeps", "roberta_ablations.py")
     runs, common = sweep.named_runs(config, sweep.load_runs(path), ["progress=False"], str(tmp_path))
     options, _ = sweep.named_runs(config, sweep.load_runs(f"{path}:options"), [], str(tmp_path))
-    assert [r.name for r in runs] == ["dynamic", "static_x1", "doc_sentences", "batch8", "batch128"]
+    assert [r.name for r in runs] == ["dynamic", "static_x1", "doc_sentences", "segment_pair", "sentence_pair",
+                                      "batch8", "batch128"]
     assert [r.name for r in options] == ["no_cross_document_attention", "whole_word", "span", "polynomial_power2"]
     rows = {int(r.overrides["batch_size"]) * int(r.overrides["total_steps"]) for r in runs + options}
     assert rows == {3200}  # every run sees the same rows
-    cmd = sweep.train_command("configs/tiny.py", runs[3], common, config)
+    cmd = sweep.train_command("configs/tiny.py", runs[5], common, config)
     assert cmd[4:7] == ["--config.progress=False", "--config.batch_size=8", "--config.total_steps=400"]
     assert "--config.optimizer.peak_lr=0.00014" in cmd and "--config.eval_every_steps=400" in cmd
     with pytest.raises(ValueError, match="did you mean 'masking.static_copies'"):

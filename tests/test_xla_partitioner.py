@@ -48,8 +48,8 @@ def relative_gradient_errors(constrain: bool) -> list[float]:
     return [float(jnp.max(jnp.abs(g - e)) / jnp.max(jnp.abs(e))) for g, e in zip(got, expected)]
 
 
-HEADS = ("RobertaForMaskedLM", "RobertaForSequenceClassification", "RobertaForTokenClassification",
-         "RobertaForQuestionAnswering", "RobertaForMultipleChoice")
+HEADS = ("RobertaForMaskedLM", "RobertaForMaskedLM+next_sentence", "RobertaForSequenceClassification",
+         "RobertaForTokenClassification", "RobertaForQuestionAnswering", "RobertaForMultipleChoice")
 
 
 def head_gradient_error(name: str) -> float:
@@ -67,13 +67,17 @@ def head_gradient_error(name: str) -> float:
 
     rules = sharding.axis_rules(default_config().logical_axis_rules)
     labels = {0: "start", 1: "end"} if name == "RobertaForQuestionAnswering" else {0: "a", 1: "b", 2: "c"}
-    model = getattr(heads, name)(preset("micro", hidden_dropout_prob=0.0, id2label=labels))
-    ids = jnp.asarray(np.random.default_rng(0).integers(3, 100, (8, 2, 16) if "Multiple" in name else (8, 16)))
+    cls, _, option = name.partition("+")
+    model = getattr(heads, cls)(preset("micro", hidden_dropout_prob=0.0, id2label=labels), **({option: True} if option else {}))
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(3, 100, (8, 2, 16) if "Multiple" in name else (8, 16)))
+    # The MLM heads as pretraining runs them: the vocabulary projected at 3 masked slots per row.
+    kwargs = {"masked_positions": jnp.asarray(rng.integers(0, 16, (8, 3)))} if "MaskedLM" in name else {}
     boxed = jax.eval_shape(model.init, jax.random.key(0), ids)["params"]
     params = nn.meta.unbox(model.init(jax.random.key(0), ids)["params"])
 
     def loss(p, ids):  # every output, weighted so that no gradient is symmetric by accident
-        outs = jax.tree.leaves(model.apply({"params": p}, ids))
+        outs = jax.tree.leaves(model.apply({"params": p}, ids, **kwargs))
         return sum(jnp.sum(jnp.tanh(o) * jnp.cos(jnp.arange(o.size).reshape(o.shape))) for o in outs)
 
     mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))

@@ -1,4 +1,4 @@
-"""The RoBERTa paper's ablations (Liu et al. 2019, tables 1 and 3) and the masking options its follow-ups
+"""The RoBERTa paper's ablations (Liu et al. 2019, tables 1 to 3) and the masking options its follow-ups
 ask for, at the size of configs/tiny.py: one named run each, every run seeing the same number of rows
 (3,200 rows of 128 tokens, ~3.3 passes over the demo corpus: a third of the tiny run, to keep a CPU
 sweep to minutes per run).
@@ -12,9 +12,14 @@ sweep to minutes per run).
 
 - Table 1, static against dynamic masking: the paper masked each sequence 10 ways over 40 epochs, so
   each mask was seen 4 times; here ~3.3 passes with one copy, each mask seen ~3 times.
-- Table 2: FULL-SENTENCES (`dynamic`) against DOC-SENTENCES (`doc_sentences`); the pair formats with
-  NSP are not built yet. `no_cross_document_attention` keeps FULL-SENTENCES rows but stops attention
-  (and positions) at document boundaries.
+- Table 2: SEGMENT-PAIR+NSP (`segment_pair`), SENTENCE-PAIR+NSP (`sentence_pair`), FULL-SENTENCES
+  (`dynamic`) and DOC-SENTENCES (`doc_sentences`). The pair runs add the next-sentence loss to MLM; their
+  eval/loss is MLM's alone (on their own held-out pair rows). A pair row holds far fewer real tokens than a
+  packed one (on the demo corpus about 48 of 128 for segment pairs, 22 for sentence pairs), so at equal rows
+  they see fewer tokens: the paper raised the batch of its sentence-pair runs to even that out, this sweep
+  keeps the batch.
+  `no_cross_document_attention` (options) keeps FULL-SENTENCES rows but stops attention (and positions) at
+  document boundaries.
 - Table 3, batch size at equal passes over the data: the paper's 256 / 2K / 8K sequences with lr
   1e-4 / 7e-4 / 1e-3; here the tiny recipe's 32 (lr 1e-3, tuned) stands for 2K, and 8 and 128 keep the
   paper's lr ratios (x1/7 and x10/7) with 4x the steps and 1/4 of them.
@@ -48,6 +53,8 @@ def get_runs(arg: str = ""):
         "dynamic": base,  # table 1 and 2's FULL-SENTENCES and 3's middle row
         "static_x1": {**base, "masking.static_copies": 1},
         "doc_sentences": {**base, "data.input_format": "doc_sentences"},
+        "segment_pair": {**base, "data.input_format": "segment_pair"},  # SEGMENT-PAIR+NSP
+        "sentence_pair": {**base, "data.input_format": "sentence_pair"},  # SENTENCE-PAIR+NSP
         "batch8": schedule(8, 1.4e-4),
         "batch128": schedule(128, 1.4e-3),
     }

@@ -7,7 +7,8 @@
         ...                                      # masking happens in the jitted step
     checkpoint_extra = batches.get_state()      # {"epoch": 0, "position": 123, ...}
 
-Reading and tokenizing: `data_sources`; the row format: `packing`; MLM masking: `masking`.
+Reading and tokenizing: `data_sources`; the row formats: `packing`, `doc_packing`, `pairs` (sentences:
+`sentences`); MLM masking: `masking`.
 
 Batches. Each epoch visits the rows in the order `default_rng([seed, epoch]).permutation`.
 Global batch b of an epoch is rows `order[b*G:(b+1)*G]`; process p of P takes the p-th of its
@@ -37,11 +38,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from roberta_jax.data.doc_packing import pack_document_windows
 from roberta_jax.data.encoders import TokenizerInfo, resolve_tokenizer
 from roberta_jax.data.packing import PackedRows, pack_documents, packed_shape, segment_ids
+from roberta_jax.data.pairs import pack_pairs
+from roberta_jax.data.sentences import document_sentences, piece_bytes
 from roberta_jax.data.shards import ShardedRows
 from roberta_jax.data.sources import TokenizedCorpus, split_documents, tokenize_corpus
 from roberta_jax.suggest import did_you_mean
 
-INPUT_FORMATS = ("full_sentences", "doc_sentences")
+INPUT_FORMATS = ("full_sentences", "doc_sentences", "segment_pair", "sentence_pair")
+PAIR_FORMATS = ("segment_pair", "sentence_pair")  # rows of one pair each, with next-sentence labels
+NO_LABEL = -100  # the nsp_labels of filler rows: no pair, no loss (HF's ignore index)
 
 __all__ = ["BatchIterator", "PretrainingData", "RowBatches", "build_pretraining_data", "to_global"]
 
@@ -82,7 +87,7 @@ def build_pretraining_data(
         always keep theirs, padded, so every held-out token is evaluated.
       cache_dir: caches token ids and packed rows (memory-mapped `.npy`); None: no caching.
       num_proc: tokenizer processes for `Dataset.map`.
-      input_format: "full_sentences" (`packing`) or "doc_sentences" (`doc_packing`, not cached).
+      input_format: one of `INPUT_FORMATS`, rows by `packing` (cached), `doc_packing` or `pairs` (from split_seed).
       **source_kwargs: `format`, `text_field`, `doc_split`, `hub_config`, `hub_split`,
         `batch_size` of `data_sources.tokenize_corpus`.
     """
@@ -93,8 +98,9 @@ def build_pretraining_data(
     train_corpus = tokenized(train_sources)
     split = split_documents(train_corpus.num_documents, eval_fraction, split_seed) if eval_fraction else None
     train_docs, eval_docs = split or (None, None)
-    pack = functools.partial(_pack, tok=tok, max_seq_length=max_seq_length, cache_dir=cache_dir,
-                             input_format=input_format)
+    pieces = piece_bytes(tokenizer) if input_format in PAIR_FORMATS else None
+    pack = functools.partial(_pack, tok=tok, max_seq_length=max_seq_length, cache_dir=cache_dir, seed=split_seed,
+                             input_format=input_format, pieces=pieces)
     train_rows = pack(train_corpus, train_docs, drop=drop_remainder)
     stats: dict[str, int | bool] = {
         "train/documents": train_corpus.num_documents if train_docs is None else len(train_docs),
@@ -126,13 +132,17 @@ def _check_choices(eval_sources, eval_fraction: float, input_format: str) -> Non
 
 def _pack(
     corpus: TokenizedCorpus, doc_indices: np.ndarray | None, *, tok: TokenizerInfo, max_seq_length: int, drop: bool,
-    cache_dir: str | None, input_format: str,
+    cache_dir: str | None, input_format: str, pieces: list[bytes] | None = None, seed: int = 0,
 ) -> PackedRows:
     """The documents `doc_indices` (all if None) of `corpus` packed into rows of `max_seq_length`;
     FULL-SENTENCES rows with `cache_dir` are kept in a `.npy` beside the corpus's cached tokens and read
-    back from there."""
-    kwargs = {"max_seq_length": max_seq_length, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
-              "doc_indices": doc_indices}
+    back from there. Pair formats: sentences from the tokenizer's `pieces`, pairs drawn from `seed`."""
+    kwargs = {"max_seq_length": max_seq_length, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id}
+    if input_format in PAIR_FORMATS:
+        sentences = document_sentences(corpus.tokens, corpus.doc_offsets, pieces, doc_indices)
+        return pack_pairs(corpus.tokens, sentences, single_sentences=input_format == "sentence_pair", seed=seed,
+                          **kwargs)
+    kwargs["doc_indices"] = doc_indices
     if input_format == "doc_sentences":
         return pack_document_windows(corpus.tokens, corpus.doc_offsets, **kwargs)
     kwargs["drop_remainder"] = drop
@@ -284,7 +294,8 @@ class RowBatches:
 
 class BatchIterator(RowBatches):
     """Host-local batches `{"input_ids": int32 [B_local, L]}` (+ `"attention_mask"` when rows
-    can hold padding) of packed rows, B_local = global_batch_size / process_count; resumable.
+    can hold padding; + `"nsp_labels"` int32 [B_local] of `pairs.PairRows`, `NO_LABEL` on filler rows)
+    of packed rows, B_local = global_batch_size / process_count; resumable.
     An incomplete final batch (`drop_remainder=False`) is filled with all-padding rows.
 
     Args:
@@ -338,6 +349,9 @@ class BatchIterator(RowBatches):
             lengths = np.zeros(self.local_batch_size, np.int32)
             lengths[:num_real] = self.rows.row_lengths(indices)
             batch["attention_mask"] = (np.arange(length) < lengths[:, None]).astype(np.int32)
+        if getattr(self.rows, "nsp_labels", None) is not None:
+            batch["nsp_labels"] = np.full(self.local_batch_size, NO_LABEL, np.int32)
+            batch["nsp_labels"][:num_real] = self.rows.nsp_labels[indices]
         if self.segment_separator is not None:
             batch["segment_ids"] = segment_ids(input_ids, self.segment_separator)
         if self.emit_row_ids:  # static masking keys its masks by (row, epoch); filler rows get row 0

@@ -86,10 +86,31 @@ class RobertaLMHead(nn.Module):
         return logits.astype(jnp.float32) + bias.astype(jnp.float32)
 
 
+class NextSentenceHead(nn.Module):
+    """BERT's next-sentence head on `<s>` (HF `BertForPreTraining`'s pooler and `cls.seq_relationship`):
+    x [B, L, H] -> dense (H -> H) -> tanh -> `seq_relationship` (H -> 2) -> float32 logits [B, 2]."""
+
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        pooled = jnp.tanh(dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype, "pooler")(x[:, 0]))
+        return dense(c, 2, ("mlp", None), self.dtype, self.param_dtype, "seq_relationship")(pooled).astype(jnp.float32)
+
+
 class RobertaForMaskedLM(_Head):
     """Masked LM. With `masked_positions` int [B, K] only those positions are projected onto the
     vocabulary (logits [B, K, V]); otherwise every position is (logits [B, L, V]). `segment_ids`
-    int [B, L]: see `RobertaModel`."""
+    int [B, L]: see `RobertaModel`.
+
+    `next_sentence=True` adds the `NextSentenceHead` (params under "next_sentence") and returns
+    (MLM logits, next-sentence logits [B, 2]): the pair input formats' objective. A training knob, not part
+    of the architecture: HF's `RobertaForMaskedLM` has no such head, so `hf_io.save_hf` leaves it out."""
+
+    next_sentence: bool = False
 
     @nn.compact
     def __call__(
@@ -103,9 +124,13 @@ class RobertaForMaskedLM(_Head):
             )
         roberta = self.encoder(add_pooling_layer=False)
         x, _ = roberta(input_ids, attention_mask, token_type_ids, position_ids, deterministic, segment_ids)
+        nsp = None
+        if self.next_sentence:  # on the full sequence: it reads <s>, which the masked gather may leave out
+            nsp = NextSentenceHead(self.config, self.dtype, self.param_dtype, name="next_sentence")(x)
         if masked_positions is not None:
             x = jnp.take_along_axis(x, masked_positions[..., None], axis=1)
-        return RobertaLMHead(self.config, self.dtype, self.param_dtype, name="lm_head")(x, roberta.attend)
+        logits = RobertaLMHead(self.config, self.dtype, self.param_dtype, name="lm_head")(x, roberta.attend)
+        return logits if nsp is None else (logits, nsp)
 
 
 class RobertaForCausalLM(RobertaForMaskedLM):

@@ -4,7 +4,8 @@ Flax parameter paths map to PyTorch state-dict names by one rule, because the mo
 as HF names them: path components joined with '.', `layer_3` -> `layer.3`, and the leaf
 `kernel` -> `weight` (transposed: Flax is [in, out], torch.nn.Linear [out, in]),
 `embedding`/`scale` -> `weight`, `bias` -> `bias`. The tied MLM decoder (`lm_head.decoder.*`)
-is not written: `transformers` ties it to the word embeddings and `lm_head.bias` on load.
+is not written: `transformers` ties it to the word embeddings and `lm_head.bias` on load. Weights the HF
+class has not (the pretraining-only next-sentence head) are not written either; `save_hf` names them.
 XLM-R and CamemBERT checkpoints (`model_type` "xlm-roberta", "camembert") use the same names; an export's
 `architectures` is named for its config's model type (`XLMRobertaForMaskedLM`).
 
@@ -170,14 +171,32 @@ def load_hf(
     return params, model, report
 
 
-def save_hf(out_dir: str, model: nn.Module, params: Mapping[str, Any], tokenizer=None) -> None:
+def save_hf(out_dir: str, model: nn.Module, params: Mapping[str, Any], tokenizer=None) -> list[str]:
     """Writes `model.safetensors` + `config.json` (+ the tokenizer's files) into `out_dir`, loadable
-    by the matching `transformers` class's `from_pretrained(out_dir)`."""
+    by the matching `transformers` class's `from_pretrained(out_dir)` with nothing missing or unexpected.
+
+    Only the weights that class has are written: the names of the others (the next-sentence head of
+    `RobertaForMaskedLM(next_sentence=True)`) are returned, sorted, for the caller's report."""
     os.makedirs(out_dir, exist_ok=True)
-    state = {k: v.astype(np.float32) for k, v in params_to_state_dict(params).items()}
+    hf_names = hf_weight_names(model)
+    state, left_out = {}, []
+    for name, value in params_to_state_dict(params).items():
+        if name in hf_names:
+            state[name] = value.astype(np.float32)
+        else:
+            left_out.append(name)
     safetensors.numpy.save_file(state, os.path.join(out_dir, SAFETENSORS), metadata={"format": "pt"})
     model.config.replace(architectures=(architecture_name(model),)).to_json_file(
         os.path.join(out_dir, "config.json")
     )
     if tokenizer is not None:
         tokenizer.save(out_dir)
+    return sorted(left_out)
+
+
+def hf_weight_names(model: nn.Module) -> set[str]:
+    """The HF names of the weights of `model`'s HF class (`heads.architecture_name`): its params as the plain
+    architecture, without training-only heads."""
+    plain = ARCHITECTURES[architecture_name(model)](model.config)
+    template = jax.eval_shape(lambda: init_params(plain, jax.random.key(0)))
+    return {flax_path_to_hf(path) for path in traverse_util.flatten_dict(template)}

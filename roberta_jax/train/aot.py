@@ -108,7 +108,8 @@ def compile_steps(config, devices: list, dump_dir: str | None = None) -> Compile
     optimized HLO and its buffer assignment there."""
     tokenizer = _tokenizer(config)
     mesh = sharding.make_mesh(dict(config.mesh), devices)
-    model = RobertaForMaskedLM(pretrain.model_config(config, tokenizer), **runtime.model_kwargs(config, mesh))
+    model = pretrain.pretraining_model(config, pretrain.model_config(config, tokenizer),
+                                       **runtime.model_kwargs(config, mesh))
     tx, schedule = optimizer.make_optimizer(config.optimizer)
     rules = sharding.axis_rules(config.logical_axis_rules)
     state, shardings = steps.abstract_train_state(model, tx, mesh, rules)
@@ -116,9 +117,12 @@ def compile_steps(config, devices: list, dump_dir: str | None = None) -> Compile
     ids = jax.ShapeDtypeStruct((config.batch_size, config.data.max_seq_length), jnp.int32,
                                sharding=sharding.batch_sharding(mesh, rules))
     options = {"xla_dump_to": dump_dir, "xla_dump_hlo_as_text": True} if dump_dir else None
-    train = runtime.jit_train_step(train_fn, shardings, mesh, rules).lower(state, {"input_ids": ids})
+    extra = {}  # the pair formats' batches carry their next-sentence labels
+    if model.next_sentence:
+        extra["nsp_labels"] = jax.ShapeDtypeStruct(ids.shape[:1], jnp.int32, sharding=ids.sharding)
+    train = runtime.jit_train_step(train_fn, shardings, mesh, rules).lower(state, {"input_ids": ids, **extra})
     evaluation = runtime.jit_eval_step(eval_fn, shardings, mesh, rules).lower(
-        state.params, {"input_ids": ids, "attention_mask": ids}, 0)
+        state.params, {"input_ids": ids, "attention_mask": ids, **extra}, 0)
     return CompiledSteps(
         train=train.compile(options), eval=evaluation.compile(options), model=model, mesh=mesh,
         state_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state)),

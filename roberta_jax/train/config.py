@@ -42,7 +42,9 @@ def default_config() -> ml_collections.ConfigDict:
             doc_separator="",  # text files: a line that separates documents (e.g. <|endoftext|>), instead of doc_split
             max_seq_length=512,
             # full_sentences: documents back to back, a row may span several (the paper's choice);
-            # doc_sentences: no input crosses a document, short ones share a row without seeing each other.
+            # doc_sentences: no input crosses a document, short ones share a row without seeing each other;
+            # segment_pair / sentence_pair: a row is <s> A </s></s> B </s> (runs of sentences / single ones),
+            # B the true continuation half the time, and next-sentence prediction is trained beside MLM.
             input_format="full_sentences",
             # False: a packed row's documents do not attend to each other (segment ids, block-diagonal
             # attention, positions restarting per document); True: the paper's FULL-SENTENCES rows.

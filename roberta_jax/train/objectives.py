@@ -1,4 +1,5 @@
-"""Objectives of the train step: the weighted cross-entropy sums every head's loss is made of, and MLM.
+"""Objectives of the train step: the weighted cross-entropy sums every head's loss is made of, MLM, and MLM
+with next-sentence prediction (the pair input formats).
 
 A `loss_fn(params, batch, dropout_rng) -> (loss_sum, (count, correct))` returns sums over the batch it
 is given; `steps.make_train_step` divides by the count over the whole global batch. `dropout_rng=None`
@@ -53,18 +54,55 @@ def mlm_loss(model: nn.Module):
     the vocabulary projection runs only there."""
 
     def loss_fn(params, batch, dropout_rng):
-        logits = model.apply(
-            {"params": params}, batch["input_ids"], batch.get("attention_mask"),
-            masked_positions=batch["positions"], segment_ids=batch.get("segment_ids"),
-            deterministic=dropout_rng is None,
-            rngs=None if dropout_rng is None else {"dropout": dropout_rng},
-        )
-        loss_sum, count, correct = xent_sums(logits, batch["labels"], batch["weights"])
+        loss_sum, count, correct = xent_sums(_forward(model, params, batch, dropout_rng), batch["labels"],
+                                             batch["weights"])
         return loss_sum, (count, correct)
 
     return loss_fn
 
 
+def nsp_prepare(prepare):
+    """MLM's `prepare`, then `nsp_weights` float32 [B] for the pair formats' batches (`nsp_labels` int [B],
+    negative on filler rows): each pair weighs (masked tokens in the global batch) / (pairs in it). The
+    step divides every loss sum by the masked-token count, so the NSP part comes out as the mean over the
+    pairs and the loss is BERT's: mean MLM loss + mean NSP loss, whatever the microbatches or the mesh."""
+
+    def prepare_with_nsp(rng, batch):
+        batch = prepare(rng, batch)
+        pairs = (batch["nsp_labels"] >= 0).astype(jnp.float32)
+        scale = jnp.sum(batch["weights"]) / jnp.maximum(jnp.sum(pairs), 1.0)
+        return dict(batch, nsp_weights=pairs * scale)
+
+    return prepare_with_nsp
+
+
+def mlm_nsp_loss(model: nn.Module):
+    """`loss_fn(params, batch, dropout_rng) -> (loss_sum, (count, correct, ratios))` of a
+    `RobertaForMaskedLM(next_sentence=True)` on batches of `nsp_prepare`: MLM's sums plus the next-sentence
+    cross-entropy weighted by `nsp_weights`; `count` and `correct` are MLM's, `ratios` the unweighted
+    "mlm_loss", "nsp_loss" and "nsp_accuracy" sums over the pairs (`steps.make_train_step` logs them)."""
+
+    def loss_fn(params, batch, dropout_rng):
+        logits, nsp_logits = _forward(model, params, batch, dropout_rng)
+        mlm_sum, count, correct = xent_sums(logits, batch["labels"], batch["weights"])
+        labels = jnp.maximum(batch["nsp_labels"], 0)  # filler rows weigh 0 anyway
+        weighted, _, _ = xent_sums(nsp_logits, labels, batch["nsp_weights"])
+        nsp_sum, num_pairs, nsp_correct = xent_sums(nsp_logits, labels, (batch["nsp_labels"] >= 0).astype(jnp.float32))
+        ratios = {"mlm_loss": (mlm_sum, count), "nsp_loss": (nsp_sum, num_pairs),
+                  "nsp_accuracy": (nsp_correct, num_pairs)}
+        return mlm_sum + weighted, (count, correct, ratios)
+
+    return loss_fn
+
+
+def _forward(model: nn.Module, params, batch, dropout_rng):
+    """The model's logits at the masked slots (and with the next-sentence head, its logits [B, 2])."""
+    return model.apply(
+        {"params": params}, batch["input_ids"], batch.get("attention_mask"),
+        masked_positions=batch["positions"], segment_ids=batch.get("segment_ids"),
+        deterministic=dropout_rng is None,
+        rngs=None if dropout_rng is None else {"dropout": dropout_rng},
+    )
 
 
 def never_masked_ids(tokenizer, vocab_size: int) -> tuple[int, ...]:

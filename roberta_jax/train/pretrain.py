@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from roberta_jax.data import shards
-from roberta_jax.data.batches import BatchIterator, PretrainingData, build_pretraining_data
+from roberta_jax.data.batches import PAIR_FORMATS, BatchIterator, PretrainingData, build_pretraining_data
 from roberta_jax.data.encoders import resolve_tokenizer
 from roberta_jax.data.fast_tokenizer import FastTokenizer
 from roberta_jax.data.sources import document_texts
@@ -37,7 +37,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         train_batches = train_batch_iterator(config, tokenizer, data)
 
         arch = model_config(config, tokenizer)
-        model = RobertaForMaskedLM(arch, **rt.model_kwargs())
+        model = pretraining_model(config, arch, **rt.model_kwargs())
         if rt.is_main:
             arch.to_json_file(os.path.join(rt.workdir, workdir_files.MODEL_CONFIG))
         tx, schedule = optimizer.make_optimizer(config.optimizer)
@@ -53,9 +53,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 log.warning("step %d: the evaluation masked no token (%d held-out rows); no eval metrics. Hold out "
                             "more data (data.eval_fraction, data.eval_files)", _step, data.eval.num_rows)
                 return {}
-            loss = sums["loss_sum"] / sums["count"]
+            # With next-sentence prediction, eval/loss stays MLM's (comparable across input formats); NSP's apart.
+            ratios = steps.ratio_metrics(sums, "eval")
+            loss = ratios.pop("eval/mlm_loss", sums["loss_sum"] / sums["count"])
             return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss)),
-                    "eval/accuracy": sums["correct"] / sums["count"]}
+                    "eval/accuracy": sums["correct"] / sums["count"], **ratios}
 
         tokens_per_step = config.batch_size * config.data.max_seq_length
         flops_per_step = metrics.flops_per_token(arch, config.data.max_seq_length) * tokens_per_step
@@ -71,6 +73,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     return result.last_metrics
 
 
+def pretraining_model(config, arch: RobertaConfig, **kwargs) -> RobertaForMaskedLM:
+    """The MLM model of `arch`; the pair formats train next-sentence prediction beside MLM, and only they
+    have its head. `kwargs`: the module attributes beside the architecture (`runtime.model_kwargs`)."""
+    return RobertaForMaskedLM(arch, next_sentence=config.data.input_format in PAIR_FORMATS, **kwargs)
+
+
 def train_batch_iterator(config, tokenizer: FastTokenizer, data: PretrainingData) -> BatchIterator:
     """The training batches: read ahead from prepared shards; with row ids for static masking."""
     return BatchIterator(
@@ -82,7 +90,7 @@ def train_batch_iterator(config, tokenizer: FastTokenizer, data: PretrainingData
 
 def segment_separator(config, tokenizer: FastTokenizer) -> int | None:
     """`</s>`, where the documents (DOC-SENTENCES: the sequences) of a row must not see each other: the
-    batches then carry segment ids."""
+    batches then carry segment ids. Never for the pair formats: a row is one pair, A and B see each other."""
     separate = config.data.input_format == "doc_sentences" or not config.data.cross_document_attention
     return tokenizer.eos_token_id if separate else None
 
@@ -90,10 +98,13 @@ def segment_separator(config, tokenizer: FastTokenizer) -> int | None:
 def mlm_steps(config, model: RobertaForMaskedLM, tokenizer: FastTokenizer, tx, schedule):
     """The uncompiled MLM (train_fn, eval_fn): dynamic (or static) masking of tokens, whole words or spans
     with the tokenizer's special ids, the loss at the masked slots only, `grad_accum_steps` microbatches;
-    eval masks fixed by `eval_seed`."""
+    eval masks fixed by `eval_seed`. With the next-sentence head (the pair formats), its loss is added to MLM's
+    and the NSP loss and accuracy are logged (`objectives.mlm_nsp_loss`)."""
     prepare = objectives.mlm_prepare(mask_function(config, tokenizer, model.config.vocab_size),
                                      static_copies=config.masking.static_copies, seed=config.seed)
     loss_fn = objectives.mlm_loss(model)
+    if model.next_sentence:
+        prepare, loss_fn = objectives.nsp_prepare(prepare), objectives.mlm_nsp_loss(model)
     train_fn = steps.make_train_step(tx, schedule, loss_fn, seed=config.seed, num_micro=config.grad_accum_steps,
                                      prepare=prepare, accuracy_name="mlm_accuracy")
     return train_fn, steps.make_eval_step(loss_fn, seed=config.eval_seed, prepare=prepare)

@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 
 from roberta_jax.data.batches import to_global
 from roberta_jax.model import hf_io
+from roberta_jax.model.heads import architecture_name
 from roberta_jax.train import checkpoint, loop, metrics, sharding, steps, validate
 from roberta_jax.train import workdir as workdir_files
 
@@ -114,17 +115,22 @@ def gather_params(params: Any) -> Any:
     return jax.device_get(params)
 
 
-def export_hf(directory: str, model, params: Any, tokenizer=None) -> None:
+def export_hf(directory: str, model, params: Any, tokenizer=None) -> list[str]:
     """The params gathered from every host, written by process 0 as an HF directory (`hf_io.save_hf`).
-    Written aside and swapped in, so an interrupted export leaves the previous one whole."""
+    Written aside and swapped in, so an interrupted export leaves the previous one whole. Returns (and logs)
+    the names of the weights the HF class has not (the next-sentence head): they stay in the checkpoints only."""
     params = gather_params(params)
     if jax.process_index() != 0:
-        return
+        return []
     partial = f"{directory}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    hf_io.save_hf(partial, model, params, tokenizer=tokenizer)
+    left_out = hf_io.save_hf(partial, model, params, tokenizer=tokenizer)
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(partial, directory)
+    if left_out:
+        log.info("HF export %s: left out %d weights that %s has not (kept in the checkpoints): %s", directory,
+                 len(left_out), architecture_name(model), ", ".join(left_out))
+    return left_out
 
 
 class Runtime:
@@ -233,11 +239,11 @@ class Runtime:
 
     def evaluate(self, eval_step: Callable, params: Any, batches: Iterable[dict],
                  max_batches: int | None = None) -> tuple[dict[str, float], list]:
-        """Runs `eval_step` over `batches` (the first `max_batches`): the summed `EVAL_SUMS` as floats and
-        the list of per-batch outputs, on the host."""
+        """Runs `eval_step` over `batches` (the first `max_batches`): the summed `EVAL_SUMS` (and any other sums
+        the step returns) as floats and the list of per-batch outputs, on the host."""
         sums, outputs = dict.fromkeys(EVAL_SUMS, 0.0), []
         for index, batch in enumerate(itertools.islice(batches, max_batches)):
             batch_sums, out = jax.device_get(eval_step(params, self.put(batch), index))
-            sums = {k: sums[k] + float(batch_sums[k]) for k in EVAL_SUMS}
+            sums = {k: sums.get(k, 0.0) + float(v) for k, v in batch_sums.items()}
             outputs.append(out)
         return sums, outputs

@@ -85,19 +85,23 @@ def make_train_step(
     """The jittable `train_step(state, batch) -> (state, metrics)`, for any objective.
 
     `loss_fn(params, batch, dropout_rng) -> (loss_sum, (count, correct))` returns sums over the
-    batch it is given; the step divides by the count over the whole global batch.
+    batch it is given; the step divides by the count over the whole global batch. A third element,
+    `(count, correct, ratios)`, logs more: `ratios` {name: (sum, count)} of scalars, summed over the global
+    batch and logged as `train/<name>` = sum / count (the NSP loss and accuracy beside MLM's).
     `prepare(rng, batch) -> batch` runs once on the global batch before it is split into
     `num_micro` microbatches (MLM masking), so its result does not depend on `num_micro`.
     Batches are dicts of arrays with the global batch first; float32 gradients are summed
     over the microbatches.
     """
+    loss_fn = with_ratios(loss_fn)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         prepare_rng, dropout_key = jax.random.split(masked_rng(seed, state.step))
         if prepare is not None:
             batch = prepare(prepare_rng, batch)
-        grads, loss_sum, count, correct = _accumulate(grad_fn, state.params, batch, dropout_key, num_micro)
+        grads, loss_sum, (count, correct, ratios) = _accumulate(grad_fn, loss_fn, state.params, batch, dropout_key,
+                                                                num_micro)
         denominator = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denominator, grads)
         loss = loss_sum / denominator
@@ -112,15 +116,26 @@ def make_train_step(
             "train/num_predictions": count,
             "train/skipped_updates": new_state.nonfinite_total,
             "train/nonfinite_streak": new_state.nonfinite_streak,
+            **{f"train/{name}": total / jnp.maximum(n, 1.0) for name, (total, n) in ratios.items()},
         }
         return new_state, metrics
 
     return train_step
 
 
-def _accumulate(grad_fn, params, batch: dict[str, jax.Array], dropout_key: jax.Array, num_micro: int):
-    """(grads, loss_sum, count, correct) summed over `num_micro` microbatches of `batch`, microbatch i
-    with dropout key fold_in(dropout_key, i)."""
+def with_ratios(loss_fn):
+    """`loss_fn` whose aux is always `(count, correct, ratios)` (`make_train_step`), `ratios` {} if it had none."""
+
+    def loss_with_ratios(params, batch, dropout_rng):
+        loss_sum, aux = loss_fn(params, batch, dropout_rng)
+        return loss_sum, ((*aux, {}) if len(aux) == 2 else tuple(aux))
+
+    return loss_with_ratios
+
+
+def _accumulate(grad_fn, loss_fn, params, batch: dict[str, jax.Array], dropout_key: jax.Array, num_micro: int):
+    """(grads, loss_sum, (count, correct, ratios)) summed over `num_micro` microbatches of `batch`, microbatch i
+    with dropout key fold_in(dropout_key, i); `loss_fn` is what `grad_fn` differentiates."""
     # One microbatch goes through the loop too: without it, XLA's SPMD partitioner (jax 0.10.2,
     # CPU) compiled this whole step into wrong gradients on a data x fsdp x tensor mesh
     # (tests/test_train.py::test_losses_agree_across_mesh_shapes), while the looped form is exact.
@@ -128,10 +143,12 @@ def _accumulate(grad_fn, params, batch: dict[str, jax.Array], dropout_key: jax.A
 
     def accumulate(carry, xs):
         index, micro_batch = xs
-        (loss_sum, (count, correct)), grads = grad_fn(params, micro_batch, jax.random.fold_in(dropout_key, index))
-        return jax.tree.map(jnp.add, carry, (grads, loss_sum, count, correct)), None
+        (loss_sum, aux), grads = grad_fn(params, micro_batch, jax.random.fold_in(dropout_key, index))
+        return jax.tree.map(jnp.add, carry, (grads, loss_sum, aux)), None
 
-    zeros = (jax.tree.map(jnp.zeros_like, params), 0.0, 0.0, 0.0)
+    # The carry has the loss_fn's output structure (ratios included), found without running it.
+    shapes = jax.eval_shape(loss_fn, params, jax.tree.map(lambda x: x[0], micro), dropout_key)
+    zeros = (jax.tree.map(jnp.zeros_like, params), *jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
     sums, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_micro), micro))
     return sums
 
@@ -165,7 +182,8 @@ def _split_micro(num_micro: int, x: jax.Array) -> jax.Array:
 
 def make_eval_step(loss_fn, *, seed: int, prepare=None):
     """`eval_step(params, batch, batch_index) -> (sums, {})`, deterministic, in the form the runtime's
-    evaluation reads: `sums` = {"loss_sum", "count", "correct"} and no per-row outputs.
+    evaluation reads: `sums` = {"loss_sum", "count", "correct"} (+ "<name>_sum" and "<name>_count" of the
+    loss_fn's ratios, `make_train_step`; `ratio_metrics` reads them) and no per-row outputs.
 
     `prepare` gets the fixed key `fold_in(key(seed), batch_index)`, so MLM eval masks are the
     same at every evaluation and eval losses are comparable across steps.
@@ -174,7 +192,16 @@ def make_eval_step(loss_fn, *, seed: int, prepare=None):
     def eval_step(params, batch, batch_index):
         if prepare is not None:
             batch = prepare(jax.random.fold_in(jax.random.key(seed), batch_index), batch)
-        loss_sum, (count, correct) = loss_fn(params, batch, None)
-        return {"loss_sum": loss_sum, "count": count, "correct": correct}, {}
+        loss_sum, (count, correct, ratios) = with_ratios(loss_fn)(params, batch, None)
+        sums = {"loss_sum": loss_sum, "count": count, "correct": correct}
+        for name, (total, n) in ratios.items():
+            sums[f"{name}_sum"], sums[f"{name}_count"] = total, n
+        return sums, {}
 
     return eval_step
+
+
+def ratio_metrics(sums: dict[str, float], prefix: str) -> dict[str, float]:
+    """{"<prefix>/<name>": sum / count} of the ratios in an evaluation's summed `sums` (`make_eval_step`)."""
+    names = [k[: -len("_sum")] for k in sums if k.endswith("_sum") and f"{k[: -len('_sum')]}_count" in sums]
+    return {f"{prefix}/{n}": sums[f"{n}_sum"] / max(sums[f"{n}_count"], 1.0) for n in names}

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from roberta_jax.data.batches import INPUT_FORMATS, PAIR_FORMATS
+from roberta_jax.suggest import nearest
 from roberta_jax.train import sharding
 
 
@@ -73,3 +75,20 @@ def pretraining(config, num_devices: int, num_hosts: int) -> None:
              "e.g. 0.05 to hold out 5% of the documents")
     _require(config.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", config.optimizer.warmup_steps,
              "must not be negative", "use 0 for no warmup")
+    input_format(d)
+
+
+def input_format(d) -> None:
+    """`data.input_format` is one of `batches.INPUT_FORMATS` and fits the rest of the `data` section."""
+    fmt = d.input_format
+    guess = nearest(fmt, INPUT_FORMATS)
+    _require(fmt in INPUT_FORMATS, "data.input_format", fmt, f"not one of {', '.join(INPUT_FORMATS)}",
+             f"did you mean {guess!r}?" if guess else "choose one of them")
+    _require(fmt == "full_sentences" or not d.prepared, "data.input_format", fmt,
+             f"prepared data ({d.prepared}) holds FULL-SENTENCES rows", "train on data.train_files for this format")
+    if fmt in PAIR_FORMATS:
+        _require(d.cross_document_attention, "data.cross_document_attention", d.cross_document_attention,
+                 f"a {fmt} row is one pair whose A and B must see each other",
+                 "leave it True (a pair row never spans documents that could be kept apart)")
+        _require(d.max_seq_length >= 6, "data.max_seq_length", d.max_seq_length,
+                 "a pair row <s> A </s></s> B </s> needs at least 6 tokens", "raise it")

@@ -31,6 +31,7 @@ import os
 import socket
 import time
 
+from roberta_jax.data.batches import PAIR_FORMATS
 from roberta_jax.data.tokenizer import is_tokenizer_dir
 
 TRAIN_CONFIG = "train_config.json"
@@ -149,10 +150,13 @@ def tokenizer_fingerprint(directory: str) -> str:
 
 def pretraining_contract(config) -> dict:
     """The config fields a pretraining workdir is fixed to, by config key: the architecture (dropout aside),
-    the tokenizer (its files' fingerprint, or the fields it is trained with) and `data.max_seq_length`."""
+    the tokenizer (its files' fingerprint, or the fields it is trained with), `data.max_seq_length` and, for
+    the pair input formats, the next-sentence head."""
     contract = {f"model.{k}": v for k, v in config.model.items() if not k.endswith("dropout_prob")}
     contract["data.max_seq_length"] = config.data.max_seq_length
     contract["tokenizer.kind"] = config.tokenizer.kind
+    if config.data.input_format in PAIR_FORMATS:  # the params hold the next-sentence head
+        contract["next_sentence_head"] = True
     if config.tokenizer.path:  # its files, wherever they are
         contract["tokenizer.fingerprint"] = tokenizer_fingerprint(config.tokenizer.path)
     elif config.data.prepared:  # the tokenizer the shards were made with
