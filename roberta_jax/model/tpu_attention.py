@@ -28,6 +28,8 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 from jax.sharding import Mesh, PartitionSpec
 
+# The name of the kernel's saved output and log-sum-exp (`jax.ad_checkpoint.checkpoint_name`).
+RESIDUALS = "splash_residuals"
 # Run the kernel in the Pallas interpreter instead of compiling it for a TPU (tests on CPU set this).
 INTERPRET = False
 # Query and key block lengths tried in order: the largest that divides the row length is used.
@@ -127,7 +129,7 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, segments: tuple | None, is
         block_sizes=splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                                       block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
                                       block_kv_dq=block),
-        head_shards=1, q_seq_shards=1, interpret=INTERPRET,
+        head_shards=1, q_seq_shards=1, interpret=INTERPRET, residual_checkpoint_name=RESIDUALS,
     )
     q = q * jnp.asarray(1 / np.sqrt(d), q.dtype)
 
@@ -136,4 +138,7 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, segments: tuple | None, is
         ids = None if ids is None else splash.SegmentIds(*ids)
         return kernel(*heads_first, segment_ids=ids).transpose(1, 0, 2)
 
-    return jax.vmap(one_example)(q, k, v, segments)
+    # Keep only q, k, v as they come in and the kernel's output and log-sum-exp for the backward pass: the
+    # scaled, heads-first copies the kernel reads are recomputed there (a transpose each).
+    keep = jax.checkpoint_policies.save_only_these_names(RESIDUALS)
+    return jax.checkpoint(jax.vmap(one_example), policy=keep)(q, k, v, segments)
