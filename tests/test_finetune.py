@@ -169,6 +169,24 @@ def test_resume_finishes_like_an_uninterrupted_run(tmp_path, hf_dir):
     assert run.finetune_and_evaluate(config, str(tmp_path / "a"))["final"] == straight["final"]
 
 
+def test_a_rerun_with_other_labels_or_length_stops_before_touching_the_workdir(tmp_path, hf_dir):
+    config = tiny_config("sst2", hf_dir, total_steps=2)
+    run.finetune_and_evaluate(config, str(tmp_path))
+    fixed = json.loads((tmp_path / workdir_files.CONTRACT).read_text())
+    assert (fixed["task"], fixed["labels"], fixed["data.max_length"], fixed["model.num_labels"]) == (
+        "classification", ["0", "1"], 64, 2)
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()}
+    changed = tiny_config("sst2", hf_dir, total_steps=2)
+    changed.data.update(labels="0,1,2", max_length=32)
+    with pytest.raises(workdir_files.WorkdirError) as err:
+        run.finetune_and_evaluate(changed, str(tmp_path))
+    assert ("this run changes labels: ['0', '1'] -> ['0', '1', '2'], data.max_length: 64 -> 32, "
+            "model.num_labels: 2 -> 3. Nothing was touched") in str(err.value)
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()} == before
+    # The same config continues it (here: finished, evaluated again).
+    assert run.finetune_and_evaluate(config, str(tmp_path))["final_step"] == 2
+
+
 def test_learns_its_training_sentences(tmp_path, hf_dir):
     """The gradient reaches the head and the encoder: ten epochs over the six sentences (dropout off) and the
     model classifies them all, its training loss down to a fraction of where it started. (The random tiny
