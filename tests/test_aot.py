@@ -3,6 +3,8 @@ roofline, on the host's CPU and, where libtpu is installed, for a TPU slice desc
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +42,16 @@ def test_unknown_slices_are_errors_that_list_the_sizes():
         aot.topology_name("v5p-6")
     with pytest.raises(ValueError, match="unknown TPU target 'v7x-8'"):
         aot.topology_name("v7x-8")
+
+
+def test_the_command_line_names_a_bad_target_in_one_line():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "roberta_jax.tools.aot", f"--config={repo}/configs/tiny.py",
+                          "--target=v5p-6"], cwd=repo, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=repo),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("aot.py: error: v5p-6: no standard v5p slice of 3 chips")
+    assert "Traceback" not in out.stderr
 
 
 def test_chips_by_device_kind():

@@ -1,5 +1,9 @@
 """The conversion command line: HF directory -> Orbax params -> HF directory, logits unchanged."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -40,3 +44,15 @@ def test_from_hf_without_architectures_asks_for_one(tmp_path, capsys):
     with pytest.raises(SystemExit):
         convert.main(["from-hf", str(tmp_path / "hf"), str(tmp_path / "orbax")])
     assert "--architecture" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_naming_it_and_verbose_adds_the_traceback(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "-m", "roberta_jax.tools.convert", "to-hf", str(tmp_path / "nowhere"),
+               str(tmp_path / "hf")]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=repo)
+    out = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
+    assert out.stderr.startswith("python -m roberta_jax.tools.convert: error: ") and "nowhere" in out.stderr
+    verbose = subprocess.run([*command, "--verbose"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr

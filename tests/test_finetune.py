@@ -169,6 +169,24 @@ def test_resume_finishes_like_an_uninterrupted_run(tmp_path, hf_dir):
     assert run.finetune_and_evaluate(config, str(tmp_path / "a"))["final"] == straight["final"]
 
 
+def test_a_rerun_with_other_labels_or_length_stops_before_touching_the_workdir(tmp_path, hf_dir):
+    config = tiny_config("sst2", hf_dir, total_steps=2)
+    run.finetune_and_evaluate(config, str(tmp_path))
+    fixed = json.loads((tmp_path / workdir_files.CONTRACT).read_text())
+    assert (fixed["task"], fixed["labels"], fixed["data.max_length"], fixed["model.num_labels"]) == (
+        "classification", ["0", "1"], 64, 2)
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()}
+    changed = tiny_config("sst2", hf_dir, total_steps=2)
+    changed.data.update(labels="0,1,2", max_length=32)
+    with pytest.raises(workdir_files.WorkdirError) as err:
+        run.finetune_and_evaluate(changed, str(tmp_path))
+    assert ("this run changes labels: ['0', '1'] -> ['0', '1', '2'], data.max_length: 64 -> 32, "
+            "model.num_labels: 2 -> 3. Nothing was touched") in str(err.value)
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()} == before
+    # The same config continues it (here: finished, evaluated again).
+    assert run.finetune_and_evaluate(config, str(tmp_path))["final_step"] == 2
+
+
 def test_learns_its_training_sentences(tmp_path, hf_dir):
     """The gradient reaches the head and the encoder: ten epochs over the six sentences (dropout off) and the
     model classifies them all, its training loss down to a fraction of where it started. (The random tiny
@@ -331,20 +349,27 @@ def test_command_line(tmp_path, hf_dir, compile_once):
 
 def test_labels_come_from_the_training_file_and_an_unseen_eval_label_is_an_error(tmp_path, tok):
     (tmp_path / "train.tsv").write_text("label\ttext_a\n1\ta warm film\n0\tthe plot goes nowhere\n")
-    (tmp_path / "dev.tsv").write_text("label\ttext_a\n0\tdull\n2\ta neutral film\n1\tfunny\n")
+    (tmp_path / "dev.tsv").write_text("label\ttext_a\n0\tdull\n\n2\ta neutral film\n1\tfunny\n")
     c = load_config("sst2")
     c.data.update(train_file=str(tmp_path / "train.tsv"), eval_file=str(tmp_path / "dev.tsv"), max_length=16)
-    with pytest.raises(ValueError, match=rf"dev.tsv: example 2 has label '2', which the training file "
-                                         rf"{tmp_path}/train.tsv does not have \(labels: \['0', '1'\]\)"):
+    # The file, the line (after a blank one) and the label.
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/dev.tsv:4: label '2' is not one of the labels of the training "
+                                         rf"file {tmp_path}/train.tsv \(\['0', '1'\]\)"):
+        load_task_data(c, tok, tasks.get_task("classification"))
+    # A .json list has no lines: the example's number.
+    rows = [{"sentence": "dull", "label": "0"}, {"sentence": "meh", "label": "2"}]
+    (tmp_path / "dev.json").write_text(json.dumps(rows))
+    c.data.eval_file = str(tmp_path / "dev.json")
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/dev.json: example 2: label '2' is not one of the labels"):
         load_task_data(c, tok, tasks.get_task("classification"))
     c.data.labels = "0,1,2"  # the config's list: every label has an output
     assert load_task_data(c, tok, tasks.get_task("classification")).labels == ["0", "1", "2"]
 
-    # NER: a tag seen only in the eval file.
+    # NER: a tag seen only in the eval file, on line 23 of conll.txt.
     conll = open(os.path.join(TASK_DATA, "conll.txt")).read()
     (tmp_path / "train.txt").write_text(conll.replace("B-MISC", "O"))
     c = load_config("conll")
     c.data.update(train_file=str(tmp_path / "train.txt"), eval_file=os.path.join(TASK_DATA, "conll.txt"),
                   max_length=32)
-    with pytest.raises(ValueError, match=r"conll.txt: example \d+ has label 'B-MISC', which the training file"):
+    with pytest.raises(ValueError, match=r"conll.txt:23: label 'B-MISC' is not one of the labels of the training file"):
         load_task_data(c, tok, tasks.get_task("ner"))

@@ -153,6 +153,39 @@ def test_bad_files_are_errors_naming_them(bpe, tmp_path):
         run_prepare(str(tmp_path / "empty.txt"), bpe, tmp_path / "out", num_workers=1)
 
 
+def test_a_separator_line_splits_documents_as_training_does(bpe, tmp_path):
+    """TinyStories' layout: documents (some with blank lines inside) between `<|endoftext|>` lines; pieces
+    of 2 kB are cut only after a separator line, and the shards hold the documents training reads."""
+    rng = np.random.default_rng(1)
+    words = (REPO / "data" / "demo_corpus.txt").read_text(encoding="utf-8").split()[:2000]
+    docs = ["\n\n".join(" ".join(rng.choice(words, rng.integers(1, 30))) for _ in range(rng.integers(1, 3)))
+            for _ in range(200)]
+    corpus = tmp_path / "stories.txt"
+    corpus.write_text("".join(f"{d}\n{' ' * (i % 2)}<|endoftext|>\n" for i, d in enumerate(docs)), encoding="utf-8")
+    manifest = prepare.prepare(str(corpus), bpe, str(tmp_path / "out"), vocab_size=600, max_seq_length=L,
+                               doc_separator="<|endoftext|>", piece_bytes=2000, progress=False)
+    shard_list = manifest["splits"]["train"]["shards"]
+    assert len(shard_list) >= 5 and manifest["doc_separator"] == "<|endoftext|>"
+    unpacked = []
+    for entry in shard_list:
+        rows = np.load(tmp_path / "out" / "train" / f"{entry['name']}.npy").astype(np.int32)
+        unpacked += unpack_documents(PackedRows(rows, entry["last_row_length"], 1), 2)
+    reference = tokenize_corpus(str(corpus), bpe, doc_separator="<|endoftext|>", cache_dir=str(tmp_path / "cache"))
+    assert len(unpacked) == reference.num_documents == len(docs) == manifest["stats"]["train/documents"]
+    for i, doc in enumerate(unpacked):
+        np.testing.assert_array_equal(doc, reference.tokens[reference.doc_offsets[i] : reference.doc_offsets[i + 1]])
+
+
+def test_the_command_line_prints_a_bad_config_field_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "roberta_jax.tools.prepare", f"--config={REPO}/configs/tiny.py",
+                          f"--out={tmp_path / 'out'}", "--config.data.eval_fraction=0.1"], cwd=REPO,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "prepare.py: error: data.eval_fraction=0.1 does not apply to prepared data")
+
+
 def test_wrong_tokenizer_or_row_length_names_both_values(one_worker, bpe):
     out, manifest = one_worker
     fingerprint = resolve_tokenizer(bpe).fingerprint

@@ -92,9 +92,11 @@ def test_print_only_prints_one_launch_command_per_run_and_records_the_sweep(tmp_
 
 
 def test_an_unknown_key_on_the_command_line_exits_with_one_line(tmp_path, capsys):
-    assert sweep.main(["run", "--config", CONFIG, "--workdir", str(tmp_path), "--grid", "optimiser.peak_lr=1"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "sweep: unknown config key 'optimiser.peak_lr'; did you mean 'optimizer.peak_lr'?")
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["run", "--config", CONFIG, "--workdir", str(tmp_path), "--grid", "optimiser.peak_lr=1"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == ("python -m roberta_jax.tools.sweep: error: unknown config key "
+                                               "'optimiser.peak_lr'; did you mean 'optimizer.peak_lr'?")
 
 
 TINY = [

@@ -13,6 +13,16 @@ TASKS = DATA / "tasks"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def test_examples_know_the_line_they_start_on(tmp_path):
+    csv_file, jsonl, json_list = tmp_path / "a.csv", tmp_path / "a.jsonl", tmp_path / "a.json"
+    csv_file.write_text('sentence,label\n"two\nlines",1\n\nthird,0\n')  # a quoted field spans lines 2-3
+    jsonl.write_text('{"sentence": "x", "label": "1"}\n\n{"sentence": "y", "label": "0"}\n')
+    json_list.write_text('[{"sentence": "x", "label": "1"}]')
+    assert [e.line for e in classification.load_examples(csv_file)] == [2, 5]
+    assert [e.line for e in classification.load_examples(jsonl)] == [1, 3]
+    assert [e.line for e in classification.load_examples(json_list)] == [None]
+
+
 def test_load_sst2_tsv_keeps_text_verbatim():
     examples = classification.load_examples(TASKS / "sst2.tsv")
     assert len(examples) == 6

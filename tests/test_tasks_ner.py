@@ -36,6 +36,7 @@ def test_load_conll(examples, tmp_path):
         ner.Example(("EU", "rejects"), ("B-ORG", "O")), ner.Example(("Peter",), ("B-PER",))
     ]
     assert ner.load_examples(four, tag_column=None)[1] == ner.Example(("Peter",))
+    assert [e.lines for e in ner.load_examples(four)] == [(3, 4), (7,)]  # each word's line, for errors
     one = tmp_path / "one.txt"
     one.write_text("EU\nrejects\n")
     with pytest.raises(ValueError, match=r"one.txt:1: 'EU' has no tag column; .* tag_column=None"):

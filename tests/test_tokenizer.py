@@ -322,7 +322,7 @@ def test_training_from_files_equals_training_from_texts(tmp_path):
     ("content", "message"),
     [(b"caf\xe9 au lait\n", "not valid UTF-8"), (b"", "empty"), (b" \n\t\n", "empty"), (b"ok \xe6\x97", "UTF-8")],
 )
-def test_bad_training_file_is_named(tmp_path, content, message):
+def test_bad_training_file_is_named(tmp_path, capsys, content, message):
     good, bad = tmp_path / "good.txt", tmp_path / "bad file.txt"
     good.write_text("".join(_corpus()), encoding="utf-8")
     bad.write_bytes(content)
@@ -331,7 +331,7 @@ def test_bad_training_file_is_named(tmp_path, content, message):
     assert str(bad) in str(err.value)
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--files", str(good), str(bad), "--vocab-size", "300", "--out", str(tmp_path / "out")])
-    assert str(bad) in str(exit_.value.code)
+    assert exit_.value.code == 2 and str(bad) in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -363,6 +363,41 @@ def test_cli_trains_and_saves_for_hf(tmp_path):
     hf_loaded = transformers.RobertaTokenizerFast.from_pretrained(tmp_path / "tok")
     assert len(hf_loaded) == len(ours) and hf_loaded.mask_token_id == ours.mask_token_id == len(ours) - 1
     _assert_same(ours(TEXTS), hf_loaded(TEXTS))
+
+
+def _cli(*args, cwd=None):
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "roberta_jax.tools.tokenizer", *args]
+    return subprocess.run(command, cwd=cwd or repo, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_reads_documents_as_training_does(tmp_path):
+    """JSON lines through the corpus reader: the vocabulary holds the documents' text, not the JSON around it;
+    globs, directories and a separator line are the corpus reader's too."""
+    records = [{"content": line.strip(), "id": i} for i, line in enumerate(_corpus())]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    out = _cli("train", "--files", str(tmp_path / "docs" / "*.jsonl"), "--text-field", "content", "--vocab-size",
+               "350", "--out", str(tmp_path / "tok"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    vocab = json.loads((tmp_path / "tok" / "vocab.json").read_text(encoding="utf-8"))
+    artefacts = [t for t in vocab if '{"' in t or '":' in t or t.strip("Ġ") in ("content", "id")]
+    assert not artefacts and "Ġfox" in vocab
+    # A text file split at a separator line: the separator is not text to learn.
+    separated = "".join(line + "<|endoftext|>\n" for line in _corpus())
+    (tmp_path / "docs.txt").write_text(separated, encoding="utf-8")
+    out = _cli("train", "--files", str(tmp_path / "docs.txt"), "--doc-separator", "<|endoftext|>", "--vocab-size",
+               "350", "--out", str(tmp_path / "tok2"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not [t for t in json.loads((tmp_path / "tok2" / "vocab.json").read_text()) if "endof" in t]
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    out = _cli("train", "--files", str(tmp_path / "missing.txt"), "--vocab-size", "350", "--out", str(tmp_path / "t"))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("python -m roberta_jax.tools.tokenizer: error: ") and "missing.txt" in out.stderr
+    verbose = _cli("train", "--files", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "t"), "--verbose")
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr
 
 
 def test_an_invalid_tokenizer_file_is_an_error_naming_it(tmp_path):

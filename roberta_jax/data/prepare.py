@@ -3,7 +3,8 @@
     manifest = prepare(["corpus/"], tokenizer, "gs://bucket/prepared", max_seq_length=512, num_workers=16)
 
 Pieces. Every text file is cut into pieces of about `piece_bytes` bytes (16 MiB by default), each cut right
-after a document boundary: after a blank line for `doc_split="blank_line"`, after a line break for "line";
+after a document boundary: after a blank line for `doc_split="blank_line"`, after a line break for "line",
+after a `doc_separator` line when one is set (the documents are those training reads: `text_files`);
 a "file" document is never cut, nor is a file smaller than `piece_bytes`. The cuts depend only on the
 bytes of the files, so the documents of a piece, and piece i's shard, are the same whatever the number of
 workers or machines. Piece i of a split becomes `shard-{i:05d}` of that split, in file order.
@@ -58,26 +59,29 @@ class Piece:
     start: int
     end: int
     doc_split: str
+    doc_separator: str = ""
 
 
-def plan_pieces(files: Sequence[str], split: str, doc_split: str, piece_bytes: int = PIECE_BYTES) -> list[Piece]:
+def plan_pieces(files: Sequence[str], split: str, doc_split: str, piece_bytes: int = PIECE_BYTES,
+                doc_separator: str = "") -> list[Piece]:
     """The pieces of `files` in order (rules in the module docstring); an empty file is an error naming it."""
     pieces: list[Piece] = []
     for path in files:
         size = epath.Path(path).stat().length
         if size == 0:
             raise ValueError(f"{path}: file is empty.")
-        cuts = [0, *_cuts(path, size, doc_split, piece_bytes), size]
+        cuts = [0, *_cuts(path, size, doc_split, piece_bytes, doc_separator), size]
         for start, end in zip(cuts, cuts[1:]):
-            pieces.append(Piece(split, len(pieces), path, start, end, doc_split))
+            pieces.append(Piece(split, len(pieces), path, start, end, doc_split, doc_separator))
     return pieces
 
 
-def _cuts(path: str, size: int, doc_split: str, piece_bytes: int) -> list[int]:
-    """Offsets, ascending and inside (0, size), just after a document boundary near each multiple of piece_bytes."""
-    if doc_split == "file" or size <= piece_bytes:
+def _cuts(path: str, size: int, doc_split: str, piece_bytes: int, separator: str = "") -> list[int]:
+    """Offsets, ascending and inside (0, size), just after a document boundary near each multiple of piece_bytes:
+    after a `separator` line when one is set (`doc_split` is then unused, as in `text_files.text_documents`)."""
+    if (doc_split == "file" and not separator) or size <= piece_bytes:
         return []
-    pattern, cuts = _CUTS[doc_split], []
+    pattern, cuts = _separator_line(separator) if separator else _CUTS[doc_split], []
     with epath.Path(path).open("rb") as f:
         target = piece_bytes
         while target < size:
@@ -100,8 +104,9 @@ def _cuts(path: str, size: int, doc_split: str, piece_bytes: int) -> list[int]:
 def prepare_piece(piece: Piece, tok: TokenizerInfo, out: str, max_seq_length: int, dtype: str) -> dict[str, Any]:
     """Tokenizes and packs one piece into its shard (a Dask task); returns the shard's manifest entry.
     Skips the work when a complete shard of the same piece and settings exists."""
-    key = {**dataclasses.asdict(piece), "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length,
-           "dtype": dtype}
+    # Without a separator the key is the one of a piece before separators existed: those shards stay complete.
+    fields = {k: v for k, v in dataclasses.asdict(piece).items() if k != "doc_separator" or v}
+    key = {**fields, "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length, "dtype": dtype}
     name = shards.shard_name(piece.index)
     directory = epath.Path(out) / piece.split
     record = directory / f"{name}.json"
@@ -140,7 +145,7 @@ def _piece_documents(piece: Piece) -> list[str]:
             f"{piece.path}: not valid UTF-8 ({e.reason} at byte {piece.start + e.start}); "
             "re-encode it, e.g. `iconv -f latin1 -t utf-8`."
         ) from None
-    return text_files.split_text(text.replace("\r\n", "\n").replace("\r", "\n"), piece.doc_split)
+    return text_files.split_text(text.replace("\r\n", "\n").replace("\r", "\n"), piece.doc_split, piece.doc_separator)
 
 
 def _encode(documents: list[str], tok: TokenizerInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +169,7 @@ def prepare(
     eval_sources: str | Sequence[str] | None = None,
     max_seq_length: int = 512,
     doc_split: str = "blank_line",
+    doc_separator: str = "",
     format: str = "auto",
     piece_bytes: int = PIECE_BYTES,
     num_workers: int = 1,
@@ -175,6 +181,7 @@ def prepare(
     Args:
       train_sources, eval_sources: files, directories or globs of plain text (`format` "auto" or "text").
       tokenizer: anything `encoders.resolve_tokenizer` accepts.
+      doc_split, doc_separator: the documents of a text file, as training splits them (`text_files.text_documents`).
       vocab_size: the largest token id + 1; it sets the dtype (`shards.token_dtype`).
       num_workers: worker processes of a local Dask cluster; ignored with `scheduler`, the address of a
         running Dask scheduler.
@@ -189,11 +196,12 @@ def prepare(
     settings = {"format_version": shards.FORMAT_VERSION, "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length,
                 "dtype": dtype, "vocab_size": vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
                 "pad_id": tok.pad_id, "doc_split": doc_split, "piece_bytes": piece_bytes,
-                "sources": {s: [[p, epath.Path(p).stat().length] for p in fs] for s, fs in files.items()}}
+                "sources": {s: [[p, epath.Path(p).stat().length] for p in fs] for s, fs in files.items()},
+                **({"doc_separator": doc_separator} if doc_separator else {})}
     out_dir = epath.Path(out)
     if (out_dir / shards.MANIFEST).exists():
         return _existing(out, settings)
-    pieces = [p for split, fs in files.items() for p in plan_pieces(fs, split, doc_split, piece_bytes)]
+    pieces = [p for split, fs in files.items() for p in plan_pieces(fs, split, doc_split, piece_bytes, doc_separator)]
     entries = _run(pieces, tok, out, max_seq_length, dtype, num_workers, scheduler, progress)
     manifest = {**settings, "splits": {}, "stats": {}}
     for split in files:
@@ -220,6 +228,11 @@ def _existing(out: str, settings: dict[str, Any]) -> dict[str, Any]:
             )
     log.info("%s is already prepared", out)
     return manifest
+
+
+def _separator_line(separator: str) -> re.Pattern:
+    """A line that is `separator`, whitespace around it aside, with the line break before it and after it."""
+    return re.compile(rb"\n[ \t\r\f\v]*" + re.escape(separator.encode("utf-8")) + rb"[ \t\r\f\v]*\n")
 
 
 def _run(pieces, tok, out, max_seq_length, dtype, num_workers, scheduler, progress) -> dict[Piece, dict]:

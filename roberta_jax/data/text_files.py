@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import glob
+import io
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -130,9 +131,12 @@ def text_documents(files: Sequence[str], doc_split: str, separator: str = "") ->
             yield _nonblank(["".join(pending)])
 
 
-def split_text(text: str, doc_split: str) -> list[str]:
+def split_text(text: str, doc_split: str, separator: str = "") -> list[str]:
     """The documents of a whole text whose line breaks are already "\\n", by `text_documents`' rules
-    (a piece of a file cut right after a line break, or after a blank line for "blank_line")."""
+    (a piece of a file cut right after a line break, after a blank line for "blank_line", or after a
+    `separator` line)."""
+    if separator:
+        return [doc for batch in _separated(io.StringIO(text), separator) for doc in batch]
     if doc_split == "file":
         return _nonblank([text])
     if doc_split == "line":

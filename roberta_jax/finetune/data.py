@@ -37,14 +37,17 @@ class TaskData:
 
 
 def check_labels(config, task: Task, examples: Sequence, labels: list[str] | None) -> None:
-    """Raises ValueError at the first example of the eval file with a label the model has no output for."""
+    """Raises ValueError at the first label of the eval file the model has no output for, naming the file, the
+    line (the example's number where the format has no lines) and the label."""
     for number, example in enumerate(examples, start=1):
-        unknown = [label for label in task.example_labels(config, example) if label not in (labels or ())]
-        if unknown:
+        for label, line in task.example_labels(config, example):
+            if label in (labels or ()):
+                continue
+            where = f":{line}" if line is not None else f": example {number}"
             source = "--config.data.labels" if config.data.labels else f"the training file {config.data.train_file}"
             raise ValueError(
-                f"{config.data.eval_file}: example {number} has label {unknown[0]!r}, which {source} does not have "
-                f"(labels: {labels}); add it to the training data or list every label in --config.data.labels")
+                f"{config.data.eval_file}{where}: label {label!r} is not one of the labels of {source} ({labels}); "
+                "add it to the training data or list every label in --config.data.labels")
 
 
 def load_task_data(config, tokenizer, task: Task) -> TaskData:

@@ -45,6 +45,7 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
                  len(data.eval_examples), train_batches.num_rows, len(data.eval_features["input_ids"]), total_steps)
 
         arch = head_architecture(base_arch, config, task, data.labels)
+        rt.fix_contract(workdir_files.finetuning_contract(config, arch, data.labels))
         model = ARCHITECTURES[task.ARCHITECTURE](arch, **rt.model_kwargs())
         tx, lr_schedule = optimizer.make_optimizer(opt_config)
         state, state_shardings = rt.create_state(model, tx)

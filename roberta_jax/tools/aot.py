@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tempfile
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from roberta_jax.train import aot, chips, cli
@@ -89,4 +89,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from roberta_jax.model import hf_io
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import ARCHITECTURES, init_params
-from roberta_jax.train import checkpoint
+from roberta_jax.train import checkpoint, cli
 from roberta_jax.train import workdir as workdir_files
 
 TOKENIZER_FILES = (
@@ -67,31 +67,31 @@ def copy_tokenizer_files(src: str, dst: str) -> list[str]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m roberta_jax.tools.convert", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    from_hf = sub.add_parser("from-hf", help="HF directory -> Orbax parameter checkpoint")
+    from_hf = cli.add_verbose(sub.add_parser("from-hf", help="HF directory -> Orbax parameter checkpoint"))
     from_hf.add_argument("src")
     from_hf.add_argument("dst")
     from_hf.add_argument("--architecture", choices=sorted(ARCHITECTURES),
                          help="head to build (default: the config's `architectures`)")
-    to_hf = sub.add_parser("to-hf", help="Orbax parameter checkpoint -> HF directory")
+    to_hf = cli.add_verbose(sub.add_parser("to-hf", help="Orbax parameter checkpoint -> HF directory"))
     to_hf.add_argument("src")
     to_hf.add_argument("dst")
     args = parser.parse_args(argv)
-
-    if args.command == "from-hf":
-        architecture = args.architecture or (RobertaConfig.from_json_file(args.src).architectures or (None,))[0]
-        if architecture is None:
-            parser.error(f"{args.src}/config.json names no architectures; pass --architecture.")
-        params, model, report = hf_io.load_hf(args.src, architecture)
-        print(f"loaded {args.src} as {architecture}: {report}")
-        save_params(args.dst, model, params)
-    else:
-        params, model = load_params(args.src)
-        left_out = hf_io.save_hf(args.dst, model, params)
-        if left_out:  # a pair-format workdir's next-sentence head: HF's class has no such weights
-            print(f"left out {len(left_out)} weights {hf_io.architecture_name(model)} has not: {', '.join(left_out)}")
-    copied = copy_tokenizer_files(args.src, args.dst) or copy_tokenizer_files(
-        os.path.join(args.src, workdir_files.TOKENIZER), args.dst
-    )
+    with cli.one_line_errors(parser.prog, args.verbose):
+        if args.command == "from-hf":
+            architecture = args.architecture or (RobertaConfig.from_json_file(args.src).architectures or (None,))[0]
+            if architecture is None:
+                parser.error(f"{args.src}/config.json names no architectures; pass --architecture.")
+            params, model, report = hf_io.load_hf(args.src, architecture)
+            print(f"loaded {args.src} as {architecture}: {report}")
+            save_params(args.dst, model, params)
+        else:
+            params, model = load_params(args.src)
+            left_out = hf_io.save_hf(args.dst, model, params)
+            if left_out:  # a pair-format workdir's next-sentence head: HF's class has no such weights
+                print(f"left out {len(left_out)} weights {hf_io.architecture_name(model)} has not: {', '.join(left_out)}")
+        copied = copy_tokenizer_files(args.src, args.dst) or copy_tokenizer_files(
+            os.path.join(args.src, workdir_files.TOKENIZER), args.dst
+        )
     print(f"wrote {args.dst}" + (f" (with {', '.join(copied)})" if copied else ""))
 
 

@@ -5,8 +5,8 @@
     python train.py --config configs/base.py --workdir runs/base --config.data.prepared=/data/prepared
 
 The same config file and `--config.*` overrides as train.py: `data.train_files`, `data.eval_files`,
-`data.doc_split`, `data.max_seq_length` and the tokenizer (`tokenizer.path`, else one trained on the
-training files) decide the output. `--num_workers` processes on this machine, or `--scheduler` the
+`data.doc_split` (or `data.doc_separator`), `data.max_seq_length` and the tokenizer (`tokenizer.path`, else
+one trained on the training files) decide the output. `--num_workers` processes on this machine, or `--scheduler` the
 address of a running Dask cluster. The tokenizer is kept in OUT/tokenizer; train.py uses it when
 `tokenizer.path` is empty. Rerunning completes an interrupted prepare and gives identical files.
 """
@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 
-from absl import app, flags
+from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
@@ -40,7 +40,8 @@ def main(argv):
         pretrain.split_list(d.train_files), tokenizer, _OUT.value,
         vocab_size=pretrain.model_config(config, tokenizer).vocab_size,
         eval_sources=pretrain.split_list(d.eval_files) or None, max_seq_length=d.max_seq_length,
-        doc_split=d.doc_split, format=d.format, piece_bytes=round(_PIECE_MB.value * 2**20),
+        doc_split=d.doc_split, doc_separator=d.doc_separator, format=d.format,
+        piece_bytes=round(_PIECE_MB.value * 2**20),
         num_workers=_NUM_WORKERS.value, scheduler=_SCHEDULER.value or None, progress=config.progress,
     )
     print(json.dumps(manifest["stats"]))
@@ -66,4 +67,4 @@ def _tokenizer(config, out: str) -> FastTokenizer:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

@@ -312,21 +312,20 @@ def save_plot(rows: list[Summary], metric: str, path: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m roberta_jax.tools.sweep", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="expand a grid into runs and train them (or print their commands)")
+    run = cli.add_verbose(sub.add_parser("run", help="expand a grid into runs and train them (or print the commands)"))
     run.add_argument("--config", required=True, help="config file, as train.py's --config (path[:arg])")
     run.add_argument("--workdir", required=True, help="the sweep's directory; each run gets a subdirectory")
     run.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="a swept field")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a field fixed for every run")
     run.add_argument("--runs", metavar="FILE.py[:ARG]", help="named runs instead of a grid: FILE's get_runs([ARG])")
     run.add_argument("--print-only", action="store_true", help="print one launch command per run, run nothing")
-    compare = sub.add_parser("compare", help="tabulate (and plot) the runs of a sweep")
+    compare = cli.add_verbose(sub.add_parser("compare", help="tabulate (and plot) the runs of a sweep"))
     compare.add_argument("--workdir", required=True)
     compare.add_argument("--metric", default="eval/loss")
     compare.add_argument("--mode", choices=("min", "max"), help="which is best; default max for accuracies, else min")
     compare.add_argument("--plot", help="write the metric against the step, one line per run, to this PNG")
     args = parser.parse_args(argv)
-
-    try:
+    with cli.one_line_errors(parser.prog, args.verbose):
         if args.command == "run":
             config = cli.load_config(args.config)
             if args.runs and args.grid:
@@ -356,9 +355,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_plot(rows, args.metric, args.plot)
             print(f"plot: {args.plot}")
         return 0
-    except (ValueError, FileNotFoundError) as err:
-        print(f"sweep: {err}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Command-line pieces shared by the entry points (`train.py`, `finetune.py`, the sweep): loading a
+"""Command-line pieces shared by the entry points (`train.py`, `finetune.py`, the tools): loading a
 config file, config-flag parsing with a one-line error for an unknown key, the exit codes, errors as
-one line (`--verbose` for the traceback), and the log filter that keeps Orbax's per-save lines out of the way.
+one line (`--verbose` for the traceback; `run` for absl mains, `add_verbose` + `one_line_errors` for
+argparse ones), and the log filter that keeps Orbax's per-save lines out of the way.
 
 Exit codes of `train.py` and `finetune.py`:
 
@@ -13,13 +14,15 @@ Exit codes of `train.py` and `finetune.py`:
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib.util
 import logging
 import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import ml_collections
 from absl import app, flags
@@ -93,16 +96,29 @@ def run(main: Callable[[list[str]], None]) -> None:
 
 
 def guarded(main: Callable[[list[str]], None], argv: list[str]) -> None:
-    """Runs `main(argv)`; an interrupted run exits `EXIT_INTERRUPTED`, a known error prints
-    `PROG: error: MESSAGE` (and the traceback with `--verbose`) and exits `EXIT_BAD_INPUT` or `EXIT_FAILED`."""
-    prog = os.path.basename(argv[0])
-    try:
+    """Runs `main(argv)` under `one_line_errors`, `--verbose` from absl's flags."""
+    with one_line_errors(os.path.basename(argv[0]), flags.FLAGS["verbose"].value):
         main(argv)
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The `--verbose` flag of an argparse command line (the tools'), to pass to `one_line_errors`."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="on an error, print the traceback, not only its one-line message")
+    return parser
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str, verbose: bool = False) -> Iterator[None]:
+    """An interrupted run exits `EXIT_INTERRUPTED`; a known error prints `PROG: error: MESSAGE` (and the
+    traceback with `verbose`) and exits `EXIT_BAD_INPUT` or `EXIT_FAILED`; anything else keeps its traceback."""
+    try:
+        yield
     except loop.Interrupted as err:
         print(f"{prog}: {err}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except (*BAD_INPUT, *FAILURES) as err:
-        if flags.FLAGS["verbose"].value:
+        if verbose:
             traceback.print_exc()
         message = " ".join(str(err).strip().splitlines()) or type(err).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)

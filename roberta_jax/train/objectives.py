@@ -23,7 +23,8 @@ def xent_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array):
     """
     # Against one-hot targets rather than by gathering the label's logit: the gather's gradient (a
     # scatter into the vocabulary axis) comes out wrong from XLA's SPMD partitioner when the
-    # vocabulary is split over `tensor` and the batch over both `data` and `fsdp`.
+    # vocabulary is split over `tensor` and the batch over both `data` and `fsdp` (jax 0.9.2 and 0.10.2;
+    # reproducer and guard: tests/test_xla_workarounds.py, tests/xla_repro.py `label_gather`).
     xent = optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype))
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return jnp.sum(xent * weights), jnp.sum(weights), jnp.sum(correct * weights)

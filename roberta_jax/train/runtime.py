@@ -179,6 +179,14 @@ class Runtime:
         finally:
             self.lock.release()
 
+    def fix_contract(self, contract: dict) -> None:
+        """Checks the workdir against a `contract` known only once the data is read (fine-tuning's labels), as
+        `__init__` does with its own: before the checkpoints and logs are opened. Written as training starts."""
+        if self.checkpointer is not None:
+            raise RuntimeError("Runtime.fix_contract checks the workdir before resume opens it")
+        workdir_files.check_contract(self.workdir, contract)
+        self.contract = contract
+
     def model_kwargs(self) -> dict[str, Any]:
         return model_kwargs(self.config, self.mesh)
 

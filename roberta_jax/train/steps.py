@@ -136,9 +136,10 @@ def with_ratios(loss_fn):
 def _accumulate(grad_fn, loss_fn, params, batch: dict[str, jax.Array], dropout_key: jax.Array, num_micro: int):
     """(grads, loss_sum, (count, correct, ratios)) summed over `num_micro` microbatches of `batch`, microbatch i
     with dropout key fold_in(dropout_key, i); `loss_fn` is what `grad_fn` differentiates."""
-    # One microbatch goes through the loop too: without it, XLA's SPMD partitioner (jax 0.10.2,
-    # CPU) compiled this whole step into wrong gradients on a data x fsdp x tensor mesh
-    # (tests/test_train.py::test_losses_agree_across_mesh_shapes), while the looped form is exact.
+    # One microbatch goes through the loop too: without it, XLA's SPMD partitioner (jax 0.9.2 and
+    # 0.10.2, CPU) compiles this whole step into wrong gradients on a data x fsdp x tensor mesh, while
+    # the looped form is exact (reproducer and guard: tests/test_xla_workarounds.py, tests/xla_repro.py
+    # `loop_free_step`; end to end: tests/test_train.py::test_losses_agree_across_mesh_shapes).
     micro = jax.tree.map(functools.partial(_split_micro, num_micro), batch)
 
     def accumulate(carry, xs):

@@ -2,7 +2,7 @@
 
     validate.pretraining(config, num_devices=jax.device_count(), num_hosts=jax.process_count())
 
-raises `ConfigError` at the first bad field; `train.cli.guarded_main` prints it as one line. The checks
+raises `ConfigError` at the first bad field; `train.cli.one_line_errors` prints it as one line. The checks
 of the fields both entry points share (`train.config.add_runtime_fields`, batch and steps) are `runtime`.
 """
 

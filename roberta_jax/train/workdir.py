@@ -12,18 +12,21 @@ A pretraining workdir (`train.py --workdir DIR`):
     metrics.jsonl       every step's scalars; TensorBoard events beside it (process 0)
     hf/                 the final model for `transformers` (process 0)
 
-A fine-tuning workdir (`finetune.py --workdir DIR`) holds `finetune_config.json`, `checkpoints/`,
-the metrics, `best_hf/` with `best.json` (the best evaluation so far) and `eval_results.json` at the end.
+A fine-tuning workdir (`finetune.py --workdir DIR`) holds the lock, `workdir.json`, `finetune_config.json`,
+`checkpoints/`, the metrics, `best_hf/` with `best.json` (the best evaluation so far) and `eval_results.json`
+at the end.
 
 A run takes the lock first (a second run on the workdir stops at once), then checks `workdir.json` against
-its config: a changed architecture, tokenizer or `data.max_seq_length` stops it before anything is
-written, naming each differing field.
+its config: a changed architecture, tokenizer or `data.max_seq_length` (fine-tuning: task, labels,
+`data.max_length` or the architecture of `init_from`) stops it before anything is written, naming each
+differing field.
 
 This module imports nothing heavy: the tools that read workdirs use it too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -167,6 +170,18 @@ def pretraining_contract(config) -> dict:
     return contract
 
 
+def finetuning_contract(config, architecture, labels: list[str] | None) -> dict:
+    """The fields a fine-tuning workdir is fixed to, by config key: `task`, its `labels` (None for a task without
+    label names), `data.max_length` and the head's architecture (`architecture`: a `model.config.RobertaConfig`,
+    dropout aside, `num_labels` for its label maps), as JSON holds them."""
+    contract = {"task": config.task, "labels": labels, "data.max_length": config.data.max_length}
+    for field in dataclasses.fields(architecture):
+        if field.name not in ("extra", "id2label", "label2id", "architectures") and "dropout" not in field.name:
+            contract[f"model.{field.name}"] = getattr(architecture, field.name)
+    contract["model.num_labels"] = len(architecture.id2label or {})
+    return json.loads(json.dumps(contract))
+
+
 def check_contract(workdir: str, contract: dict) -> None:
     """Raises `WorkdirError` naming every field where `contract` differs from the workdir's `workdir.json`
     (for a workdir older than that file, with checkpoints: the architecture in `model_config.json`)."""
@@ -181,10 +196,10 @@ def check_contract(workdir: str, contract: dict) -> None:
                for k in {**contract, **fixed} if fixed.get(k) != contract.get(k)]
     if changed:
         raise WorkdirError(
-            f"workdir {workdir} is fixed to another architecture, tokenizer or row length; this run changes "
+            f"workdir {workdir} is fixed to another architecture, tokenizer, task or row length; this run changes "
             f"{', '.join(changed)}. Nothing was touched. Use a new --workdir, or rerun with the workdir's values "
             f"(in {os.path.join(workdir, CONTRACT)}) to continue it; to reuse the directory on purpose, delete "
-            f"its {CHECKPOINTS}/, {CONTRACT} and {MODEL_CONFIG} first"
+            f"its {CHECKPOINTS}/ and {CONTRACT} (and a pretraining workdir's {MODEL_CONFIG}) first"
         )
 
 

@@ -39,8 +39,9 @@ class Task(Protocol):
     def choose_labels(self, config, examples: Sequence[Any]) -> list[str] | None:
         """The label names (`config.data.labels`, else from `examples`), or None for a task without them."""
 
-    def example_labels(self, config, example: Any) -> tuple[str, ...]:
-        """The label names one example carries (none for a task without label names)."""
+    def example_labels(self, config, example: Any) -> tuple[tuple[str, int | None], ...]:
+        """The label names one example carries, each with the line of its file it is on (None where the
+        format has no lines); none for a task without label names."""
 
     def make_features(self, config, examples: Sequence[Any], tokenizer, labels: list[str] | None) -> dict:
         """Fixed-shape int32/float32 arrays, one row per model input: `input_ids`, `attention_mask`, the

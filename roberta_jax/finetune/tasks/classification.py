@@ -44,11 +44,17 @@ class Example:
     text_a: str
     text_b: str | None = None
     label: str | None = None  # as written in the file; a number for regression
+    line: int | None = dataclasses.field(default=None, compare=False)  # where it starts in its file (not .json)
 
 
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a table with named columns, by file suffix: `.tsv` (header line, tab-separated, no quoting,
     as GLUE's files), `.csv` (header line, quoted fields), `.jsonl` or `.json` (JSON Lines, or one list)."""
+    return [row for _, row in read_numbered_rows(path)]
+
+
+def read_numbered_rows(path: str | os.PathLike) -> list[tuple[int | None, dict[str, Any]]]:
+    """`read_rows` with the line of the file each row starts on (None for the rows of a JSON list)."""
     path = Path(path)
     suffix = path.suffix.lower()
     with open(path, encoding="utf-8", newline="") as f:
@@ -58,21 +64,21 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
             header = next(reader, None)
             if header is None:
                 raise ValueError(f"{path}: empty, expected a header line of column names")
-            rows = []
-            for line_number, fields in enumerate(reader, start=2):
-                if not fields:
-                    continue
-                if len(fields) != len(header):
+            rows, line_number = [], reader.line_num + 1
+            for fields in reader:  # a quoted CSV field may span lines: a row starts after the last one read
+                if fields and len(fields) != len(header):
                     raise ValueError(
                         f"{path}:{line_number}: {len(fields)} fields, but the header names {len(header)} columns"
                     )
-                rows.append(dict(zip(header, fields, strict=True)))
+                if fields:
+                    rows.append((line_number, dict(zip(header, fields, strict=True))))
+                line_number = reader.line_num + 1
             return rows
         if suffix in (".jsonl", ".json"):
             text = f.read()
             if text.lstrip().startswith("["):
-                return json.loads(text)
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+                return [(None, row) for row in json.loads(text)]
+            return [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
     raise ValueError(f"{path}: unknown format {suffix!r}; expected .tsv, .csv, .jsonl or .json")
 
 
@@ -93,10 +99,10 @@ def load_examples(
     columns (default: the first of `KNOWN_TEXT_COLUMNS` present); without a `label` column (a test split)
     the examples have no labels. SST-2's `label<TAB>text_a` header and GLUE's own columns work as they are."""
     path = Path(path)
-    rows = read_rows(path)
-    if not rows:
+    numbered = read_numbered_rows(path)
+    if not numbered:
         return []
-    columns = list(rows[0])
+    columns = list(numbered[0][1])
     if text_a is None:
         text_a, text_b = _text_columns(columns, path)
     for name in (text_a, text_b):
@@ -108,8 +114,9 @@ def load_examples(
             text_a=str(row[text_a]),
             text_b=None if text_b is None else str(row[text_b]),
             label=str(row[label]) if has_label else None,
+            line=line,
         )
-        for row in rows
+        for line, row in numbered
     ]
 
 
@@ -215,8 +222,8 @@ def choose_labels(config, examples: Sequence[Example]) -> list[str] | None:
     return config_labels(config) or infer_label_list(examples)
 
 
-def example_labels(config, example: Example) -> tuple[str, ...]:
-    return () if config.data.regression or example.label is None else (example.label,)
+def example_labels(config, example: Example) -> tuple[tuple[str, int | None], ...]:
+    return () if config.data.regression or example.label is None else ((example.label, example.line),)
 
 
 def make_features(config, examples: Sequence[Example], tokenizer, labels: list[str] | None) -> dict[str, np.ndarray]:

@@ -127,7 +127,7 @@ def choose_labels(config, examples: Sequence[Example]) -> None:
     return None  # the choices are numbered; there are no label names
 
 
-def example_labels(config, example: Example) -> tuple[str, ...]:
+def example_labels(config, example: Example) -> tuple[tuple[str, int | None], ...]:
     return ()  # the answer is a choice's number, not a label name
 
 

@@ -33,6 +33,7 @@ IGNORE_INDEX = -100  # label of sub-words after the first, special and pad token
 class Example:
     words: tuple[str, ...]
     tags: tuple[str, ...] | None = None
+    lines: tuple[int, ...] | None = dataclasses.field(default=None, compare=False)  # each word's line in its file
 
 
 def load_examples(path: str | os.PathLike, word_column: int = 0, tag_column: int | None = -1) -> list[Example]:
@@ -42,12 +43,13 @@ def load_examples(path: str | os.PathLike, word_column: int = 0, tag_column: int
     examples: list[Example] = []
     words: list[str] = []
     tags: list[str] = []
+    lines: list[int] = []
 
     def end_sentence() -> None:
         if words:
-            examples.append(Example(tuple(words), None if tag_column is None else tuple(tags)))
-        words.clear()
-        tags.clear()
+            examples.append(Example(tuple(words), None if tag_column is None else tuple(tags), tuple(lines)))
+        for part in (words, tags, lines):
+            part.clear()
 
     with open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, start=1):
@@ -59,6 +61,7 @@ def load_examples(path: str | os.PathLike, word_column: int = 0, tag_column: int
                 raise ValueError(f"{path}:{line_number}: {line.strip()!r} has no tag column; for an "
                                  "unlabelled file pass tag_column=None")
             words.append(fields[word_column])
+            lines.append(line_number)
             if tag_column is not None:
                 tags.append(fields[tag_column])
     end_sentence()
@@ -161,8 +164,8 @@ def choose_labels(config, examples: Sequence[Example]) -> list[str]:
     return config_labels(config) or infer_label_list(examples)
 
 
-def example_labels(config, example: Example) -> tuple[str, ...]:
-    return tuple(example.tags or ())
+def example_labels(config, example: Example) -> tuple[tuple[str, int | None], ...]:
+    return tuple(zip(example.tags or (), example.lines or (None,) * len(example.words), strict=True))
 
 
 def make_features(config, examples: Sequence[Example], tokenizer, labels: list[str]) -> dict[str, np.ndarray]:

@@ -188,7 +188,7 @@ def choose_labels(config, examples: Sequence[Example]) -> None:
     return None
 
 
-def example_labels(config, example: Example) -> tuple[str, ...]:
+def example_labels(config, example: Example) -> tuple[tuple[str, int | None], ...]:
     return ()  # answers are spans of the context
 
 
