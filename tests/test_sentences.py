@@ -91,3 +91,10 @@ def test_piece_bytes_of_byte_level_and_sentencepiece_pieces(tok):
     assert piece_bytes(unigram) == [b"<unk>", b" the", b"\n", "\u00e9".encode()]
     with pytest.raises(TypeError, match="holds no `tokenizers.Tokenizer`"):
         piece_bytes(lambda texts: [[0] for _ in texts])
+
+
+def test_an_encoding_with_padding_leaves_the_backend_plain(tok):
+    """The splitter's callers encode through `backend`: a padded, truncated call before must not leak into it."""
+    plain = tok.backend.encode(TEXTS[0], add_special_tokens=False).ids
+    tok(["a", TEXTS[0]], padding="max_length", truncation=True, max_length=8)
+    assert tok.backend.encode(TEXTS[0], add_special_tokens=False).ids == plain

@@ -77,9 +77,9 @@ def loop_free_step() -> dict[str, float]:
     tx = optax.sgd(1.0)
     scanned = steps._accumulate
 
-    def loop_free(grad_fn, params, batch, dropout_key, num_micro):
-        (loss_sum, (count, correct)), grads = grad_fn(params, batch, jax.random.fold_in(dropout_key, 0))
-        return grads, loss_sum, count, correct
+    def loop_free(grad_fn, loss_fn, params, batch, dropout_key, num_micro):
+        (loss_sum, aux), grads = grad_fn(params, batch, jax.random.fold_in(dropout_key, 0))
+        return grads, loss_sum, aux
 
     def params_after_one_step(mesh):
         state, shardings = steps.create_train_state(model, tx, mesh, 0, rules)

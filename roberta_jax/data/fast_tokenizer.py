@@ -250,9 +250,12 @@ class FastTokenizer:
         tok = self._backend(add_prefix_space)
         with self._lock:  # the Rust object holds truncation and padding: set and used by one call at a time
             _set_length_rules(tok, truncation, max_length, stride, padding, self.pad_token_id)
-            encodings = tok.encode_batch(
-                inputs, is_pretokenized=is_split_into_words, add_special_tokens=add_special_tokens
-            )
+            try:
+                encodings = tok.encode_batch(
+                    inputs, is_pretokenized=is_split_into_words, add_special_tokens=add_special_tokens
+                )
+            finally:  # and off again: `backend` users (data pipeline, sentence splitting) encode plainly
+                _set_length_rules(tok, False, None, 0, False, self.pad_token_id)
         if return_overflowing_tokens:
             sample = [i for i, e in enumerate(encodings) for _ in range(1 + len(e.overflowing))]
             encodings = [row for e in encodings for row in (e, *e.overflowing)]
