@@ -25,11 +25,15 @@ host read only its rows:
 Expect MLM loss ~2.0 (perplexity ~4) after the full schedule on BookCorpus + Wikipedia scale data.
 """
 
-from roberta_jax.train.config import default_config
+from roberta_jax.train.config import default_config, with_slice_plan
+
+# The TPU slices this config is planned for: accelerator type -> (chips, rows of 512 per chip per
+# microbatch). `--config configs/base.py:v5p-32` shards over every chip and accumulates the 8k batch.
+PLANS = {"v4-64": (32, 16), "v5e-64": (64, 16), "v5p-32": (16, 32), "v6e-64": (64, 32)}
 
 
-def get_config():
+def get_config(plan: str = ""):
     c = default_config()
     # No attention-probability dropout: keeps attention in the fused kernel (see the docstring).
     c.model.attention_probs_dropout_prob = 0.0
-    return c
+    return with_slice_plan(c, PLANS, plan)

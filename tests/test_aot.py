@@ -13,7 +13,7 @@ import pytest
 
 from roberta_jax.model.config import preset
 from roberta_jax.model.heads import RobertaForMaskedLM
-from roberta_jax.train import aot, chips, optimizer, sharding, steps
+from roberta_jax.train import aot, chips, cli, optimizer, sharding, steps
 from roberta_jax.train.config import default_config, with_preset
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None and not os.environ.get("NO_LIBTPU_TEST")
@@ -161,3 +161,19 @@ def test_activation_accounting_is_korthikantis_formula():
     assert aot.activation_bytes(config, 8, 512, scores_written=False) == 12 * 512 * 8 * 768 * 34
     no_dropout = preset("base", attention_probs_dropout_prob=0.0)
     assert aot.activation_bytes(no_dropout, 8, 512, scores_written=True) == 12 * 512 * 8 * (34 * 768 + 4 * 12 * 512)
+
+
+@pytest.mark.parametrize("config_path", ["configs/base.py", "configs/large.py"])
+def test_the_configs_plans_shard_over_every_chip_and_accumulate_the_batch(config_path):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), config_path)
+    plans = cli.load_module(path, "config file").PLANS
+    assert len(plans) == 4 and {t.split("-")[0] for t in plans} == {"v4", "v5e", "v5p", "v6e"}
+    for target, (num_chips, rows) in plans.items():
+        c = cli.load_config(f"{path}:{target}")
+        # The chips of the slice's topology (product of its dimensions) are the plan's chips.
+        assert np.prod([int(d) for d in aot.topology_name(target).split(":")[1].split("x")]) == num_chips
+        assert c.grad_accum_steps * num_chips * rows == c.batch_size == 8192
+        assert dict(c.mesh) == {"data": 1, "fsdp": -1, "tensor": 1}
+    assert cli.load_config(path).grad_accum_steps == 1  # no plan: the config as it was
+    with pytest.raises(ValueError, match=r"no plan for 'v5p-31'; did you mean"):
+        cli.load_config(f"{path}:v5p-31")

@@ -102,10 +102,11 @@ class CompiledSteps:
                                 scores_written=report.attention == "xla")
 
 
-def compile_steps(config, devices: list, dump_dir: str | None = None) -> CompiledSteps:
+def compile_steps(config, devices: list, dump_dir: str | None = None, eval_step: bool = True) -> CompiledSteps:
     """Lowers and compiles the config's MLM train and eval steps on a mesh over `devices`, as train.py
-    would run them (global batch `batch_size` rows of `data.max_seq_length`). `dump_dir`: XLA writes the
-    optimized HLO and its buffer assignment there."""
+    would run them (global batch `batch_size` rows of `data.max_seq_length`, evaluated a microbatch at a
+    time). `dump_dir`: XLA writes the optimized HLO and its buffer assignment there. `eval_step=False`
+    compiles the train step alone (`CompiledSteps.eval` None)."""
     tokenizer = _tokenizer(config)
     mesh = sharding.make_mesh(dict(config.mesh), devices)
     model = pretrain.pretraining_model(config, pretrain.model_config(config, tokenizer),
@@ -121,15 +122,25 @@ def compile_steps(config, devices: list, dump_dir: str | None = None) -> Compile
     if model.next_sentence:
         extra["nsp_labels"] = jax.ShapeDtypeStruct(ids.shape[:1], jnp.int32, sharding=ids.sharding)
     train = runtime.jit_train_step(train_fn, shardings, mesh, rules).lower(state, {"input_ids": ids, **extra})
-    evaluation = runtime.jit_eval_step(eval_fn, shardings, mesh, rules).lower(
-        state.params, {"input_ids": ids, "attention_mask": ids, **extra}, 0)
+    evaluation = None
+    if eval_step:
+        micro = jax.ShapeDtypeStruct((config.batch_size // config.grad_accum_steps, ids.shape[1]), jnp.int32,
+                                     sharding=ids.sharding)
+        evaluation = runtime.jit_eval_step(eval_fn, shardings, mesh, rules).lower(
+            state.params, {"input_ids": micro, "attention_mask": micro, **_rows(extra, micro.shape[0])}, 0
+        ).compile(options)
     return CompiledSteps(
-        train=train.compile(options), eval=evaluation.compile(options), model=model, mesh=mesh,
+        train=train.compile(options), eval=evaluation, model=model, mesh=mesh,
         state_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state)),
         tokens_per_step=config.batch_size * config.data.max_seq_length,
         rows_per_device=config.batch_size // config.grad_accum_steps // _batch_devices(mesh, rules),
         length=config.data.max_seq_length,
     )
+
+
+def _rows(batch: dict[str, jax.ShapeDtypeStruct], rows: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """`batch`'s per-row fields with `rows` rows."""
+    return {k: jax.ShapeDtypeStruct((rows, *x.shape[1:]), x.dtype, sharding=x.sharding) for k, x in batch.items()}
 
 
 def _batch_devices(mesh: jax.sharding.Mesh, rules) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from roberta_jax.model.config import PRESETS
+from roberta_jax.suggest import did_you_mean
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -80,7 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.log_every_steps = 100  # TensorBoard cadence; metrics.jsonl gets every step
     c.eval_every_steps = 5000
-    c.eval_batches = 50  # at most this many eval batches per evaluation
+    c.eval_batches = 50  # at most this many eval batches (of batch_size / grad_accum_steps rows) per evaluation
     c.export_hf = True  # write WORKDIR/hf (model.safetensors, config.json, tokenizer) at the end
     return add_runtime_fields(c, checkpoint_keep=3)
 
@@ -124,4 +125,22 @@ def with_preset(c: ml_collections.ConfigDict, name: str) -> ml_collections.Confi
     for key, value in PRESETS[name].items():
         if key in c.model:
             c.model[key] = value
+    return c
+
+
+def with_slice_plan(c: ml_collections.ConfigDict, plans: dict[str, tuple[int, int]], target: str):
+    """Sets `c` up for one of a config's planned TPU slices: `plans` maps an accelerator type
+    ("v5p-32") to (chips, rows per chip per microbatch). The parameters and optimizer state are
+    sharded over every chip (FSDP), and the global batch `c.batch_size` is made of `grad_accum_steps`
+    microbatches of chips x rows. An empty `target` leaves `c` as it is (one host's devices, the
+    batch in one step)."""
+    if not target:
+        return c
+    if target not in plans:
+        raise ValueError(f"no plan for {target!r}{did_you_mean(target, plans)}; the planned slices: {', '.join(plans)}")
+    chips, rows = plans[target]
+    if c.batch_size % (chips * rows):
+        raise ValueError(f"batch_size={c.batch_size} is not a whole number of {chips} chips x {rows} rows")
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    c.grad_accum_steps = c.batch_size // (chips * rows)
     return c
