@@ -37,8 +37,7 @@ def plan_row(config_path: str, target: str) -> str:
     report = aot.step_report("train_step", compiled.train)
     chip = chips.chip_for(compiled.mesh.devices.flat[0].device_kind)
     n = compiled.mesh.devices.size
-    bound = aot.roofline(report, chip, compiled.tokens_per_step, n,
-                         aot.model_flops_per_step(compiled, config.data.max_seq_length))
+    bound = compiled.train_roofline(report, chip)
     gib = 2**30
     return (f"| {os.path.basename(config_path)} | {target} | {n} x {compiled.rows_per_device} x "
             f"{config.grad_accum_steps} | {report.attention} | {compiled.state_bytes / gib:.2f} GiB | "

@@ -29,7 +29,7 @@ from roberta_jax.train.config import default_config, with_slice_plan
 
 # The TPU slices this config is planned for: accelerator type -> (chips, rows of 512 per chip per
 # microbatch). `--config configs/base.py:v5p-32` shards over every chip and accumulates the 8k batch.
-PLANS = {"v4-64": (32, 16), "v5e-64": (64, 16), "v5p-32": (16, 32), "v6e-64": (64, 32)}
+PLANS = {"v4-64": (32, 64), "v5e-64": (64, 32), "v5p-32": (16, 128), "v6e-64": (64, 64)}
 
 
 def get_config(plan: str = ""):

@@ -15,7 +15,7 @@ from roberta_jax.train.config import default_config, with_preset, with_slice_pla
 
 # The TPU slices this config is planned for: accelerator type -> (chips, rows of 512 per chip per
 # microbatch). `--config configs/large.py:v5p-128` shards over every chip and accumulates the 8k batch.
-PLANS = {"v4-128": (64, 8), "v5e-256": (256, 8), "v5p-128": (64, 16), "v6e-256": (256, 16)}
+PLANS = {"v4-128": (64, 32), "v5e-256": (256, 16), "v5p-128": (64, 64), "v6e-256": (256, 32)}
 
 
 def get_config(plan: str = ""):

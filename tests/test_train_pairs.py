@@ -43,7 +43,8 @@ def by_hand(params, batch):
     hidden, _ = RobertaModel(CONFIG, add_pooling_layer=False).apply(
         {"params": params["roberta"]}, batch["input_ids"], batch["attention_mask"])
     head = jax.tree.map(lambda x: np.asarray(x, np.float64), params["next_sentence"])
-    pooled = np.tanh(np.asarray(hidden[:, 0], np.float64) @ head["pooler"]["kernel"] + head["pooler"]["bias"])
+    pooler = head["pooler"]["dense"]
+    pooled = np.tanh(np.asarray(hidden[:, 0], np.float64) @ pooler["kernel"] + pooler["bias"])
     logits = pooled @ head["seq_relationship"]["kernel"] + head["seq_relationship"]["bias"]
     labels = np.asarray(batch["nsp_labels"][:3])
     logits = logits[:3]
@@ -92,7 +93,7 @@ def test_nsp_loss_and_accuracy_are_the_hand_computed_ones_in_loss_eval_and_train
 def test_the_head_exists_only_with_next_sentence():
     assert "next_sentence" not in init_params(RobertaForMaskedLM(CONFIG), jax.random.key(0))
     head = init_params(RobertaForMaskedLM(CONFIG, next_sentence=True), jax.random.key(0))["next_sentence"]
-    assert jax.tree.map(np.shape, head) == {"pooler": {"kernel": (16, 16), "bias": (16,)},
+    assert jax.tree.map(np.shape, head) == {"pooler": {"dense": {"kernel": (16, 16), "bias": (16,)}},
                                             "seq_relationship": {"kernel": (16, 2), "bias": (2,)}}
 
 
@@ -165,8 +166,8 @@ def test_segment_pairs_agree_across_meshes_and_resume_exactly(tmp_path, corpus, 
 def test_export_loads_in_transformers_while_the_checkpoint_keeps_the_nsp_head(one_device, tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     workdir, stderr = one_device
-    left_out = ("next_sentence.pooler.bias, next_sentence.pooler.weight, next_sentence.seq_relationship.bias, "
-                "next_sentence.seq_relationship.weight")
+    left_out = ("next_sentence.pooler.dense.bias, next_sentence.pooler.dense.weight, "
+                "next_sentence.seq_relationship.bias, next_sentence.seq_relationship.weight")
     assert f"left out 4 weights that RobertaForMaskedLM has not (kept in the checkpoints): {left_out}" in stderr
     hf_model, info = transformers.AutoModelForMaskedLM.from_pretrained(workdir / "hf", output_loading_info=True)
     assert type(hf_model).__name__ == "RobertaForMaskedLM"

@@ -2,6 +2,7 @@
 
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 
@@ -39,8 +40,9 @@ def test_sigterm_saves_a_checkpoint_and_the_next_run_goes_on(tmp_path, corpus):
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, corpus):
     """Two local processes of one CPU device each, through jax.distributed, against one process
-    with two devices: same global batch, same losses; then both resume from their checkpoint."""
-    first = ["--config.total_steps=3", "--config.checkpoint.every_steps=3"]
+    with two devices: same global batch, same losses; then both resume from their checkpoint, the newest
+    of which was made unreadable: process 0 moves it aside, both take the one before and save it again."""
+    first = ["--config.total_steps=3", "--config.checkpoint.every_steps=2"]
     run_train(tmp_path / "single", corpus, "--config.total_steps=5", "--config.checkpoint.every_steps=3", devices=2)
     workdir = tmp_path / "multi"
 
@@ -58,7 +60,13 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, corpus):
 
     launch(first)
     assert max(losses(workdir)) == 3
-    launch(["--config.total_steps=5", "--config.checkpoint.every_steps=3"])  # restores step 3
+    checkpoints = workdir / workdir_files.CHECKPOINTS
+    for root, _, files in os.walk(checkpoints / "3" / "state"):
+        for name in files:
+            (Path(root) / name).write_bytes(b"\0garbage")
+    launch(["--config.total_steps=5", "--config.checkpoint.every_steps=3"])  # restores step 2
+    [aside] = os.listdir(f"{checkpoints}.unreadable")
+    assert aside.startswith("3-") and {"3", "5"} <= set(os.listdir(checkpoints))  # step 3 saved again
     single, multi = losses(tmp_path / "single"), losses(workdir)
     assert sorted(multi) == sorted(single) == [1, 2, 3, 4, 5]
     np.testing.assert_allclose([multi[s] for s in single], [single[s] for s in single], atol=1e-5, rtol=0)

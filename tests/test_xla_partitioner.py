@@ -8,8 +8,8 @@ the layers' activation constraints make XLA pick the failing layout for it. Cons
 output to whole hidden vectors per batch shard (`heads.RobertaLMHead`) gives exact gradients.
 
 Every head's gradients on that mesh, traced the way the runtime traces its steps, are checked against
-one device here too. The reproducer runs in a subprocess with 8 CPU devices. When the bare form comes out right, the jax in
-use has fixed the bug: the test then fails and says which constraint to reconsider.
+one device here too. The reproducer runs in a subprocess with 8 CPU devices. When the bare form comes out
+right, the jax in use has fixed the bug: the test then fails and says which constraint to reconsider.
 """
 
 import os
@@ -68,7 +68,8 @@ def head_gradient_error(name: str) -> float:
     rules = sharding.axis_rules(default_config().logical_axis_rules)
     labels = {0: "start", 1: "end"} if name == "RobertaForQuestionAnswering" else {0: "a", 1: "b", 2: "c"}
     cls, _, option = name.partition("+")
-    model = getattr(heads, cls)(preset("micro", hidden_dropout_prob=0.0, id2label=labels), **({option: True} if option else {}))
+    options = {option: True} if option else {}
+    model = getattr(heads, cls)(preset("micro", hidden_dropout_prob=0.0, id2label=labels), **options)
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(3, 100, (8, 2, 16) if "Multiple" in name else (8, 16)))
     # The MLM heads as pretraining runs them: the vocabulary projected at 3 masked slots per row.

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from roberta_jax.model.config import MODEL_TYPES, RobertaConfig
 from roberta_jax.model.dropout import Dropout
-from roberta_jax.model.layers import ACTIVATIONS, RobertaModel, dense, layer_norm
+from roberta_jax.model.layers import ACTIVATIONS, RobertaModel, RobertaPooler, dense, layer_norm
 from roberta_jax.model.tpu_attention import Placement
 
 Dtype = Any
@@ -97,7 +97,7 @@ class NextSentenceHead(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        pooled = jnp.tanh(dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype, "pooler")(x[:, 0]))
+        pooled = RobertaPooler(c, self.dtype, self.param_dtype, name="pooler")(x)  # BERT's pooler, as RoBERTa's
         return dense(c, 2, ("mlp", None), self.dtype, self.param_dtype, "seq_relationship")(pooled).astype(jnp.float32)
 
 

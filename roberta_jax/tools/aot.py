@@ -49,9 +49,9 @@ def _step_lines(report: aot.StepReport, chip, compiled, config, n: int) -> list[
              f"    {report.flops / 1e12:.3f} TFLOP and {report.bytes_accessed / 1e9:.2f} GB accessed per chip per step",
              f"    attention: {ATTENTION[report.attention]}"]
     if chip and report.name == "train_step":
-        model_flops = aot.model_flops_per_step(compiled, config.data.max_seq_length)
-        bound = aot.roofline(report, chip, compiled.tokens_per_step, n, model_flops)
-        lines.append(f"    roofline ({bound.bound}-bound): step >= {bound.step_seconds * 1e3:.1f} ms, "
+        bound = compiled.train_roofline(report, chip)
+        per = "step" if compiled.grad_accum_steps == 1 else f"microbatch (1 of {compiled.grad_accum_steps})"
+        lines.append(f"    roofline ({bound.bound}-bound): {per} >= {bound.step_seconds * 1e3:.1f} ms, "
                      f"<= {bound.tokens_per_second_per_chip:,.0f} tokens/s per chip, MFU <= {bound.mfu:.1%}")
     if report.name == "train_step":
         needed = compiled.activation_bytes(report)

@@ -88,7 +88,8 @@ def main(argv=None) -> None:
             params, model = load_params(args.src)
             left_out = hf_io.save_hf(args.dst, model, params)
             if left_out:  # a pair-format workdir's next-sentence head: HF's class has no such weights
-                print(f"left out {len(left_out)} weights {hf_io.architecture_name(model)} has not: {', '.join(left_out)}")
+                print(f"left out {len(left_out)} weights {hf_io.architecture_name(model)} has not: "
+                      f"{', '.join(left_out)}")
         copied = copy_tokenizer_files(args.src, args.dst) or copy_tokenizer_files(
             os.path.join(args.src, workdir_files.TOKENIZER), args.dst
         )

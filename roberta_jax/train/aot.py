@@ -25,7 +25,7 @@ import numpy as np
 
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
-from roberta_jax.train import chips, metrics, optimizer, pretrain, runtime, sharding, steps
+from roberta_jax.train import chips, masking, metrics, optimizer, pretrain, runtime, sharding, steps
 
 # Cloud TPU accelerator types (`v5p-128`) as chips in a slice's standard shape. v4 and v5p count
 # TensorCores (two per chip) and are 3-D tori; v5e and v6e count chips and are 2-D.
@@ -95,6 +95,20 @@ class CompiledSteps:
     tokens_per_step: int  # global
     rows_per_device: int  # of one microbatch
     length: int
+    grad_accum_steps: int
+    predictions_per_row: int  # the MLM head's masked slots per row
+
+    def train_roofline(self, report: StepReport, chip: chips.Chip) -> Roofline:
+        """The train step's `roofline` per microbatch: XLA's cost analysis counts the accumulation loop's
+        body once (with the update after it), so the bound is on one microbatch's tokens and FLOPs.
+
+        The FLOPs are those the step runs: the LM head at the masked slots only, and a fused attention
+        kernel's (a custom call, which XLA does not count) added as PaLM's 12·layers·h·L per token."""
+        c, tokens, n = self.model.config, self.tokens_per_step // self.grad_accum_steps, self.mesh.devices.size
+        model_flops = metrics.flops_per_token(c, self.length, lm_head=self.predictions_per_row / self.length) * tokens
+        unseen = 12.0 * c.num_hidden_layers * c.hidden_size * self.length * tokens if report.attention != "xla" else 0
+        counted = dataclasses.replace(report, flops=report.flops + unseen / n)
+        return roofline(counted, chip, tokens, n, model_flops)
 
     def activation_bytes(self, report: StepReport) -> int:
         """`activation_bytes` of this step's model and rows per chip, for the attention `report` ran."""
@@ -134,7 +148,9 @@ def compile_steps(config, devices: list, dump_dir: str | None = None, eval_step:
         state_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state)),
         tokens_per_step=config.batch_size * config.data.max_seq_length,
         rows_per_device=config.batch_size // config.grad_accum_steps // _batch_devices(mesh, rules),
-        length=config.data.max_seq_length,
+        length=config.data.max_seq_length, grad_accum_steps=config.grad_accum_steps,
+        predictions_per_row=masking.default_max_predictions(config.data.max_seq_length,
+                                                            config.masking.mlm_probability),
     )
 
 

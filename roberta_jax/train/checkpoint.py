@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from roberta_jax.train import workdir as workdir_files
 
@@ -106,6 +107,8 @@ class Checkpointer:
         if jax.process_index() == 0:
             os.makedirs(os.path.dirname(aside), exist_ok=True)
             os.replace(os.path.join(self.directory, str(step)), aside)
+        if jax.process_count() > 1:  # no host looks at the directory again before the move is done
+            multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
         self.manager.reload()
         return aside
 

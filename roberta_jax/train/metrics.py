@@ -21,13 +21,14 @@ from roberta_jax.train import chips
 from roberta_jax.train import workdir as workdir_files
 
 
-def flops_per_token(config: RobertaConfig, length: int, lm_head: bool = True) -> float:
+def flops_per_token(config: RobertaConfig, length: int, lm_head: bool | float = True) -> float:
     """Training FLOPs (forward + backward) per token at sequence `length` (PaLM's 6N + attention
     term): of an MLM step, or with `lm_head=False` of the encoder alone (fine-tuning, whose small
-    task heads are left out)."""
+    task heads are left out). A float `lm_head` is the fraction of positions the LM head projects
+    (pretraining projects only its masked slots; MFU as logged counts all of them, as HF's model runs)."""
     h, layers = config.hidden_size, config.num_hidden_layers
     per_layer = 4 * h * h + 2 * h * config.intermediate_size
-    matmul_params = layers * per_layer + (h * h + h * config.vocab_size if lm_head else 0)
+    matmul_params = layers * per_layer + float(lm_head) * (h * h + h * config.vocab_size)
     return 6.0 * matmul_params + 12.0 * layers * h * length
 
 

@@ -48,8 +48,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         def evaluate(state, _step) -> dict[str, float]:
             # Microbatch-sized: an accumulated batch in one forward pass would hold grad_accum_steps
             # times the rows a train step ever holds at once.
-            eval_batches = BatchIterator(data.eval, config.batch_size // config.grad_accum_steps, shuffle=False, num_epochs=1,
-                                         drop_remainder=False, segment_separator=segment_separator(config, tokenizer))
+            eval_batches = BatchIterator(data.eval, config.batch_size // config.grad_accum_steps, shuffle=False,
+                                         num_epochs=1, drop_remainder=False,
+                                         segment_separator=segment_separator(config, tokenizer))
             sums, _ = rt.evaluate(eval_step, state.params, eval_batches, config.eval_batches)
             if not sums["count"]:  # no token was masked: there is no score, not a perfect one
                 log.warning("step %d: the evaluation masked no token (%d held-out rows); no eval metrics. Hold out "
