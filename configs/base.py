@@ -8,12 +8,22 @@ Attention-probability dropout is off (the paper has 0.1): the fused flash-attent
 none, and with it every layer writes out its [batch, heads, 512, 512] probabilities instead.
 `--config.model.attention_probs_dropout_prob=0.1` restores the paper's exact recipe at that cost.
 
-Launch on a GPU node or TPU pod (per-host data under /data/corpus; the workdir on a
-filesystem every host mounts):
+Planned for these TPU slices (`PLANS`; `--config configs/base.py:v5p-32` picks one: FSDP over every chip,
+the 8k batch as microbatches of chips x rows), per chip from the train step compiled for each slice from a
+CPU host (`python bench/tpu_plans.py --configs configs/base.py`; splash attention, no remat). Rows per chip
+leave half of HBM or more free; temporaries are against the activations the backward pass must keep:
 
-    python train.py --config configs/base.py --workdir /shared/runs/roberta-base \
-        --config.data.train_files=/data/corpus --config.tokenizer.path=/data/roberta-base \
-        --config.grad_accum_steps=8 --config.mesh.fsdp=-1 --config.mesh.data=1
+    slice    chips x rows x accumulation  temporaries          per chip / HBM    roofline bound
+    v4-64    32 x 64 x 4                  14.32 GiB (1.50x)    14.6 / 32 GiB     195,634 tokens/s per chip
+    v5e-64   64 x 32 x 4                   5.79 GiB (1.21x)     6.0 / 16 GiB     152,321
+    v5p-32   16 x 128 x 4                 27.87 GiB (1.46x)    28.2 / 95 GiB     679,612
+    v6e-64   64 x 64 x 2                  10.77 GiB (1.13x)    11.0 / 32 GiB     322,406
+
+Launch on a TPU pod or GPU nodes (per-host data under /data/corpus; the workdir on a filesystem every
+host mounts):
+
+    python train.py --config configs/base.py:v5p-32 --workdir /shared/runs/roberta-base \
+        --config.data.train_files=/data/corpus --config.tokenizer.path=/data/roberta-base
 
 At corpus scale, tokenize and pack once (all cores here, or `--scheduler` a Dask cluster) and let every
 host read only its rows:

@@ -177,3 +177,15 @@ def test_the_configs_plans_shard_over_every_chip_and_accumulate_the_batch(config
     assert cli.load_config(path).grad_accum_steps == 1  # no plan: the config as it was
     with pytest.raises(ValueError, match=r"no plan for 'v5p-31'; did you mean"):
         cli.load_config(f"{path}:v5p-31")
+
+
+def test_the_report_sets_temporaries_against_the_accounting(host_compiled):
+    from roberta_jax.tools.aot import format_report
+
+    c, compiled = host_compiled
+    reports = [aot.step_report("train_step", compiled.train), aot.step_report("eval_step", compiled.eval)]
+    text = format_report("host", c, compiled, reports)
+    needed = compiled.activation_bytes(reports[0])
+    assert needed == aot.activation_bytes(compiled.model.config, 8, 64, scores_written=True)
+    assert f"temporaries are {reports[0].temp_bytes / needed:.2f}x that" in text
+    assert text.count("attention: xla (scores [B, N, L, L] written out)") == 2  # the CPU runs XLA's
