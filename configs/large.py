@@ -4,9 +4,20 @@ Attention-probability dropout is off (the paper has 0.1): the fused flash-attent
 none, and with it every layer writes out its [batch, heads, 512, 512] probabilities instead.
 `--config.model.attention_probs_dropout_prob=0.1` restores the paper's exact recipe at that cost.
 
-    python train.py --config configs/large.py --workdir DIR \
-        --config.data.train_files=/data/corpus --config.tokenizer.path=/data/roberta-base \
-        --config.remat=full --config.mesh.fsdp=-1 --config.mesh.data=1
+Planned for these TPU slices (`PLANS`; `--config configs/large.py:v5p-128` picks one: FSDP over every
+chip, the 8k batch as microbatches of chips x rows), per chip from the train step compiled for each slice
+from a CPU host (`python bench/tpu_plans.py --configs configs/large.py`; splash attention, no remat, which
+none of them needs). Rows per chip leave half of HBM or more free; temporaries are against the activations
+the backward pass must keep:
+
+    slice     chips x rows x accumulation  temporaries          per chip / HBM    roofline bound
+    v4-128    64 x 32 x 4                  15.18 GiB (1.19x)    15.6 / 32 GiB     82,201 tokens/s per chip
+    v5e-256   256 x 16 x 2                  7.80 GiB (1.22x)     8.2 / 16 GiB     56,472
+    v5p-128   64 x 64 x 2                  27.92 GiB (1.09x)    28.4 / 95 GiB     225,912
+    v6e-256   256 x 32 x 1                 14.30 GiB (1.12x)    14.7 / 32 GiB     104,054
+
+    python train.py --config configs/large.py:v5p-128 --workdir DIR \
+        --config.data.train_files=/data/corpus --config.tokenizer.path=/data/roberta-base
 
 Expect MLM loss ~1.8 after the full schedule at paper scale.
 """
