@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from roberta_jax.model.attention import attention_implementation
 from roberta_jax.model.config import preset
 from roberta_jax.model.heads import (
     RobertaForCausalLM,
@@ -12,7 +13,7 @@ from roberta_jax.model.heads import (
     RobertaForSequenceClassification,
     init_params,
 )
-from roberta_jax.model.layers import attention_implementation, position_ids_from_input_ids
+from roberta_jax.model.layers import position_ids_from_input_ids
 
 CONFIG = preset("micro", vocab_size=97, max_position_embeddings=34)
 

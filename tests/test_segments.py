@@ -6,9 +6,10 @@ import numpy as np
 
 from roberta_jax.data.batches import BatchIterator
 from roberta_jax.data.packing import PackedRows, pack_documents, segment_ids
+from roberta_jax.model.attention import attention_mask_4d
 from roberta_jax.model.config import preset
 from roberta_jax.model.heads import init_params
-from roberta_jax.model.layers import RobertaModel, attention_mask_4d, segment_position_ids
+from roberta_jax.model.layers import RobertaModel, segment_position_ids
 
 BOS, PAD, EOS = 0, 1, 2
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from roberta_jax.model import tpu_attention
+from roberta_jax.model.attention import attention_implementation, attention_mask_4d
 from roberta_jax.model.config import preset
 from roberta_jax.model.heads import init_params
-from roberta_jax.model.layers import RobertaModel, attention_implementation, attention_mask_4d
+from roberta_jax.model.layers import RobertaModel
 from roberta_jax.tools.aot import format_report
 from roberta_jax.train import aot, sharding
 from roberta_jax.train.config import default_config, with_preset

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from roberta_jax.model import tpu_attention
+from roberta_jax.model import attention, tpu_attention
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.dropout import Dropout
 
@@ -91,37 +91,6 @@ def segment_position_ids(input_ids: jax.Array, segment_ids: jax.Array, pad_token
     return (counts - before) * not_pad + pad_token_id
 
 
-def attention_mask_4d(attention_mask: jax.Array | None, segment_ids: jax.Array | None) -> jax.Array | None:
-    """The `mask` of `jax.nn.dot_product_attention`, bool (True = may attend): [B, 1, 1, L] from the
-    padding mask int [B, L], [B, 1, L, L] block-diagonal when `segment_ids` int [B, L] are given (a token
-    attends only to its own segment), None when neither is."""
-    mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
-    if segment_ids is not None:
-        same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-        mask = same if mask is None else same & mask
-    return mask
-
-
-class AttentionMask(NamedTuple):
-    """Which keys each query may attend to, as the inputs state it; each attention implementation builds
-    its own form from it (`dense` for XLA and cuDNN, the kernel's segment ids for splash).
-
-    padding: int [B, L], 0 at padding tokens (keys no query attends to), or None.
-    segment_ids: int [B, L], a query attends only to its own segment's keys, or None.
-    """
-
-    padding: jax.Array | None = None
-    segment_ids: jax.Array | None = None
-
-    @property
-    def is_empty(self) -> bool:
-        return self.padding is None and self.segment_ids is None
-
-    def dense(self) -> jax.Array | None:
-        """`attention_mask_4d`: bool [B, 1, 1, L] or [B, 1, L, L], or None."""
-        return attention_mask_4d(self.padding, self.segment_ids)
-
-
 class Embed(nn.Embed):
     """`nn.Embed` whose lookups keep their gradients cheap on accelerators.
 
@@ -190,38 +159,11 @@ class RobertaEmbeddings(nn.Module):
         return self.word_embeddings.attend(x)
 
 
-def attention_implementation(
-    requested: str | None, dtype, head_dim: int, masked: bool, backend: str | None = None,
-    length: int | None = None,
-) -> str:
-    """The attention to run: `requested` ("splash", or "cudnn" / "xla" for `jax.nn.dot_product_attention`)
-    when given (splash only for shapes it takes: XLA for others, such as the short rows `init` traces);
-    otherwise (None or "") a fused kernel where one applies, XLA's elsewhere.
-
-    On TPU, the Pallas splash-attention kernel (`tpu_attention`) applies to rows of `length` a multiple of
-    128 and head sizes a multiple of 64, with or without padding and segment ids. cuDNN's applies on a GPU,
-    for bfloat16/float16, head sizes that are multiples of 8 up to 128, and rows without padding (`masked`
-    False: full packed pretraining rows). `backend` is the platform the step is compiled for (the mesh's;
-    default `jax.default_backend()`). JAX itself picks XLA when asked to choose, which writes out the
-    [B, N, L, L] scores.
-    """
-    splash = length is not None and tpu_attention.applies(head_dim, length)
-    if requested:
-        return "xla" if requested == "splash" and not splash else requested
-    backend = backend or jax.default_backend()
-    if backend == "tpu" and splash:
-        return "splash"
-    fused_dtype = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    if backend == "gpu" and fused_dtype and head_dim % 8 == 0 and head_dim <= 128 and not masked:
-        return "cudnn"
-    return "xla"
-
-
 class RobertaSelfAttention(nn.Module):
     """Multi-head attention: q/k/v projections and `jax.nn.dot_product_attention` or the TPU kernel.
 
     `implementation`: "splash" runs the Pallas TPU kernel (`tpu_attention`), "cudnn" / "xla" are passed
-    to `jax.nn.dot_product_attention`; None picks with `attention_implementation` for the platform of
+    to `jax.nn.dot_product_attention`; None picks with `attention.attention_implementation` for the platform of
     `placement` (the mesh the step is compiled for, under which the kernel runs per shard). Attention-
     probability dropout needs the probabilities, so while it is active (training with
     `attention_probs_dropout_prob > 0`) the softmax is written out; the same happens when the
@@ -235,7 +177,7 @@ class RobertaSelfAttention(nn.Module):
     placement: tpu_attention.Placement | None = None
 
     @nn.compact
-    def __call__(self, x, mask: AttentionMask, deterministic=True):
+    def __call__(self, x, mask: attention.AttentionMask, deterministic=True):
         """x [B, L, H], `mask` the padding and segments (an `AttentionMask`) -> [B, L, H].
 
         `config.is_decoder` adds the causal mask.
@@ -259,15 +201,7 @@ class RobertaSelfAttention(nn.Module):
             weights = Dropout(dropout)(weights, deterministic=deterministic)
             out = jnp.einsum("bnqk,bknd->bqnd", weights.astype(self.dtype), v)
         else:
-            backend = self.placement.platform if self.placement is not None else None
-            implementation = attention_implementation(
-                self.implementation, q.dtype, c.head_dim, not mask.is_empty, backend, length)
-            if implementation == "splash":
-                out = tpu_attention.splash_attention(
-                    q, k, v, mask.padding, mask.segment_ids, c.is_decoder, self.placement)
-            else:
-                out = jax.nn.dot_product_attention(
-                    q, k, v, mask=mask.dense(), is_causal=c.is_decoder, implementation=implementation)
+            out = attention.fused(q, k, v, mask, c.is_decoder, self.implementation, self.placement)
         return out.reshape(b, length, c.hidden_size)
 
 
@@ -429,7 +363,7 @@ class RobertaModel(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         # No mask means every token is attended to, as in HF; full packed rows need none, which
         # keeps the fused attention kernels on their fastest path.
-        x = self.encoder(x, AttentionMask(attention_mask, segment_ids), deterministic)
+        x = self.encoder(x, attention.AttentionMask(attention_mask, segment_ids), deterministic)
         pooled = self.pooler(x) if self.pooler is not None else None
         return x, pooled
 

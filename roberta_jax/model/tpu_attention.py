@@ -2,7 +2,7 @@
 
 Splash attention is flash attention for TPU: it walks the keys in blocks with an online softmax, so the
 [B, N, L, L] scores are never written to HBM, and the backward pass recomputes them from q, k, v and the
-per-row log-sum-exp. `layers.attention_implementation` picks it (the name "splash") on TPU where
+per-row log-sum-exp. `attention.attention_implementation` picks it (the name "splash") on TPU where
 `applies`; this module turns the model's tensors and masks into the kernel's form:
 
 - q, k, v [B, L, N, D] -> per example [N, L, D] (the kernel is vmapped over the batch); the kernel does
@@ -78,7 +78,7 @@ def kernel_segment_ids(attention_mask: jax.Array | None, segment_ids: jax.Array 
     neither is given.
 
     A query attends to a key when their ids are equal, so the kv ids are the segment ids (0 without them)
-    with padding keys set to `PAD_SEGMENT`, which no query has: exactly the keys `layers.attention_mask_4d`
+    with padding keys set to `PAD_SEGMENT`, which no query has: exactly the keys `attention.attention_mask_4d`
     allows. Padding queries keep their segment's id and attend as in XLA (to the real keys they may see).
     A query that may see no key at all (a padding token alone in its segment) gets the mean of the values
     the kernel visited, as XLA gives the mean of all values: finite, and read by nothing that matters.
