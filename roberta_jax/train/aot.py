@@ -129,39 +129,31 @@ def compile_steps(config, devices: list, dump_dir: str | None = None, eval_step:
     rules = sharding.axis_rules(config.logical_axis_rules)
     state, shardings = steps.abstract_train_state(model, tx, mesh, rules)
     train_fn, eval_fn = pretrain.mlm_steps(config, model, tokenizer, tx, schedule)
-    ids = jax.ShapeDtypeStruct((config.batch_size, config.data.max_seq_length), jnp.int32,
-                               sharding=sharding.batch_sharding(mesh, rules))
+    rows_sharding = sharding.batch_sharding(mesh, rules)
+
+    def batch(rows: int, *fields: str) -> dict[str, jax.ShapeDtypeStruct]:
+        """A batch of `rows` rows: `fields` [rows, L], and the pair formats' next-sentence labels [rows]."""
+        shapes = {f: (rows, config.data.max_seq_length) for f in fields}
+        if model.next_sentence:
+            shapes["nsp_labels"] = (rows,)
+        return {f: jax.ShapeDtypeStruct(s, jnp.int32, sharding=rows_sharding) for f, s in shapes.items()}
+
     options = {"xla_dump_to": dump_dir, "xla_dump_hlo_as_text": True} if dump_dir else None
-    extra = {}  # the pair formats' batches carry their next-sentence labels
-    if model.next_sentence:
-        extra["nsp_labels"] = jax.ShapeDtypeStruct(ids.shape[:1], jnp.int32, sharding=ids.sharding)
-    train = runtime.jit_train_step(train_fn, shardings, mesh, rules).lower(state, {"input_ids": ids, **extra})
+    train = runtime.jit_train_step(train_fn, shardings, mesh, rules).lower(state, batch(config.batch_size, "input_ids"))
     evaluation = None
     if eval_step:
-        micro = jax.ShapeDtypeStruct((config.batch_size // config.grad_accum_steps, ids.shape[1]), jnp.int32,
-                                     sharding=ids.sharding)
-        evaluation = runtime.jit_eval_step(eval_fn, shardings, mesh, rules).lower(
-            state.params, {"input_ids": micro, "attention_mask": micro, **_rows(extra, micro.shape[0])}, 0
-        ).compile(options)
+        micro = batch(config.batch_size // config.grad_accum_steps, "input_ids", "attention_mask")
+        evaluation = runtime.jit_eval_step(eval_fn, shardings, mesh, rules).lower(state.params, micro, 0)
+        evaluation = evaluation.compile(options)
     return CompiledSteps(
         train=train.compile(options), eval=evaluation, model=model, mesh=mesh,
         state_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state)),
         tokens_per_step=config.batch_size * config.data.max_seq_length,
-        rows_per_device=config.batch_size // config.grad_accum_steps // _batch_devices(mesh, rules),
+        rows_per_device=config.batch_size // config.grad_accum_steps // sharding.batch_shards(mesh.shape, rules),
         length=config.data.max_seq_length, grad_accum_steps=config.grad_accum_steps,
         predictions_per_row=masking.default_max_predictions(config.data.max_seq_length,
                                                             config.masking.mlm_probability),
     )
-
-
-def _rows(batch: dict[str, jax.ShapeDtypeStruct], rows: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """`batch`'s per-row fields with `rows` rows."""
-    return {k: jax.ShapeDtypeStruct((rows, *x.shape[1:]), x.dtype, sharding=x.sharding) for k, x in batch.items()}
-
-
-def _batch_devices(mesh: jax.sharding.Mesh, rules) -> int:
-    """How many ways the batch is split: the product of the mesh axes of the logical `batch` axis."""
-    return int(np.prod([mesh.shape[a] for a in sharding.batch_axes(rules)]))
 
 
 def _tokenizer(config):

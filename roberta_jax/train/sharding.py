@@ -58,6 +58,11 @@ def batch_axes(rules: Rules) -> tuple[str, ...]:
     return mesh_axes(rules, "batch")
 
 
+def batch_shards(mesh_sizes: Mapping[str, int], rules: Rules) -> int:
+    """How many ways the batch is split: the product of the sizes (`mesh.shape`) of its mesh axes."""
+    return int(np.prod([mesh_sizes[a] for a in batch_axes(rules)]))
+
+
 def attention_placement(mesh: Mesh, rules: Rules) -> Placement:
     """Where attention's [B, L, N, D] tensors live: the batch over the batch axes, the heads over the `heads`
     axes the batch leaves free."""

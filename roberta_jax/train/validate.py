@@ -8,8 +8,6 @@ of the fields both entry points share (`train.config.add_runtime_fields`, batch 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from roberta_jax.data.batches import INPUT_FORMATS, PAIR_FORMATS
@@ -44,7 +42,7 @@ def runtime(config, num_devices: int, num_hosts: int) -> None:
     except ValueError as err:
         raise ConfigError("mesh", dict(config.mesh), str(err).rstrip("."),
                           f"make the axes multiply to the {num_devices} devices (one may be -1)") from None
-    split = math.prod(sizes[a] for a in sharding.batch_axes(sharding.axis_rules(config.logical_axis_rules)))
+    split = sharding.batch_shards(sizes, sharding.axis_rules(config.logical_axis_rules))
     _require((b // accum) % split == 0, "batch_size", b,
              f"each of the {accum} microbatches of {b // accum} does not split over the {split} batch shards "
              f"of mesh {sizes}", f"use a multiple of {split * accum}")
