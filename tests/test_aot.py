@@ -155,6 +155,31 @@ def test_temporaries_stay_near_what_the_backward_pass_needs(attention_dropout, h
     assert needed < report.temp_bytes < bound * needed, (report.temp_bytes / needed, bound)
 
 
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]'): no TPU compiler")
+def test_an_hbm_limit_packs_the_step_and_a_step_over_it_is_named():
+    """XLA's TPU compiler spends the HBM a chip has. Compiled as if each chip had 256 MiB, the small model's
+    step holds fewer temporaries for the same FLOPs, and the report says which HBM it was compiled for;
+    below what the step needs, XLA's refusal names the step, the chip and the limit."""
+    from roberta_jax.tools.aot import format_report
+
+    c = activation_config(0.0, 4, 32, dict(data=1, fsdp=-1), "bfloat16")
+    devices = aot.target_devices("v5p-8")
+    free, limited = (aot.compile_steps(c, devices, eval_step=False, hbm_bytes=hbm) for hbm in (None, 256 * 2**20))
+    free_report, limited_report = (aot.step_report("train_step", s.train) for s in (free, limited))
+    assert limited_report.temp_bytes < free_report.temp_bytes and limited_report.flops == free_report.flops
+    report = format_report("v5p-8", c, limited, [limited_report])
+    assert "compiled for 0.25 GiB of HBM (--hbm_gib; the chip has 95.00 GiB): fits" in report, report
+    with pytest.raises(aot.DoesNotFit, match=r"^the train step does not fit in the HBM of a TPU v5 chip as limited "
+                                             r"to 0.06 GiB: RESOURCE_EXHAUSTED: .*HBM"):
+        aot.compile_steps(c, devices, eval_step=False, hbm_bytes=64 * 2**20)
+
+
+def test_an_hbm_limit_is_for_tpu_targets():
+    assert aot.hbm_options(jax.devices(), None) == {}
+    with pytest.raises(ValueError, match="applies to TPU targets .* not to cpu devices"):
+        aot.hbm_options(jax.devices(), 2**30)
+
+
 def test_activation_accounting_is_korthikantis_formula():
     config = preset("base")  # roberta-base, 8 rows of 512: 2.8 GB with the scores, 1.3 GB fused
     assert aot.activation_bytes(config, 8, 512, scores_written=True) == 12 * 512 * 8 * 768 * (34 + 5 * 12 * 512 / 768)

@@ -97,6 +97,7 @@ class CompiledSteps:
     length: int
     grad_accum_steps: int
     predictions_per_row: int  # the MLM head's masked slots per row
+    hbm_bytes: int | None = None  # the HBM per chip compiled for (`hbm_options`); None: the chip's own
 
     def train_roofline(self, report: StepReport, chip: chips.Chip) -> Roofline:
         """The train step's `roofline` per microbatch: XLA's cost analysis counts the accumulation loop's
@@ -116,11 +117,13 @@ class CompiledSteps:
                                 scores_written=report.attention == "xla")
 
 
-def compile_steps(config, devices: list, dump_dir: str | None = None, eval_step: bool = True) -> CompiledSteps:
+def compile_steps(config, devices: list, dump_dir: str | None = None, eval_step: bool = True,
+                  hbm_bytes: int | None = None) -> CompiledSteps:
     """Lowers and compiles the config's MLM train and eval steps on a mesh over `devices`, as train.py
     would run them (global batch `batch_size` rows of `data.max_seq_length`, evaluated a microbatch at a
     time). `dump_dir`: XLA writes the optimized HLO and its buffer assignment there. `eval_step=False`
-    compiles the train step alone (`CompiledSteps.eval` None)."""
+    compiles the train step alone (`CompiledSteps.eval` None). `hbm_bytes` (TPU only): compile as if each
+    chip had that much HBM (`hbm_options`)."""
     tokenizer = _tokenizer(config)
     mesh = sharding.make_mesh(dict(config.mesh), devices)
     model = pretrain.pretraining_model(config, pretrain.model_config(config, tokenizer),
@@ -138,22 +141,56 @@ def compile_steps(config, devices: list, dump_dir: str | None = None, eval_step:
             shapes["nsp_labels"] = (rows,)
         return {f: jax.ShapeDtypeStruct(s, jnp.int32, sharding=rows_sharding) for f, s in shapes.items()}
 
-    options = {"xla_dump_to": dump_dir, "xla_dump_hlo_as_text": True} if dump_dir else None
+    options = {"xla_dump_to": dump_dir, "xla_dump_hlo_as_text": True} if dump_dir else {}
+    options = {**options, **hbm_options(devices, hbm_bytes)} or None
     train = runtime.jit_train_step(train_fn, shardings, mesh, rules).lower(state, batch(config.batch_size, "input_ids"))
     evaluation = None
     if eval_step:
         micro = batch(config.batch_size // config.grad_accum_steps, "input_ids", "attention_mask")
         evaluation = runtime.jit_eval_step(eval_fn, shardings, mesh, rules).lower(state.params, micro, 0)
-        evaluation = evaluation.compile(options)
+        evaluation = _compile(evaluation, options, "eval step", devices, hbm_bytes)
     return CompiledSteps(
-        train=train.compile(options), eval=evaluation, model=model, mesh=mesh,
+        train=_compile(train, options, "train step", devices, hbm_bytes), eval=evaluation, model=model, mesh=mesh,
         state_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state)),
         tokens_per_step=config.batch_size * config.data.max_seq_length,
         rows_per_device=config.batch_size // config.grad_accum_steps // sharding.batch_shards(mesh.shape, rules),
         length=config.data.max_seq_length, grad_accum_steps=config.grad_accum_steps,
         predictions_per_row=masking.default_max_predictions(config.data.max_seq_length,
                                                             config.masking.mlm_probability),
+        hbm_bytes=hbm_bytes,
     )
+
+
+class DoesNotFit(ValueError):
+    """XLA could not fit a step in a chip's HBM."""
+
+
+def _compile(lowered, options: dict | None, name: str, devices: list, hbm_bytes: int | None):
+    """`lowered.compile(options)`; XLA's out-of-memory refusal as `DoesNotFit`, naming the step and chip."""
+    try:
+        return lowered.compile(options)
+    except jax.errors.JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        limit = f" as limited to {hbm_bytes / 2**30:.2f} GiB" if hbm_bytes else ""
+        raise DoesNotFit(f"the {name} does not fit in the HBM of a {devices[0].device_kind} chip{limit}: "
+                         f"{str(err).splitlines()[0]}") from err
+
+
+def hbm_options(devices: list, hbm_bytes: int | None) -> dict[str, str]:
+    """XLA options that compile for chips with `hbm_bytes` of HBM each (None: the chips' own).
+
+    XLA's TPU compiler spends the memory it is given: with most of a chip's HBM free its scheduler starts
+    the backward pass's weight all-gathers early and packs buffers loosely; under a tighter limit it
+    schedules closer, then rematerialises to fit. The limit shows what a step needs on a fuller chip (a
+    larger batch, or a chip with less HBM) without changing the step.
+    """
+    if hbm_bytes is None:
+        return {}
+    platform = devices[0].platform
+    if platform != "tpu":
+        raise ValueError(f"an HBM limit applies to TPU targets (XLA's TPU compiler), not to {platform} devices")
+    return {"xla_tpu_max_hbm_size_mib": str(hbm_bytes // 2**20)}
 
 
 def _tokenizer(config):
