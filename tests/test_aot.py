@@ -106,6 +106,8 @@ def test_roofline_is_the_slower_of_compute_and_memory():
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]'): no TPU compiler")
 def test_compiles_for_a_tpu_slice_and_names_the_peak_buffers(tmp_path):
+    from roberta_jax.tools.aot import _gib, format_report
+
     c = micro_config(data=1, fsdp=-1)
     devices = aot.target_devices("v5p-8")
     assert len(devices) == 4 and devices[0].device_kind == "TPU v5"
@@ -118,6 +120,10 @@ def test_compiles_for_a_tpu_slice_and_names_the_peak_buffers(tmp_path):
     assert all(b.bytes > 0 and b.shapes for b in report.peak_buffers)
     assert any("jit(train_step)" in op for b in report.peak_buffers for op in b.ops)
     assert np.all(np.diff([b.bytes for b in report.peak_buffers]) <= 0)  # largest first
+    # What is live at the schedule's peak, parameters aside, fits in the temporaries' allocation.
+    assert 0 < report.peak_live_bytes <= report.temp_bytes
+    text = format_report("v5p-8", c, compiled, [report])
+    assert f"({_gib(report.peak_live_bytes)} live at the schedule's peak" in text
 
 
 def activation_config(attention_dropout: float, heads: int, batch_size: int, mesh: dict, dtype: str):

@@ -56,7 +56,7 @@ def _step_lines(report: aot.StepReport, chip, compiled, config, n: int) -> list[
         hbm = f" of {_gib(chip.hbm_bytes)} HBM: {_fits(report.total_bytes, chip.hbm_bytes)}"
     lines = [f"  {report.name}: {_gib(report.total_bytes)} per chip{hbm}",
              f"    arguments {_gib(report.argument_bytes)}, outputs {_gib(report.output_bytes)}, "
-             f"temporaries {_gib(report.temp_bytes)}, code {_gib(report.code_bytes)}",
+             f"temporaries {_gib(report.temp_bytes)}{_live(report)}, code {_gib(report.code_bytes)}",
              f"    {report.flops / 1e12:.3f} TFLOP and {report.bytes_accessed / 1e9:.2f} GB accessed per chip per step",
              f"    attention: {ATTENTION[report.attention]}"]
     if chip and report.name == "train_step":
@@ -76,6 +76,12 @@ def _step_lines(report: aot.StepReport, chip, compiled, config, n: int) -> list[
 
 ATTENTION = {"splash": "splash (Pallas TPU flash-attention kernel)", "cudnn": "cudnn (fused flash attention)",
              "xla": "xla (scores [B, N, L, L] written out)"}
+
+
+def _live(report: aot.StepReport) -> str:
+    if report.peak_live_bytes is None:
+        return ""
+    return f" ({_gib(report.peak_live_bytes)} live at the schedule's peak, the rest packing)"
 
 
 def _gib(n: float) -> str:

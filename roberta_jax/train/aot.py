@@ -229,6 +229,7 @@ class StepReport:
     bytes_accessed: float
     peak_buffers: list[Buffer]
     attention: str = ""  # the attention that ran (`attention_kernel`)
+    peak_live_bytes: int | None = None  # temporaries live at the schedule's peak (`peak_live_bytes`)
 
     @property
     def total_bytes(self) -> int:
@@ -247,6 +248,7 @@ def step_report(name: str, compiled, dump_dir: str | None = None, num_buffers: i
         flops=float(cost.get("flops", 0.0)), bytes_accessed=float(cost.get("bytes accessed", 0.0)),
         peak_buffers=peak_buffers(dump_dir, f"jit_{name}", num_buffers) if dump_dir else [],
         attention=attention_kernel(compiled.as_text()),
+        peak_live_bytes=peak_live_bytes(dump_dir, f"jit_{name}") if dump_dir else None,
     )
 
 
@@ -277,6 +279,25 @@ def peak_buffers(dump_dir: str, module: str, n: int) -> list[Buffer]:
         largest = sorted(values, key=lambda v: -int(v[1]))[:2]
         buffers.append(Buffer(size, shapes, [_op_name(hlo, name) for name, _ in largest]))
     return buffers
+
+
+def peak_live_bytes(dump_dir: str, module: str) -> int | None:
+    """The bytes of the values live at the peak of `module`'s schedule, less the entry computation's
+    parameters, from XLA's live-range dump (TPU); None when the backend wrote none.
+
+    The temporaries' allocation is at least this: what it holds above it is what the allocator could not
+    pack into the gaps between buffers of different lifetimes."""
+    ranges = sorted(glob.glob(os.path.join(dump_dir, f"*{module}*after_optimizations-live-range.txt")))
+    if not ranges:
+        return None
+    with open(ranges[-1], encoding="utf-8") as f:
+        live = f.read()
+    with open(ranges[-1].removesuffix("-live-range.txt") + ".txt", encoding="utf-8") as f:
+        hlo = f.read()
+    params = set(re.findall(r"%([\w.\-]+) = \S+ parameter\(\d+\)", hlo[hlo.find("\nENTRY "):]))
+    peak = live[live.find("(peak):"):live.find("Stack trace breakdown")]
+    rows = re.findall(r"^\s+([\w.\-]+)\{[\d,]*\}: (\d+) bytes", peak, re.M)
+    return sum(int(size) for name, size in rows if name not in params) if rows else None
 
 
 def _report_rows(path: str) -> list[tuple[int, int, str]]:
