@@ -15,7 +15,7 @@ leave half of HBM or more free; temporaries are against the activations the back
 
     slice    chips x rows x accumulation  temporaries          per chip / HBM    roofline bound
     v4-64    32 x 64 x 4                  14.32 GiB (1.50x)    14.6 / 32 GiB     195,634 tokens/s per chip
-    v5e-64   64 x 32 x 4                   5.79 GiB (1.21x)     6.0 / 16 GiB     152,321
+    v5e-64   64 x 32 x 4                   4.62 GiB (0.97x)     4.9 / 16 GiB     155,937
     v5p-32   16 x 128 x 4                 27.87 GiB (1.46x)    28.2 / 95 GiB     679,612
     v6e-64   64 x 64 x 2                  10.77 GiB (1.13x)    11.0 / 32 GiB     322,406
 

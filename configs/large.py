@@ -11,10 +11,10 @@ none of them needs). Rows per chip leave half of HBM or more free; temporaries a
 the backward pass must keep:
 
     slice     chips x rows x accumulation  temporaries          per chip / HBM    roofline bound
-    v4-128    64 x 32 x 4                  15.18 GiB (1.19x)    15.6 / 32 GiB     82,201 tokens/s per chip
-    v5e-256   256 x 16 x 2                  7.80 GiB (1.22x)     8.2 / 16 GiB     56,472
+    v4-128    64 x 32 x 4                  14.58 GiB (1.14x)    15.0 / 32 GiB     80,512 tokens/s per chip
+    v5e-256   256 x 16 x 2                  6.24 GiB (0.98x)     6.7 / 16 GiB     57,225
     v5p-128   64 x 64 x 2                  27.92 GiB (1.09x)    28.4 / 95 GiB     225,912
-    v6e-256   256 x 32 x 1                 14.30 GiB (1.12x)    14.7 / 32 GiB     104,054
+    v6e-256   256 x 32 x 1                 14.36 GiB (1.13x)    14.7 / 32 GiB     104,064
 
     python train.py --config configs/large.py:v5p-128 --workdir DIR \
         --config.data.train_files=/data/corpus --config.tokenizer.path=/data/roberta-base
