@@ -176,7 +176,7 @@ def test_an_hbm_limit_packs_the_step_and_a_step_over_it_is_named():
     report = format_report("v5p-8", c, limited, [limited_report])
     assert "compiled for 0.25 GiB of HBM (--hbm_gib; the chip has 95.00 GiB): fits" in report, report
     with pytest.raises(aot.DoesNotFit, match=r"^the train step does not fit in the HBM of a TPU v5 chip as limited "
-                                             r"to 0.06 GiB: RESOURCE_EXHAUSTED: .*HBM"):
+                                             r"to 64 MiB: RESOURCE_EXHAUSTED: .*HBM"):
         aot.compile_steps(c, devices, eval_step=False, hbm_bytes=64 * 2**20)
 
 

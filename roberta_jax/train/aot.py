@@ -172,7 +172,8 @@ def _compile(lowered, options: dict | None, name: str, devices: list, hbm_bytes:
     except jax.errors.JaxRuntimeError as err:
         if "RESOURCE_EXHAUSTED" not in str(err):
             raise
-        limit = f" as limited to {hbm_bytes / 2**30:.2f} GiB" if hbm_bytes else ""
+        size = f"{hbm_bytes / 2**30:.2f} GiB" if (hbm_bytes or 0) >= 2**30 else f"{(hbm_bytes or 0) / 2**20:.0f} MiB"
+        limit = f" as limited to {size}" if hbm_bytes else ""
         raise DoesNotFit(f"the {name} does not fit in the HBM of a {devices[0].device_kind} chip{limit}: "
                          f"{str(err).splitlines()[0]}") from err
 
