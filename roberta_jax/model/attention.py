@@ -75,6 +75,7 @@ def attention_implementation(
         return "cudnn"
     return "xla"
 
+
 def fused(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, is_causal: bool,
           requested: str | None = None, placement: tpu_attention.Placement | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(D)) v without the probabilities: q, k, v [B, L, N, D] -> [B, L, N, D], through the

@@ -141,8 +141,9 @@ def compile_steps(config, devices: list, dump_dir: str | None = None, eval_step:
             shapes["nsp_labels"] = (rows,)
         return {f: jax.ShapeDtypeStruct(s, jnp.int32, sharding=rows_sharding) for f, s in shapes.items()}
 
-    options = {"xla_dump_to": dump_dir, "xla_dump_hlo_as_text": True} if dump_dir else {}
-    options = {**options, **hbm_options(devices, hbm_bytes)} or None
+    options = hbm_options(devices, hbm_bytes)
+    if dump_dir:
+        options.update(xla_dump_to=dump_dir, xla_dump_hlo_as_text=True)
     train = runtime.jit_train_step(train_fn, shardings, mesh, rules).lower(state, batch(config.batch_size, "input_ids"))
     evaluation = None
     if eval_step:
@@ -165,15 +166,17 @@ class DoesNotFit(ValueError):
     """XLA could not fit a step in a chip's HBM."""
 
 
-def _compile(lowered, options: dict | None, name: str, devices: list, hbm_bytes: int | None):
+def _compile(lowered, options: dict, name: str, devices: list, hbm_bytes: int | None):
     """`lowered.compile(options)`; XLA's out-of-memory refusal as `DoesNotFit`, naming the step and chip."""
     try:
-        return lowered.compile(options)
+        return lowered.compile(options or None)
     except jax.errors.JaxRuntimeError as err:
         if "RESOURCE_EXHAUSTED" not in str(err):
             raise
-        size = f"{hbm_bytes / 2**30:.2f} GiB" if (hbm_bytes or 0) >= 2**30 else f"{(hbm_bytes or 0) / 2**20:.0f} MiB"
-        limit = f" as limited to {size}" if hbm_bytes else ""
+        limit = ""
+        if hbm_bytes:
+            size = f"{hbm_bytes / 2**30:.2f} GiB" if hbm_bytes >= 2**30 else f"{hbm_bytes / 2**20:.0f} MiB"
+            limit = f" as limited to {size}"
         raise DoesNotFit(f"the {name} does not fit in the HBM of a {devices[0].device_kind} chip{limit}: "
                          f"{str(err).splitlines()[0]}") from err
 
@@ -266,16 +269,12 @@ def attention_kernel(hlo: str) -> str:
 def peak_buffers(dump_dir: str, module: str, n: int) -> list[Buffer]:
     """The `n` largest buffers of XLA's memory-usage report for `module` (e.g. "jit_train_step"), each
     with the operations that wrote the values living in it. Empty when the backend wrote no report."""
-    reports = sorted(glob.glob(os.path.join(dump_dir, f"*{module}*after_optimizations-memory-usage-report.txt")))
-    if not reports:
+    prefix = _dump_prefix(dump_dir, module, "-memory-usage-report.txt")
+    if prefix is None:
         return []
-    prefix = reports[-1].removesuffix("-memory-usage-report.txt")
-    with open(f"{prefix}-buffer-assignment.txt", encoding="utf-8") as f:
-        assignment = f.read()
-    with open(f"{prefix}.txt", encoding="utf-8") as f:
-        hlo = f.read()
+    assignment, hlo = _read(f"{prefix}-buffer-assignment.txt"), _read(f"{prefix}.txt")
     buffers = []
-    for size, offset, shapes in _report_rows(reports[-1])[:n]:
+    for size, offset, shapes in _report_rows(f"{prefix}-memory-usage-report.txt")[:n]:
         values = re.findall(rf"<\d+ ([\w.-]+)(?:\{{[\d,]*\}})? @\d+> \(size=(\d+),offset={offset}\)", assignment)
         largest = sorted(values, key=lambda v: -int(v[1]))[:2]
         buffers.append(Buffer(size, shapes, [_op_name(hlo, name) for name, _ in largest]))
@@ -288,17 +287,26 @@ def peak_live_bytes(dump_dir: str, module: str) -> int | None:
 
     The temporaries' allocation is at least this: what it holds above it is what the allocator could not
     pack into the gaps between buffers of different lifetimes."""
-    ranges = sorted(glob.glob(os.path.join(dump_dir, f"*{module}*after_optimizations-live-range.txt")))
-    if not ranges:
+    prefix = _dump_prefix(dump_dir, module, "-live-range.txt")
+    if prefix is None:
         return None
-    with open(ranges[-1], encoding="utf-8") as f:
-        live = f.read()
-    with open(ranges[-1].removesuffix("-live-range.txt") + ".txt", encoding="utf-8") as f:
-        hlo = f.read()
+    live, hlo = _read(f"{prefix}-live-range.txt"), _read(f"{prefix}.txt")
     params = set(re.findall(r"%([\w.\-]+) = \S+ parameter\(\d+\)", hlo[hlo.find("\nENTRY "):]))
     peak = live[live.find("(peak):"):live.find("Stack trace breakdown")]
     rows = re.findall(r"^\s+([\w.\-]+)\{[\d,]*\}: (\d+) bytes", peak, re.M)
     return sum(int(size) for name, size in rows if name not in params) if rows else None
+
+
+def _dump_prefix(dump_dir: str, module: str, suffix: str) -> str | None:
+    """The path, less `suffix`, of the newest optimized-module file of `module` in `dump_dir` that ends
+    with `suffix` (e.g. "-live-range.txt"); None when XLA wrote no such file."""
+    found = sorted(glob.glob(os.path.join(dump_dir, f"*{module}*after_optimizations{suffix}")))
+    return found[-1].removesuffix(suffix) if found else None
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def _report_rows(path: str) -> list[tuple[int, int, str]]:
