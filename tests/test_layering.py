@@ -21,6 +21,7 @@ PACKAGE = "roberta_jax"
 # nothing of the package.
 LAYERS = {
     "roberta_jax.suggest": 0,   # "did you mean": stdlib only
+    "roberta_jax.storage": 0,   # paths local or gs://: stdlib, etils, gcsfs
     "roberta_jax.model": 1,     # the Flax modules, their config, HF weights in and out
     "roberta_jax.data": 1,      # corpus → token ids → packed rows → batches
     "roberta_jax.train": 2,     # mesh, steps, MLM objective, loop, checkpoints, metrics, command line
