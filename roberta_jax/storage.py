@@ -19,7 +19,9 @@ local directory named `gs:`. This module imports nothing from the package: every
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -80,7 +82,6 @@ def require_gcs(path: str = "gs://") -> None:
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     try:
         import gcsfs  # noqa: F401 - epath reaches gs:// through it
-
         from etils import epath  # noqa: F401
     except ImportError as err:
         raise StorageError(f"{path}: reading and writing gs:// needs the GCS libraries ({err.name} is missing): "
@@ -253,6 +254,72 @@ def move(src: str, dst: str) -> None:
         os.replace(src, dst)
 
 
+# -- logs -------------------------------------------------------------------------------------------------
+
+
+class AppendLog:
+    """Lines added to the log `path` and made durable at each `flush`: locally appended to the file `path`;
+    on object storage, which has no append, one whole object per flush, `path.d/00000042` (numbered on from
+    the newest there). `read_lines(path)` reads either back in order.
+
+    `keep(line) -> bool`: when given, the log is first rewritten without the lines it rejects (a resumed run
+    drops what it will log again): locally the file whole, remotely each object that held a rejected line."""
+
+    def __init__(self, path: str, keep=None):
+        self.path, self._remote, self._buffer = path, is_remote(path), []
+        if keep is not None:
+            _filter_log(path, keep)
+        if self._remote:
+            parts = [int(n) for n in listdir(f"{path}.d") if n.isdigit()]
+            self._next = max(parts, default=-1) + 1
+        else:
+            self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, line: str) -> None:
+        """Adds `line` (with its newline)."""
+        if self._remote:
+            self._buffer.append(line)
+        else:
+            self._file.write(line)
+
+    def flush(self) -> None:
+        if not self._remote:
+            self._file.flush()
+        elif self._buffer:
+            write_text(join(f"{self.path}.d", f"{self._next:08d}"), "".join(self._buffer))
+            self._buffer, self._next = [], self._next + 1
+
+    def close(self) -> None:
+        self.flush()
+        if not self._remote:
+            self._file.close()
+
+
+def read_lines(path: str) -> list[str]:
+    """The lines of the log `path` (`AppendLog`), in the order written; [] when there is none."""
+    lines = read_text(path).splitlines(keepends=True) if isfile(path) else []
+    for part in _log_parts(path):
+        lines.extend(read_text(part).splitlines(keepends=True))
+    return lines
+
+
+def _log_parts(path: str) -> list[str]:
+    return [join(f"{path}.d", n) for n in listdir(f"{path}.d") if n.isdigit()]
+
+
+def _filter_log(path: str, keep) -> None:
+    """Rewrites the log `path` without the lines `keep` rejects; each file or object is replaced whole."""
+    for file in ([path] if isfile(path) else []) + _log_parts(path):
+        lines = read_text(file).splitlines(keepends=True)
+        kept = [line for line in lines if keep(line)]
+        if len(kept) == len(lines):
+            continue
+        if kept or file == path:
+            write_text(file, "".join(kept))
+        else:
+            remove(file)
+
+
 # -- directories written file by file ------------------------------------------------------------------------
 
 
@@ -272,6 +339,32 @@ def put_dir(local_dir: str, dest: str) -> None:
     _write_marked(partial, names, lambda n: copy_file(join(local_dir, n), join(partial, n)))
     _write_marked(dest, names, lambda n: copy_file(join(partial, n), join(dest, n)))
     rmtree(partial)
+
+
+@contextlib.contextmanager
+def staged_dir(dest: str) -> Iterator[str]:
+    """A local directory to fill with what `dest` will hold, published as `dest` (`put_dir`) when the block
+    ends without an error and deleted when it raises. Locally it is `dest.partial` beside `dest` (so the swap
+    is a rename), remotely a temporary directory."""
+    staging = f"{dest}.partial" if not is_remote(dest) else tempfile.mkdtemp(prefix="roberta_jax-")
+    rmtree(staging)
+    os.makedirs(staging)
+    try:
+        yield staging
+        put_dir(staging, dest)
+    finally:
+        rmtree(staging)
+
+
+def local_cache_dir(path: str, kind: str) -> str:
+    """A local directory standing for `path`'s `kind` (e.g. "data_cache"): `path/kind` when `path` is local;
+    for a remote `path`, `~/.cache/roberta_jax/kind/<bucket>-<hash of path>` (`ROBERTA_JAX_CACHE` moves the
+    root), since memory-mapped caches need a local disk."""
+    if not is_remote(path):
+        return join(path, kind)
+    root = os.environ.get("ROBERTA_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "roberta_jax")
+    digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+    return os.path.join(root, kind, f"{_key(path).split('/', 1)[0]}-{digest}")
 
 
 def _write_marked(dest: str, names: list[str], put) -> None:
@@ -318,6 +411,100 @@ def upload_dir(local_dir: str, dest: str) -> None:
         makedirs(target)
         for file_name in files:
             copy_file(join(root, file_name), join(target, file_name))
+
+
+# -- inputs: what a source names, versions for cache keys, local stand-ins -----------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    """One version of a file, for cache keys: its size in bytes and `version`, the modification time in
+    nanoseconds locally, the object's generation on `gs://` (a new one each time the object is written)."""
+
+    size: int
+    version: int | str
+
+
+def file_info(path: str) -> FileInfo:
+    if is_remote(path):
+        found = _gcs().info(_key(path))
+        return FileInfo(int(found["size"]), str(found.get("generation") or found.get("md5Hash") or found["etag"]))
+    stat = os.stat(path)
+    return FileInfo(stat.st_size, stat.st_mtime_ns)
+
+
+def find(directory: str) -> list[str]:
+    """Every file under `directory` at any depth, sorted, hidden ones left out (a name starting with ".", and
+    all under such a directory). On object storage one listing of the prefix, however deep."""
+    if is_remote(directory):
+        root = _key(directory)
+        found = (p for p in _gcs().find(root) if not _hidden(p[len(root) + 1:].split("/")))
+        return sorted(f"gs://{p}" for p in found)
+    found = []
+    for top, dirs, names in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(os.path.join(top, n) for n in names if not n.startswith("."))
+    return sorted(found)
+
+
+def glob_files(pattern: str) -> list[str]:
+    """The files (not directories) matching `pattern` (`**` recursive), sorted; [] when nothing matches or the
+    bucket is missing. As in a local glob, a wildcard matches no hidden name."""
+    if not is_remote(pattern):
+        import glob as _glob
+
+        return sorted(p for p in _glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    parts = _key(pattern).split("/")
+    fixed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
+    try:
+        found = _gcs().glob(_key(pattern), detail=True)
+    except FileNotFoundError:  # no such bucket: `check_access` says so
+        return []
+    return sorted(f"gs://{p}" for p, meta in found.items() if meta["type"] == "file"
+                  and (not _hidden(p.split("/")[fixed:]) or _hidden(parts[fixed:])))
+
+
+def _hidden(parts: list[str]) -> bool:
+    return any(part.startswith(".") for part in parts)
+
+
+def local_path(path: str) -> str | None:
+    """`path` itself when it is on local disk, for what only a local file allows (memory-mapping it, handing it
+    to a subprocess); None for a remote one, which is read through `open_file` (or `local_copy`) instead."""
+    return None if is_remote(path) else path
+
+
+@contextlib.contextmanager
+def naming_missing(path: str) -> Iterator[None]:
+    """A block that reads `path`: when it is missing, a remote `path` raises FileNotFoundError naming it (gcsfs's
+    own names the object's API address), or `check_access`'s StorageError when the bucket is the trouble. A
+    local path's error, which names it, passes unchanged."""
+    try:
+        yield
+    except FileNotFoundError:
+        if not is_remote(path):
+            raise
+        check_access(path)
+        raise FileNotFoundError(f"{path}: no such file") from None
+
+
+@contextlib.contextmanager
+def local_dir(dest: str) -> Iterator[str]:
+    """A local directory for a library that writes only local files (a tokenizer's `save`, XLA's dumps) to write
+    `dest`'s files into, its other files kept: `dest` itself when local; else a temporary directory, uploaded
+    into `dest` (`upload_dir`) when the block ends without an error. Either way `dest` carries `INCOMPLETE`
+    from the start of the block until after its last file, so readers (`check_whole`) refuse it meanwhile,
+    and after a failure. (`staged_dir` instead replaces `dest` whole.)"""
+    marker = join(dest, INCOMPLETE)
+    makedirs(dest)
+    write_bytes(marker, b"")
+    if is_remote(dest):
+        with tempfile.TemporaryDirectory(prefix="roberta_jax-") as tmp:
+            yield tmp
+            upload_dir(tmp, dest)
+    else:
+        yield dest
+    remove(marker)
 
 
 # -- access --------------------------------------------------------------------------------------------------

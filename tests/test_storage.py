@@ -3,6 +3,8 @@ create-if-absent, directories written file by file, local copies, and the errors
 
 import json
 import os
+import sys
+import time
 
 import pytest
 
@@ -81,3 +83,71 @@ def test_append_is_refused_on_object_storage(bucket):
 def test_missing_bucket_is_named(gcs):
     with pytest.raises(storage.StorageError, match="gs://no-such-bucket-x/run: bucket gs://no-such-bucket-x does"):
         storage.check_access("gs://no-such-bucket-x/run")
+
+
+# -- inputs: listings, versions, local stand-ins -------------------------------------------------------------
+
+
+def test_find_and_glob_files_list_files_without_hidden_ones(root):
+    for name in ("a.txt", "sub/b.txt", "sub/deep/c.txt", "x.json", ".hidden.txt", ".git/d.txt", "sub/.e.txt"):
+        storage.makedirs(storage.parent(storage.join(root, name)))
+        storage.write_text(storage.join(root, name), name)
+    in_root = lambda *names: [storage.join(root, n) for n in names]  # noqa: E731
+    assert storage.find(root) == in_root("a.txt", "sub/b.txt", "sub/deep/c.txt", "x.json")
+    assert storage.glob_files(storage.join(root, "*.txt")) == in_root("a.txt")
+    assert storage.glob_files(storage.join(root, "**", "*.txt")) == in_root("a.txt", "sub/b.txt", "sub/deep/c.txt")
+    assert storage.glob_files(storage.join(root, "su*")) == []  # a directory is no file
+    assert storage.glob_files(storage.join(root, ".hidden*")) == in_root(".hidden.txt")  # asked for by name
+
+
+def test_file_info_names_each_version(root):
+    storage.makedirs(root)
+    path = storage.join(root, "f.txt")
+    storage.write_text(path, "one")
+    first = storage.file_info(path)
+    assert first.size == 3 and storage.file_info(path) == first
+    time.sleep(0.01)
+    storage.write_text(path, "two")  # same size, another version (mtime locally, generation on gs://)
+    second = storage.file_info(path)
+    assert second.size == 3 and second.version != first.version
+
+
+def test_local_dir_fills_dest_marked_until_its_last_file(root):
+    dest = storage.join(root, "tok")
+    storage.makedirs(dest)
+    storage.write_text(storage.join(dest, "other.txt"), "kept")
+    with storage.local_dir(dest) as local:
+        assert storage.exists(storage.join(dest, storage.INCOMPLETE))
+        with open(os.path.join(local, "vocab.json"), "w") as f:
+            f.write("{}")
+    storage.check_whole(dest)
+    assert storage.listdir(dest) == ["other.txt", "vocab.json"]
+    assert storage.read_text(storage.join(dest, "vocab.json")) == "{}"
+    with pytest.raises(RuntimeError), storage.local_dir(dest):
+        raise RuntimeError("the writer failed")
+    with pytest.raises(storage.StorageError, match=f"{dest} is half-written"):
+        storage.check_whole(dest)
+
+
+def test_local_path_is_the_path_only_on_local_disk(tmp_path):
+    assert storage.local_path(str(tmp_path)) == str(tmp_path)
+    assert storage.local_path("gs://bkt/x.npy") is None
+
+
+def test_a_missing_remote_file_or_bucket_is_named(bucket):
+    with pytest.raises(FileNotFoundError, match=f"^{bucket}/no.txt: no such file$"):
+        with storage.naming_missing(f"{bucket}/no.txt"):
+            storage.read_text(f"{bucket}/no.txt")
+    with pytest.raises(storage.StorageError, match="gs://no-such-bucket-y/x: bucket gs://no-such-bucket-y does not"):
+        with storage.naming_missing("gs://no-such-bucket-y/x"):
+            storage.read_text("gs://no-such-bucket-y/x")
+
+
+def test_gs_without_the_gcs_libraries_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # import gcsfs raises ImportError
+    storage.require_gcs.cache_clear()
+    try:
+        with pytest.raises(storage.StorageError, match=r"gs://bkt/run: .*gcsfs is missing.*roberta_jax\[gcs\]"):
+            storage.resolve("gs://bkt/run")
+    finally:
+        storage.require_gcs.cache_clear()

@@ -9,6 +9,7 @@ with each vocabulary's own ids. Subclasses (`tokenizer.RobertaTokenizer`, byte-l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from tokenizers import AddedToken, Encoding, Tokenizer
 
+from roberta_jax import storage
 from roberta_jax.data.text_files import check_text_file
 
 BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
@@ -37,10 +39,11 @@ def train_backend(tok: Tokenizer, files_or_iterator, trainer) -> None:
         tok.train_from_iterator(files_or_iterator, trainer)
         return
     for path in files_or_iterator:
-        if not os.path.isfile(path):
+        if not storage.isfile(os.fspath(path)):
             raise FileNotFoundError(f"{path}: no such file (to train on a list of texts, pass iter(texts))")
         check_text_file(path)
-    tok.train([str(p) for p in files_or_iterator], trainer)
+    with contextlib.ExitStack() as stack:  # the Rust trainer reads local files: remote ones are copied
+        tok.train([stack.enter_context(storage.local_copy(os.fspath(p))) for p in files_or_iterator], trainer)
 
 
 def token_json(token: AddedToken) -> dict[str, Any]:
@@ -130,10 +133,9 @@ class FastTokenizer:
 
     def read_max_length(self, directory) -> None:
         """`model_max_length` from `directory`'s tokenizer_config.json, where it gives a real one."""
-        path = os.path.join(directory, "tokenizer_config.json")
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                length = json.load(f).get("model_max_length", self.model_max_length)
+        path = storage.join(os.fspath(directory), "tokenizer_config.json")
+        if storage.isfile(path):
+            length = json.loads(storage.read_text(path)).get("model_max_length", self.model_max_length)
             self.model_max_length = length if length < 2**31 else self.model_max_length  # HF writes 1e30: "unset"
 
     # Special tokens and vocabulary.

@@ -26,8 +26,8 @@ settings skips complete shards, redoes the rest and writes the manifest, giving 
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
-import json
 import logging
 import re
 import time
@@ -35,8 +35,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from etils import epath
 
+from roberta_jax import storage
 from roberta_jax.data import shards, text_files
 from roberta_jax.data.encoders import EncodeBatch, TokenizerInfo, resolve_tokenizer
 from roberta_jax.data.packing import pack_documents
@@ -67,7 +67,7 @@ def plan_pieces(files: Sequence[str], split: str, doc_split: str, piece_bytes: i
     """The pieces of `files` in order (rules in the module docstring); an empty file is an error naming it."""
     pieces: list[Piece] = []
     for path in files:
-        size = epath.Path(path).stat().length
+        size = storage.size(path)
         if size == 0:
             raise ValueError(f"{path}: file is empty.")
         cuts = [0, *_cuts(path, size, doc_split, piece_bytes, doc_separator), size]
@@ -82,7 +82,7 @@ def _cuts(path: str, size: int, doc_split: str, piece_bytes: int, separator: str
     if (doc_split == "file" and not separator) or size <= piece_bytes:
         return []
     pattern, cuts = _separator_line(separator) if separator else _CUTS[doc_split], []
-    with epath.Path(path).open("rb") as f:
+    with storage.open_file(path, "rb") as f:
         target = piece_bytes
         while target < size:
             f.seek(target)
@@ -108,12 +108,11 @@ def prepare_piece(piece: Piece, tok: TokenizerInfo, out: str, max_seq_length: in
     fields = {k: v for k, v in dataclasses.asdict(piece).items() if k != "doc_separator" or v}
     key = {**fields, "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length, "dtype": dtype}
     name = shards.shard_name(piece.index)
-    directory = epath.Path(out) / piece.split
-    record = directory / f"{name}.json"
-    if record.exists():
-        done = json.loads(record.read_text())
-        if done["piece"] == key:
-            return done["entry"]
+    directory = storage.join(out, piece.split)
+    record = storage.join(directory, f"{name}.json")
+    done = storage.read_json(record)
+    if done and done["piece"] == key:
+        return done["entry"]
     tokens, lengths = _encode(_piece_documents(piece), tok)
     kept = lengths > 0
     entry = {"name": name, "documents": int(kept.sum()), "empty_documents": int((~kept).sum()),
@@ -126,16 +125,18 @@ def prepare_piece(piece: Piece, tok: TokenizerInfo, out: str, max_seq_length: in
         rows = packed.input_ids.astype(dtype)
         entry.update(rows=packed.num_rows, last_row_length=packed.last_row_length,
                      padding=max_seq_length - packed.last_row_length)
-    directory.mkdir(parents=True, exist_ok=True)
-    shards.write_atomic(directory / f"{name}.npy", lambda f: np.save(f, rows))
-    shards.write_json(record, {"piece": key, "entry": entry})
+    npy = io.BytesIO()
+    np.save(npy, rows)
+    storage.makedirs(directory)
+    storage.write_bytes(storage.join(directory, f"{name}.npy"), npy.getvalue())
+    storage.write_json(record, {"piece": key, "entry": entry}, **shards.JSON_FORMAT)
     return entry
 
 
 def _piece_documents(piece: Piece) -> list[str]:
     """The documents of a piece: its bytes decoded (a bad byte is an error naming the file and offset), line
     breaks read as "\\n" like Python's universal newlines, split by `doc_split`."""
-    with epath.Path(piece.path).open("rb") as f:
+    with storage.open_file(piece.path, "rb") as f:
         f.seek(piece.start)
         data = f.read(piece.end - piece.start)
     try:
@@ -189,17 +190,16 @@ def prepare(
     tok = resolve_tokenizer(tokenizer)
     dtype = shards.token_dtype(vocab_size).name
     splits = {"train": train_sources, "eval": eval_sources}
-    files = {split: _resolve(src) for split, src in splits.items() if src}
+    files = {split: text_files.resolve_files(src) for split, src in splits.items() if src}
     for path in (p for fs in files.values() for p in fs):
         if text_files.file_kind(path, format) != "text":
             raise ValueError(f"{path}: prepare reads plain text; this is {text_files.file_kind(path, format)}.")
     settings = {"format_version": shards.FORMAT_VERSION, "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length,
                 "dtype": dtype, "vocab_size": vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
                 "pad_id": tok.pad_id, "doc_split": doc_split, "piece_bytes": piece_bytes,
-                "sources": {s: [[p, epath.Path(p).stat().length] for p in fs] for s, fs in files.items()},
+                "sources": {s: [[p, storage.size(p)] for p in fs] for s, fs in files.items()},
                 **({"doc_separator": doc_separator} if doc_separator else {})}
-    out_dir = epath.Path(out)
-    if (out_dir / shards.MANIFEST).exists():
+    if storage.exists(storage.join(out, shards.MANIFEST)):
         return _existing(out, settings)
     pieces = [p for split, fs in files.items() for p in plan_pieces(fs, split, doc_split, piece_bytes, doc_separator)]
     entries = _run(pieces, tok, out, max_seq_length, dtype, num_workers, scheduler, progress)
@@ -212,8 +212,8 @@ def prepare(
             raise ValueError(f"{splits[split]!r}: no non-empty documents ({totals['empty_documents']} empty ones).")
         manifest["splits"][split] = {"shards": split_entries, **totals}
         manifest["stats"].update({f"{split}/{k}": v for k, v in totals.items()})
-    _remove_temporaries(out_dir, files)
-    shards.write_json(out_dir / shards.MANIFEST, manifest)
+    _remove_temporaries(out, files)
+    storage.write_json(storage.join(out, shards.MANIFEST), manifest, **shards.JSON_FORMAT)
     return manifest
 
 
@@ -259,24 +259,10 @@ def _run(pieces, tok, out, max_seq_length, dtype, num_workers, scheduler, progre
     return entries
 
 
-def _resolve(sources: str | Sequence[str]) -> list[str]:
-    """Files of local or remote (gs://) sources: files, directories (non-hidden files, sorted) or globs."""
-    sources = [sources] if isinstance(sources, str) else list(sources)
-    if not any(str(s).startswith(("gs://", "s3://")) for s in sources):
-        return text_files.resolve_files(sources)
-    files = []
-    for source in map(epath.Path, sources):
-        if source.is_file():
-            files.append(str(source))
-        elif source.is_dir():
-            files.extend(sorted(str(p) for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")))
-        else:
-            raise FileNotFoundError(f"{source}: no such file or directory.")
-    return files
-
-
-def _remove_temporaries(out_dir: epath.Path, splits) -> None:
-    """Deletes the temporary files a killed run left behind, so a finished directory holds only its shards."""
+def _remove_temporaries(out: str, splits) -> None:
+    """Deletes the temporary files a killed run left behind (`storage.write_bytes`'s `*.partial-*`, and the
+    `.*.tmp-*` of earlier versions), so a finished directory holds only its shards."""
     for split in splits:
-        for path in (out_dir / split).glob(".*.tmp-*"):
-            path.unlink()
+        for pattern in (".*.tmp-*", "*.partial-*"):
+            for path in storage.glob(storage.join(out, split, pattern)):
+                storage.remove(path)

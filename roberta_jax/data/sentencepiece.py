@@ -26,12 +26,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import Unigram
 
+from roberta_jax import storage
 from roberta_jax.data.fast_tokenizer import (
     BOS,
     EOS,
@@ -119,7 +121,7 @@ def read_spm(path: PathLike) -> tuple[list[tuple[str, float]], bytes]:
         ) from e
     proto = sentencepiece_model_pb2.ModelProto()
     try:
-        proto.ParseFromString(Path(path).read_bytes())
+        proto.ParseFromString(storage.read_bytes(os.fspath(path)))
     except Exception as e:  # protobuf's DecodeError, and whatever a truncated file raises
         raise ValueError(f"{path}: not a SentencePiece model ({e})") from e
     if proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.UNIGRAM:
@@ -128,9 +130,9 @@ def read_spm(path: PathLike) -> tuple[list[tuple[str, float]], bytes]:
     return [(p.piece, p.score) for p in proto.pieces], proto.normalizer_spec.precompiled_charsmap
 
 
-def _read_tokenizer_json(path: Path) -> tuple[Vocab, bytes | None]:
+def _read_tokenizer_json(path: str) -> tuple[Vocab, bytes | None]:
     """The Unigram vocabulary and precompiled charsmap of a fast tokenizer's `tokenizer.json`."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(storage.read_text(path))
     model = data.get("model") or {}
     if model.get("type") != "Unigram":
         raise ValueError(f"{path}: a {model.get('type')} model, not a SentencePiece Unigram one")
@@ -140,11 +142,11 @@ def _read_tokenizer_json(path: Path) -> tuple[Vocab, bytes | None]:
     return [(piece, float(score)) for piece, score in model["vocab"]], charsmap and base64.b64decode(charsmap)
 
 
-def _model_type_of(directory: Path, vocab: Vocab | None) -> str:
+def _model_type_of(directory: str, vocab: Vocab | None) -> str:
     """"camembert" or "xlm-roberta": from tokenizer_config.json's class, else the vocabulary's first piece."""
-    config_path = directory / "tokenizer_config.json"
-    if config_path.exists():
-        cls = json.loads(config_path.read_text(encoding="utf-8")).get("tokenizer_class", "")
+    config_path = storage.join(directory, "tokenizer_config.json")
+    if storage.exists(config_path):
+        cls = json.loads(storage.read_text(config_path)).get("tokenizer_class", "")
         for name, layout in LAYOUTS.items():
             if cls.removesuffix("Fast") == layout.tokenizer_class:
                 return name
@@ -178,16 +180,19 @@ class SentencePieceTokenizer(FastTokenizer):
 
     @classmethod
     def from_pretrained(cls, directory: PathLike, model_type: str | None = None) -> SentencePieceTokenizer:
-        """From a directory of `save` or HF `save_pretrained`: `tokenizer.json` if present, else
+        """From a directory (local or `gs://`) of `save` or HF `save_pretrained`: `tokenizer.json` if present, else
         `sentencepiece.bpe.model`. `model_type` (None: from tokenizer_config.json's class, else the vocabulary)
-        picks the layout; `model_max_length` comes from tokenizer_config.json where it sets one."""
-        directory = Path(directory)
-        if (directory / "tokenizer.json").exists():
-            vocab, charsmap = _read_tokenizer_json(directory / "tokenizer.json")
+        picks the layout; `model_max_length` comes from tokenizer_config.json where it sets one. A half-written
+        directory (`storage.check_whole`) is an error naming it."""
+        directory = os.fspath(directory)
+        storage.check_whole(directory)
+        if storage.exists(storage.join(directory, "tokenizer.json")):
+            vocab, charsmap = _read_tokenizer_json(storage.join(directory, "tokenizer.json"))
             tok = cls.from_vocab(vocab, charsmap, model_type or _model_type_of(directory, vocab))
-        elif (directory / SPM_FILE).exists():
-            tok = cls.from_spm(directory / SPM_FILE, model_type or _model_type_of(directory, None))
+        elif storage.exists(storage.join(directory, SPM_FILE)):
+            tok = cls.from_spm(storage.join(directory, SPM_FILE), model_type or _model_type_of(directory, None))
         else:
+            storage.check_access(directory)
             raise FileNotFoundError(f"{directory}: has neither tokenizer.json nor {SPM_FILE}")
         tok.read_max_length(directory)
         return tok
@@ -223,9 +228,13 @@ class SentencePieceTokenizer(FastTokenizer):
 
     def save(self, directory: PathLike) -> list[str]:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json, which HF
-        `XLMRobertaTokenizerFast` / `CamembertTokenizerFast` / `AutoTokenizer.from_pretrained(directory)` load."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        `XLMRobertaTokenizerFast` / `CamembertTokenizerFast` / `AutoTokenizer.from_pretrained(directory)` load, into
+        `directory` (local or `gs://`: `storage.local_dir`); returns the paths."""
+        with storage.local_dir(os.fspath(directory)) as local:
+            names = [os.path.basename(p) for p in self._save_files(Path(local))]
+        return [storage.join(os.fspath(directory), n) for n in names]
+
+    def _save_files(self, directory: Path) -> list[str]:
         with self._lock:  # without the last call's truncation and padding, which the Rust object holds
             self.backend.no_truncation()
             self.backend.no_padding()

@@ -7,9 +7,9 @@
     DIR/train/shard-00000.json   that shard's piece of text and its counts (written after the .npy)
     DIR/eval/...                 the same for `data.eval_files`
 
-Every file is written under a temporary name and renamed when complete, and the manifest is written
-last: a directory without `manifest.json` is unfinished and is never read (`prepare` completes it).
-Paths are `etils.epath` paths: local or `gs://`.
+Every file is written whole or not at all (`storage.write_bytes`: locally under a temporary name and renamed,
+on `gs://` one object), and the manifest is written last: a directory without `manifest.json` is unfinished
+and is never read (`prepare` completes it). Paths are local or `gs://` (`roberta_jax.storage`).
 
 `ShardedRows` reads one split as one table of rows (global row r of the split is row r - start of its
 shard), memory-mapping local shards and reading only the requested rows of remote ones, so a host
@@ -19,18 +19,20 @@ opens only the shards holding its share of a batch.
 from __future__ import annotations
 
 import json
+import os
 import threading
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from etils import epath
+
+from roberta_jax import storage
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer"
 SPLITS = ("train", "eval")
+JSON_FORMAT = {"indent": 1, "sort_keys": True}  # `json.dumps` options of the manifest and the shard records
 
 
 def shard_name(index: int) -> str:
@@ -42,27 +44,16 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
 
 
-def write_atomic(path: epath.Path, write) -> None:
-    """Calls `write(file)` on a temporary sibling of `path` opened "wb", then renames it to `path`."""
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-    with tmp.open("wb") as f:
-        write(f)
-    tmp.replace(path)  # over a shard a killed run left without its record
-
-
-def write_json(path: epath.Path, value: Any) -> None:
-    write_atomic(path, lambda f: f.write(json.dumps(value, indent=1, sort_keys=True).encode()))
-
-
-def read_manifest(directory: str | epath.Path) -> dict[str, Any]:
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a prepared directory; a clear error when there is none (unfinished) or its format
     is another version."""
-    path = epath.Path(directory) / MANIFEST
-    if not path.exists():
+    path = storage.join(os.fspath(directory), MANIFEST)
+    if not storage.exists(path):
+        storage.check_access(path)
         raise FileNotFoundError(
             f"{directory}: no {MANIFEST}; not a prepared directory, or its prepare did not finish (run it again)."
         )
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(storage.read_text(path))
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path}: format_version {manifest.get('format_version')}, this code reads {FORMAT_VERSION}; prepare again."
@@ -95,8 +86,8 @@ class ShardedRows:
       rows_read: how many rows `take` has returned.
     """
 
-    def __init__(self, directory: str | epath.Path, split: str = "train", manifest: dict[str, Any] | None = None):
-        self.directory = epath.Path(directory)
+    def __init__(self, directory: str | os.PathLike, split: str = "train", manifest: dict[str, Any] | None = None):
+        self.directory = os.fspath(directory)
         manifest = manifest or read_manifest(directory)
         if split not in manifest["splits"]:
             raise ValueError(f"{directory} has no {split!r} split; it has {sorted(manifest['splits'])}.")
@@ -145,9 +136,9 @@ class ShardedRows:
             return self._open[index] if index in self._open else self._open_shard(index)
 
     def _open_shard(self, index: int):
-        path = self.directory / self.split / f"{self._names[index]}.npy"
-        local = not str(path).startswith(("gs://", "s3://"))
-        self._open[index] = np.load(str(path), mmap_mode="r") if local else _RemoteShard(path)
+        path = storage.join(self.directory, self.split, f"{self._names[index]}.npy")
+        local = storage.local_path(path)
+        self._open[index] = np.load(local, mmap_mode="r") if local else _RemoteShard(path)
         self.shards_opened.add(self._names[index])
         return self._open[index]
 
@@ -155,9 +146,9 @@ class ShardedRows:
 class _RemoteShard:
     """A `.npy` shard in a bucket read row by row: `shard[local_rows]` fetches only those rows."""
 
-    def __init__(self, path: epath.Path):
+    def __init__(self, path: str):
         self.path = path
-        with path.open("rb") as f:
+        with storage.open_file(path, "rb") as f:
             major, _ = np.lib.format.read_magic(f)
             read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             self.shape, _, self.dtype = read_header(f)
@@ -166,7 +157,7 @@ class _RemoteShard:
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         row_bytes = self.shape[1] * self.dtype.itemsize
         out = np.empty((len(rows), self.shape[1]), self.dtype)
-        with self.path.open("rb") as f:
+        with storage.open_file(self.path, "rb") as f:
             for i, r in enumerate(rows):
                 f.seek(self.offset + int(r) * row_bytes)
                 out[i] = np.frombuffer(f.read(row_bytes), self.dtype)

@@ -18,6 +18,13 @@ or that tokenizes to no ids, is skipped and counted in `num_empty_documents`.
 
 Reading text files and checking files is `text_files`'s part.
 
+Files on `gs://` (`roberta_jax.storage`). Text files are streamed, as local ones are read: once to check them,
+once to split them into documents, which go straight into the local arrow file below, so the corpus is never
+copied whole beside it. JSON lines and Parquet files are staged: `datasets` reads only local files (and turns
+them into its own arrow copy anyway), so each remote file is downloaded once into `cache_dir/staged/`, named
+by its path, size and generation, and reused while the object is unchanged. The cache itself is
+memory-mapped, so `cache_dir` must be local (a workdir on `gs://` gets a local one from the training side).
+
 Errors. A text or JSON file that is empty, whitespace-only or not valid UTF-8, and an empty
 Parquet file, raise ValueError naming the path, before `datasets` reads anything.
 
@@ -25,7 +32,8 @@ Tokenizing is `Dataset.map(batched=True, num_proc=...)`, ids without special tok
 `cache_dir`, the result is stored as `tokens.npy` (int32, documents back to back) and
 `doc_offsets.npy` (int64) in `cache_dir/tokenized-<fingerprint>/` and memory-mapped on the next
 run, which then reads neither the text nor the tokenizer. The fingerprint covers the format,
-text field, document split, every file's absolute path, size and modification time, and the
+text field, document split, every file's absolute path (its URL on `gs://`), size and modification
+time (the object's generation on `gs://`), and the
 tokenizer (the serialized JSON of a `tokenizers.Tokenizer` backend; for a plain callable, the
 `fingerprint` given to `encoders.resolve_tokenizer`, else `datasets`' hash of the callable).
 `datasets`' own arrow files live in `cache_dir/hf/` and may be deleted once the `.npy` files exist.
@@ -47,6 +55,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from roberta_jax import storage
 from roberta_jax.data import text_files
 from roberta_jax.data.encoders import EncodeBatch, EncodeFn, resolve_tokenizer, sha256
 
@@ -105,6 +114,7 @@ def tokenize_corpus(
         raise ValueError(f"format={format!r} is not one of {_FORMATS}.")
     if doc_split not in _DOC_SPLITS:
         raise ValueError(f"doc_split={doc_split!r} is not one of {_DOC_SPLITS}.")
+    _check_local(cache_dir)
     files, kind, source_key = _resolve_sources(sources, format, hub_config, hub_split)
     source_fp = sha256(json.dumps([_CACHE_VERSION, kind, text_field, doc_split, source_key]
                                    + ([doc_separator] if doc_separator else [])))
@@ -146,6 +156,7 @@ def document_texts(
     """The non-blank document texts of a corpus, read exactly as `tokenize_corpus` reads them (files,
     directories and globs; text, JSON lines, Parquet or the Hub; `text_field`; the document split): what a
     tokenizer is trained on."""
+    _check_local(cache_dir)
     files, kind, _ = _resolve_sources(sources, format, hub_config, hub_split)
     for path in files:
         text_files.check_file(path, kind)
@@ -181,14 +192,16 @@ def _resolve_sources(
     sources: str | Sequence[str], format: str, hub_config: str | None, hub_split: str
 ) -> tuple[list[str], str, Any]:
     """(files, kind, key): the files of `sources`, their one format ("text", "json", "parquet"; "hub"
-    without files) and what names them in the cache key (each file's path, size and mtime; the Hub names)."""
+    without files) and what names them in the cache key (each file's absolute path or URL, size and version,
+    `storage.file_info`'s; the Hub names)."""
     if format == "hub":
         return [], "hub", [sources, hub_config, hub_split]
     files = text_files.resolve_files(sources)
     kinds = [text_files.file_kind(path, format) for path in files]
     if len(set(kinds)) > 1:
         raise ValueError(f"sources mix formats {sorted(set(kinds))}; pass one format at a time.")
-    source_key = [[os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns] for p in files]
+    infos = [storage.file_info(p) for p in files]
+    source_key = [[storage.resolve(p), info.size, info.version] for p, info in zip(files, infos)]
     return files, kinds[0] if kinds else "hub", source_key
 
 
@@ -244,7 +257,8 @@ def _documents(kind, files, sources, text_field, split, hub_config, hub_split, w
         ds = datasets.load_dataset(sources, hub_config, split=hub_split, cache_dir=hf_dir)
     else:
         try:
-            ds = datasets.load_dataset(kind, data_files=files, split="train", cache_dir=hf_dir)
+            local = [storage.local_path(p) or _staged(p, work_dir) for p in files]
+            ds = datasets.load_dataset(kind, data_files=local, split="train", cache_dir=hf_dir)
         except datasets.exceptions.DatasetGenerationError as err:
             raise _unreadable(files, err) from err
     if text_field not in ds.column_names:
@@ -259,13 +273,34 @@ def _unreadable(files: Sequence[str], err: Exception) -> ValueError:
     for path in files:
         if not path.endswith(".jsonl"):
             continue
-        with open(path, encoding="utf-8") as f:
+        with storage.open_file(path, "r", encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
                 try:
                     line.strip() and json.loads(line)
                 except ValueError as bad:
                     return ValueError(f"{path}, line {number}: not valid JSON ({bad})")
     return ValueError(f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: {err.__cause__ or err}")
+
+
+def _staged(path: str, work_dir: str) -> str:
+    """A local copy of the remote file `path` in `work_dir/staged/`, named by its URL, size and generation: made
+    once (written aside and renamed), reused while the object is unchanged."""
+    info = storage.file_info(path)
+    local = os.path.join(work_dir, "staged", sha256(json.dumps([path, info.size, info.version]))[:16],
+                         storage.name(path))
+    if not os.path.exists(local):
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        partial = f"{local}.partial-{uuid.uuid4().hex}"
+        storage.copy_file(path, partial)
+        os.replace(partial, local)
+    return local
+
+
+def _check_local(cache_dir: str | None) -> None:
+    """The data cache is memory-mapped: `cache_dir` on object storage is an error naming it."""
+    if cache_dir and storage.local_path(cache_dir) is None:
+        raise ValueError(f"cache_dir={cache_dir}: the data cache is memory-mapped, so it must be a local directory; "
+                         "set data.cache_dir to a local path (inputs may stay on gs://).")
 
 
 def _flatten(ids, out_dir: str | None) -> tuple[np.ndarray, np.ndarray, int]:

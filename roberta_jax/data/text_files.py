@@ -1,18 +1,20 @@
-"""Input files on disk: expanding sources into files, the checks that name a bad file by its path,
-and splitting plain-text files into documents.
+"""Input files, local or on `gs://` (`roberta_jax.storage`): expanding sources into files, the checks that
+name a bad file by its path, and splitting plain-text files into documents.
 
 Both the tokenizer trainer and the pretraining corpus reader call the checks before handing files to
-a library (`tokenizers`, `datasets`) whose own errors would not say which file was at fault.
+a library (`tokenizers`, `datasets`) whose own errors would not say which file was at fault. Remote files
+are streamed: read in chunks as local ones are, never copied whole.
 """
 
 from __future__ import annotations
 
 import codecs
-import glob
 import io
 import os
 import re
 from collections.abc import Iterator, Sequence
+
+from roberta_jax import storage
 
 _CHUNK = 1 << 22  # bytes (UTF-8 check) or characters (document splitting) read at a time
 # One or more blank lines (the newline ending the previous line included).
@@ -21,20 +23,24 @@ _EDGE_BLANK_LINES = re.compile(r"^(?:[^\S\n]*\n)+|(?:\n[^\S\n]*)+$")
 
 
 def resolve_files(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Expands files, directories (every non-hidden file under them, sorted) and globs, in order."""
+    """Expands files, directories (every non-hidden file under them, sorted) and globs, in order, each local
+    or on `gs://`; paths are kept as given. A source that names nothing is an error naming it (or its bucket,
+    when that is missing or unreachable)."""
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     files = []
-    for source in map(str, sources):
-        if os.path.isfile(source):
+    for source in map(os.fspath, sources):
+        if storage.isfile(source):
             files.append(source)
-        elif os.path.isdir(source):
-            found = _files_under(source)
+        elif storage.isdir(source):
+            found = storage.find(source)
             if not found:
                 raise FileNotFoundError(f"{source}: directory holds no files.")
             files.extend(found)
         else:
-            matches = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
+            matches = storage.glob_files(source)
             if not matches:
+                storage.resolve(source)  # `gs:/bkt` (one slash) or another scheme: that is the error
+                storage.check_access(source)
                 raise FileNotFoundError(
                     f"{source}: no such file, directory or glob match "
                     "(for a Hugging Face Hub dataset pass format='hub')."
@@ -43,24 +49,16 @@ def resolve_files(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     return files
 
 
-def _files_under(directory: str) -> list[str]:
-    found = []
-    for root, dirs, names in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(os.path.join(root, name) for name in names if not name.startswith("."))
-    return sorted(found)
-
-
 def check_text_file(path: str | os.PathLike) -> None:
     """Raises ValueError naming `path` if it is empty, holds only whitespace or is not UTF-8.
 
     Streams the file, so any size is fine; the byte offset of a bad sequence is in the message.
     """
-    if os.path.getsize(path) == 0:
+    if storage.size(path) == 0:
         raise ValueError(f"{path}: file is empty.")
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset, has_text = 0, False
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             pending = len(decoder.getstate()[0])  # bytes of a character split across two chunks
             try:
@@ -82,7 +80,7 @@ def check_file(path: str, kind: str) -> None:
     """Raises ValueError naming `path` if it is empty or (text and JSON) whitespace-only or not UTF-8."""
     if kind != "parquet":
         check_text_file(path)
-    elif os.path.getsize(path) == 0:
+    elif storage.size(path) == 0:
         raise ValueError(f"{path}: file is empty.")
 
 
@@ -103,7 +101,7 @@ def text_documents(files: Sequence[str], doc_split: str, separator: str = "") ->
     ("blank_line", "line" or "file"), or, when `separator` is set, at each line that is `separator`
     (whitespace around it aside); the rules are in `data.sources`' docstring."""
     for path in files:
-        with open(path, encoding="utf-8") as f:  # universal newlines: \r\n and \r read as \n
+        with storage.open_file(path, "r", encoding="utf-8") as f:  # universal newlines: \r\n and \r read as \n
             if separator:
                 yield from _separated(f, separator)
                 continue

@@ -24,6 +24,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors, trainers
 from tokenizers.models import BPE
 
+from roberta_jax import storage
 from roberta_jax.data.fast_tokenizer import (
     BOS,
     EOS,
@@ -93,27 +94,35 @@ class RobertaTokenizer(FastTokenizer):
 
     @classmethod
     def from_files(cls, vocab_json: PathLike, merges_txt: PathLike, add_prefix_space: bool = False) -> RobertaTokenizer:
-        """From a GPT-2/RoBERTa `vocab.json` (token -> id) and `merges.txt` (`#version` header, one merge a line)."""
+        """From a GPT-2/RoBERTa `vocab.json` (token -> id) and `merges.txt` (`#version` header, one merge a line),
+        local or on `gs://`."""
         try:
-            vocab, merges = BPE.read_file(str(vocab_json), str(merges_txt))
+            with storage.local_copy(os.fspath(vocab_json)) as vocab_path, \
+                    storage.local_copy(os.fspath(merges_txt)) as merges_path:
+                vocab, merges = BPE.read_file(vocab_path, merges_path)
         except Exception as err:  # tokenizers' message names neither file
             raise ValueError(f"{vocab_json} / {merges_txt}: not a valid vocab.json + merges.txt ({err})") from err
         return cls(_build(vocab, merges, add_prefix_space))
 
     @classmethod
     def from_pretrained(cls, directory: PathLike, add_prefix_space: bool | None = None) -> RobertaTokenizer:
-        """From a directory written by `save` or HF `save_pretrained`: `tokenizer.json` if present, else
-        `vocab.json` + `merges.txt`; `model_max_length` from `tokenizer_config.json` where it sets one."""
-        directory = Path(directory)
-        if (directory / "tokenizer.json").exists():
+        """From a directory (local or `gs://`) written by `save` or HF `save_pretrained`: `tokenizer.json` if
+        present, else `vocab.json` + `merges.txt`; `model_max_length` from `tokenizer_config.json` where it sets
+        one. A half-written directory (`storage.check_whole`) is an error naming it."""
+        directory = os.fspath(directory)
+        storage.check_whole(directory)
+        tokenizer_json, vocab, merges = (storage.join(directory, n) for n in ("tokenizer.json", "vocab.json",
+                                                                              "merges.txt"))
+        if storage.exists(tokenizer_json):
             try:
-                backend = Tokenizer.from_file(str(directory / "tokenizer.json"))
+                backend = Tokenizer.from_str(storage.read_text(tokenizer_json))
             except Exception as err:  # tokenizers' message does not name the file
-                raise ValueError(f"{directory / 'tokenizer.json'}: not a valid tokenizer.json ({err})") from err
+                raise ValueError(f"{tokenizer_json}: not a valid tokenizer.json ({err})") from err
             tok = cls(backend, add_prefix_space)
-        elif (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
-            tok = cls.from_files(directory / "vocab.json", directory / "merges.txt", bool(add_prefix_space))
+        elif storage.exists(vocab) and storage.exists(merges):
+            tok = cls.from_files(vocab, merges, bool(add_prefix_space))
         else:
+            storage.check_access(directory)
             raise FileNotFoundError(f"{directory}: has neither tokenizer.json nor vocab.json + merges.txt")
         tok.read_max_length(directory)
         return tok
@@ -159,16 +168,23 @@ class RobertaTokenizer(FastTokenizer):
     # Saving.
 
     def save_vocabulary(self, directory: PathLike, filename_prefix: str | None = None) -> tuple[str, str]:
-        """Write `[prefix-]vocab.json` and `[prefix-]merges.txt` into `directory`; returns their paths."""
-        os.makedirs(directory, exist_ok=True)
-        vocab_path, merges_path = self._tokenizer.model.save(str(directory), filename_prefix)
+        """Write `[prefix-]vocab.json` and `[prefix-]merges.txt` into `directory` (local or `gs://`); returns their
+        paths."""
+        with storage.local_dir(os.fspath(directory)) as local:
+            names = [os.path.basename(p) for p in self._tokenizer.model.save(local, filename_prefix)]
+        vocab_path, merges_path = (storage.join(os.fspath(directory), n) for n in names)
         return vocab_path, merges_path
 
     def save(self, directory: PathLike) -> list[str]:
         """Write vocab.json, merges.txt, tokenizer.json, tokenizer_config.json and special_tokens_map.json,
-        which HF `RobertaTokenizerFast`/`AutoTokenizer.from_pretrained(directory)` load; returns the paths."""
-        directory = Path(directory)
-        paths = list(self.save_vocabulary(directory))
+        which HF `RobertaTokenizerFast`/`AutoTokenizer.from_pretrained(directory)` load, into `directory` (local
+        or `gs://`: `storage.local_dir`); returns the paths."""
+        with storage.local_dir(os.fspath(directory)) as local:
+            names = [os.path.basename(p) for p in self._save_files(Path(local))]
+        return [storage.join(os.fspath(directory), n) for n in names]
+
+    def _save_files(self, directory: Path) -> list[str]:
+        paths = list(self._tokenizer.model.save(str(directory)))
         with self._lock:  # without the last call's truncation and padding, which the Rust object holds
             self._tokenizer.no_truncation()
             self._tokenizer.no_padding()
@@ -202,21 +218,23 @@ KINDS = ("byte_level_bpe", "unigram")
 
 
 def is_tokenizer_dir(path: PathLike) -> bool:
-    """Whether `path` holds a tokenizer `load_tokenizer` reads."""
-    path = Path(path)
-    return any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", SPM_FILE))
+    """Whether `path` (local or `gs://`) holds a tokenizer `load_tokenizer` reads."""
+    names = ("tokenizer.json", "vocab.json", SPM_FILE)
+    return any(storage.isfile(storage.join(os.fspath(path), name)) for name in names)
 
 
 def load_tokenizer(directory: PathLike) -> FastTokenizer:
-    """The tokenizer of an HF-format directory, of the kind its files say: a SentencePiece model or a Unigram
-    tokenizer.json is a `SentencePieceTokenizer` (XLM-R, CamemBERT), byte-level BPE a `RobertaTokenizer`."""
-    directory = Path(directory)
-    tokenizer_json = directory / "tokenizer.json"
-    if tokenizer_json.is_file():
-        model_kind = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("model", {}).get("type")
+    """The tokenizer of an HF-format directory (local or `gs://`), of the kind its files say: a SentencePiece model
+    or a Unigram tokenizer.json is a `SentencePieceTokenizer` (XLM-R, CamemBERT), byte-level BPE a
+    `RobertaTokenizer`. A half-written directory (`storage.check_whole`) is an error naming it."""
+    directory = os.fspath(directory)
+    storage.check_whole(directory)
+    tokenizer_json = storage.join(directory, "tokenizer.json")
+    if storage.isfile(tokenizer_json):
+        model_kind = json.loads(storage.read_text(tokenizer_json)).get("model", {}).get("type")
         unigram = model_kind == "Unigram"
     else:
-        unigram = (directory / SPM_FILE).is_file()
+        unigram = storage.isfile(storage.join(directory, SPM_FILE))
     return (SentencePieceTokenizer if unigram else RobertaTokenizer).from_pretrained(directory)
 
 

@@ -1,4 +1,4 @@
-"""The initial weights of a fine-tuning run: an HF-format directory or a pretraining workdir.
+"""The initial weights of a fine-tuning run: an HF-format directory or a pretraining workdir, local or `gs://`.
 
     arch = initial_config("runs/base")                        # its architecture (RobertaConfig)
     params, report = load_initial("runs/base", state.params)  # its weights in the head model's tree
@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from flax import traverse_util
 
+from roberta_jax import storage
 from roberta_jax.model import hf_io
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.train import checkpoint
@@ -23,10 +23,11 @@ from roberta_jax.train import workdir as workdir_files
 def initial_config(init_from: str) -> RobertaConfig:
     """The architecture of `init_from`: an HF directory's `config.json`, or a pretraining workdir's
     `model_config.json`."""
-    if not os.path.isdir(init_from):
+    if not storage.isdir(init_from):
+        storage.check_access(init_from)
         raise FileNotFoundError(f"init_from={init_from!r} is not a directory (an HF directory or a pretraining run)")
     if workdir_files.is_pretraining_workdir(init_from):
-        return RobertaConfig.from_json_file(os.path.join(init_from, workdir_files.MODEL_CONFIG))
+        return RobertaConfig.from_json_file(storage.join(init_from, workdir_files.MODEL_CONFIG))
     return RobertaConfig.from_json_file(init_from)
 
 

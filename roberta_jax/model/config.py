@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from roberta_jax import storage
 from roberta_jax.suggest import did_you_mean
 
 # Activations by their HF names; `layers.ACTIVATIONS` implements each.
@@ -125,10 +126,15 @@ class RobertaConfig:
 
     @classmethod
     def from_json_file(cls, path: str) -> RobertaConfig:
-        if os.path.isdir(path):
-            path = os.path.join(path, "config.json")
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """From `config.json`, or the directory holding it (an HF directory: a half-written one, see
+        `storage.check_whole`, is an error naming it); local or `gs://`."""
+        path = os.fspath(path)
+        if storage.isdir(path):
+            storage.check_whole(path)
+            path = storage.join(path, "config.json")
+        with storage.naming_missing(path):
+            text = storage.read_text(path)
+        return cls.from_dict(json.loads(text))
 
     def to_json_file(self, path: str) -> str:
         """Writes `config.json` (into `path` if it is a directory); returns the file path."""

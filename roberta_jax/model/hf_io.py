@@ -29,6 +29,7 @@ import numpy as np
 import safetensors.numpy
 from flax import traverse_util
 
+from roberta_jax import storage
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import ARCHITECTURES, architecture_name, init_params
 
@@ -118,19 +119,28 @@ def state_dict_to_params(state: Mapping[str, np.ndarray], template: Mapping[str,
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """All tensors of `model.safetensors` (or of the shards an index names) in a directory or file."""
-    if os.path.isfile(path):
-        return safetensors.numpy.load_file(path)
-    if os.path.isfile(os.path.join(path, SAFETENSORS)):
-        return safetensors.numpy.load_file(os.path.join(path, SAFETENSORS))
-    index = os.path.join(path, SAFETENSORS_INDEX)
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            state.update(safetensors.numpy.load_file(os.path.join(path, shard)))
-        return state
+    """All tensors of `model.safetensors` (or of the shards an index names) in a directory or file, local or
+    `gs://` (a remote file is copied to a local temporary file to be read). A half-written directory
+    (`storage.check_whole`) is an error naming it."""
+    state = {}
+    for file in _safetensors_files(os.fspath(path)):
+        with storage.local_copy(file) as local:
+            state.update(safetensors.numpy.load_file(local))
+    return state
+
+
+def _safetensors_files(path: str) -> list[str]:
+    """`path` itself if a file, else its `model.safetensors` or the shards its index names."""
+    if storage.isfile(path):
+        return [path]
+    storage.check_whole(path)
+    if storage.isfile(storage.join(path, SAFETENSORS)):
+        return [storage.join(path, SAFETENSORS)]
+    index = storage.join(path, SAFETENSORS_INDEX)
+    if storage.isfile(index):
+        return [storage.join(path, shard) for shard in sorted(set(json.loads(storage.read_text(index))["weight_map"]
+                                                                  .values()))]
+    storage.check_access(path)
     raise FileNotFoundError(
         f"no {SAFETENSORS} or {SAFETENSORS_INDEX} in {path!r}; save the PyTorch model with "
         "`save_pretrained(dir)` (safetensors is its default)."
@@ -147,7 +157,7 @@ def load_hf(
     param_dtype=jnp.float32,
     **config_overrides,
 ) -> tuple[dict, nn.Module, LoadReport]:
-    """Imports an HF-format directory into `architecture` (a class or its HF name).
+    """Imports an HF-format directory (local or `gs://`) into `architecture` (a class or its HF name).
 
     Weights the checkpoint lacks (a new task head on a pretrained encoder) are initialised from
     `rng`, as `from_pretrained` does; with `strict=True` any missing, unexpected or mis-shaped

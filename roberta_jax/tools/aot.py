@@ -3,7 +3,7 @@
     python -m roberta_jax.tools.aot --config configs/base.py --target v5p-32
     python -m roberta_jax.tools.aot --config configs/base.py --target v5e:4x4 --config.batch_size=128
     python -m roberta_jax.tools.aot --config configs/base.py --target host       # this machine's GPUs/CPU
-    python -m roberta_jax.tools.aot ... --dump_hlo /tmp/hlo                       # keep the optimized HLO
+    python -m roberta_jax.tools.aot ... --dump_hlo /tmp/hlo                       # keep the optimized HLO (or gs://)
     python -m roberta_jax.tools.aot ... --hbm_gib 4                               # as if each chip had 4 GiB
 
 Takes the same config file and `--config.*` overrides as train.py. TPU targets need libtpu
@@ -19,16 +19,18 @@ shows what the same step needs on a fuller chip (more FLOPs if XLA has to remate
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 
 from absl import flags
 from ml_collections import config_flags
 
+from roberta_jax import storage
 from roberta_jax.train import aot, chips, cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
 _TARGET = flags.DEFINE_string("target", "host", "v5p-32 | v5e:4x4 | ... | host")
-_DUMP = flags.DEFINE_string("dump_hlo", "", "directory for the optimized HLO and buffer assignment")
+_DUMP = flags.DEFINE_string("dump_hlo", "", "directory (local or gs://) for the optimized HLO and buffer assignment")
 _BUFFERS = flags.DEFINE_integer("buffers", 8, "largest live buffers to list per step")
 _HBM = flags.DEFINE_float("hbm_gib", None, "compile as if each chip had this much HBM (TPU targets)")
 
@@ -95,14 +97,17 @@ def _fits(need: float, hbm: float) -> str:
 def main(argv):
     del argv
     config, target = _CONFIG.value, _TARGET.value
-    dump = _DUMP.value or tempfile.mkdtemp(prefix="roberta_aot_")
     hbm = None if _HBM.value is None else int(_HBM.value * 2**30)
-    compiled = aot.compile_steps(config, aot.target_devices(target), dump_dir=dump, hbm_bytes=hbm)
-    reports = [aot.step_report(name, step, dump, _BUFFERS.value)
-               for name, step in (("train_step", compiled.train), ("eval_step", compiled.eval))]
+    # XLA dumps into a local directory: --dump_hlo itself, or one uploaded to it at the end (storage.local_dir).
+    dump_dir = (storage.local_dir(_DUMP.value) if _DUMP.value
+                else contextlib.nullcontext(tempfile.mkdtemp(prefix="roberta_aot_")))
+    with dump_dir as dump:
+        compiled = aot.compile_steps(config, aot.target_devices(target), dump_dir=dump, hbm_bytes=hbm)
+        reports = [aot.step_report(name, step, dump, _BUFFERS.value)
+                   for name, step in (("train_step", compiled.train), ("eval_step", compiled.eval))]
     print(format_report(target, config, compiled, reports))
     if _DUMP.value:
-        print(f"optimized HLO and buffer assignment in {dump}")
+        print(f"optimized HLO and buffer assignment in {_DUMP.value}")
 
 
 if __name__ == "__main__":

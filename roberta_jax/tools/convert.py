@@ -5,18 +5,18 @@
 
 A parameter checkpoint is a directory holding `config.json` (with `architectures`) and an Orbax
 `params/` tree; `to-hf` also accepts a pretraining workdir (its newest checkpoint).
-Tokenizer files found beside the source are copied along.
+Tokenizer files found beside the source are copied along. Every directory may be local or on `gs://`;
+an HF directory on `gs://` carries `.incomplete` until its last file is written (`storage.local_dir`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
 
+from roberta_jax import storage
 from roberta_jax.model import hf_io
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import ARCHITECTURES, init_params
@@ -31,19 +31,19 @@ TOKENIZER_FILES = (
 
 def save_params(directory: str, model, params) -> None:
     """Writes `config.json` and the Orbax `params/` tree of `model` into `directory`."""
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    model.config.replace(architectures=(hf_io.architecture_name(model),)).to_json_file(directory)
+    directory = storage.resolve(directory)
+    with storage.local_dir(directory) as local:
+        model.config.replace(architectures=(hf_io.architecture_name(model),)).to_json_file(local)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.join(directory, "params"), params, force=True)
+        checkpointer.save(storage.join(directory, "params"), params, force=True)
 
 
 def load_params(directory: str, **model_kwargs):
     """Reads a directory written by `save_params`, or a pretraining workdir (its newest
     checkpoint, architecture in `model_config.json`): returns (params, model)."""
-    directory = os.path.abspath(directory)
+    directory = storage.resolve(directory)
     if workdir_files.is_pretraining_workdir(directory):
-        config = RobertaConfig.from_json_file(os.path.join(directory, workdir_files.MODEL_CONFIG))
+        config = RobertaConfig.from_json_file(storage.join(directory, workdir_files.MODEL_CONFIG))
         params, _ = checkpoint.load_params(directory)
         return params, ARCHITECTURES["RobertaForMaskedLM"](config, **model_kwargs)
     config = RobertaConfig.from_json_file(directory)
@@ -51,48 +51,61 @@ def load_params(directory: str, **model_kwargs):
     model = ARCHITECTURES[architecture](config, **model_kwargs)
     template = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
     with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(os.path.join(directory, "params"), template)
+        params = checkpointer.restore(storage.join(directory, "params"), template)
     return params, model
 
 
 def copy_tokenizer_files(src: str, dst: str) -> list[str]:
-    copied = []
-    for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(src, name)):
-            shutil.copy(os.path.join(src, name), os.path.join(dst, name))
-            copied.append(name)
+    """Copies the tokenizer files of `src` into `dst` (either local or remote); returns their names. A pretraining
+    workdir's are in its `tokenizer/`."""
+    for directory in (src, storage.join(src, workdir_files.TOKENIZER)):
+        names = [n for n in TOKENIZER_FILES if storage.isfile(storage.join(directory, n))]
+        for name in names:
+            storage.copy_file(storage.join(directory, name), storage.join(dst, name))
+        if names:
+            return names
+    return []
+
+
+def from_hf(src: str, dst: str, architecture: str | None) -> list[str]:
+    """HF directory `src` -> parameter checkpoint `dst`, with the tokenizer files; returns their names."""
+    architecture = architecture or (RobertaConfig.from_json_file(src).architectures or (None,))[0]
+    if architecture is None:
+        raise ValueError(f"{src}/config.json names no architectures; pass --architecture.")
+    params, model, report = hf_io.load_hf(src, architecture)
+    print(f"loaded {src} as {architecture}: {report}")
+    save_params(dst, model, params)
+    return copy_tokenizer_files(src, dst)
+
+
+def to_hf(src: str, dst: str) -> list[str]:
+    """Parameter checkpoint or pretraining workdir `src` -> HF directory `dst`, with the tokenizer files."""
+    params, model = load_params(src)
+    with storage.local_dir(dst) as local:
+        left_out = hf_io.save_hf(local, model, params)
+        copied = copy_tokenizer_files(src, local)
+    if left_out:  # a pair-format workdir's next-sentence head: HF's class has no such weights
+        print(f"left out {len(left_out)} weights {hf_io.architecture_name(model)} has not: {', '.join(left_out)}")
     return copied
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m roberta_jax.tools.convert", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    from_hf = cli.add_verbose(sub.add_parser("from-hf", help="HF directory -> Orbax parameter checkpoint"))
-    from_hf.add_argument("src")
-    from_hf.add_argument("dst")
-    from_hf.add_argument("--architecture", choices=sorted(ARCHITECTURES),
-                         help="head to build (default: the config's `architectures`)")
-    to_hf = cli.add_verbose(sub.add_parser("to-hf", help="Orbax parameter checkpoint -> HF directory"))
-    to_hf.add_argument("src")
-    to_hf.add_argument("dst")
+    from_hf_cmd = cli.add_verbose(sub.add_parser("from-hf", help="HF directory -> Orbax parameter checkpoint"))
+    from_hf_cmd.add_argument("src")
+    from_hf_cmd.add_argument("dst")
+    from_hf_cmd.add_argument("--architecture", choices=sorted(ARCHITECTURES),
+                             help="head to build (default: the config's `architectures`)")
+    to_hf_cmd = cli.add_verbose(sub.add_parser("to-hf", help="Orbax parameter checkpoint -> HF directory"))
+    to_hf_cmd.add_argument("src")
+    to_hf_cmd.add_argument("dst")
     args = parser.parse_args(argv)
     with cli.one_line_errors(parser.prog, args.verbose):
         if args.command == "from-hf":
-            architecture = args.architecture or (RobertaConfig.from_json_file(args.src).architectures or (None,))[0]
-            if architecture is None:
-                parser.error(f"{args.src}/config.json names no architectures; pass --architecture.")
-            params, model, report = hf_io.load_hf(args.src, architecture)
-            print(f"loaded {args.src} as {architecture}: {report}")
-            save_params(args.dst, model, params)
+            copied = from_hf(args.src, args.dst, args.architecture)
         else:
-            params, model = load_params(args.src)
-            left_out = hf_io.save_hf(args.dst, model, params)
-            if left_out:  # a pair-format workdir's next-sentence head: HF's class has no such weights
-                print(f"left out {len(left_out)} weights {hf_io.architecture_name(model)} has not: "
-                      f"{', '.join(left_out)}")
-        copied = copy_tokenizer_files(args.src, args.dst) or copy_tokenizer_files(
-            os.path.join(args.src, workdir_files.TOKENIZER), args.dst
-        )
+            copied = to_hf(args.src, args.dst)
     print(f"wrote {args.dst}" + (f" (with {', '.join(copied)})" if copied else ""))
 
 

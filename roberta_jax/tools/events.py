@@ -1,4 +1,5 @@
-"""A run's scalars read back: TensorBoard event files, or `metrics.jsonl` where there are none.
+"""A run's scalars read back, from a local or `gs://` run: TensorBoard event files, or the run's
+`metrics.jsonl` (through `metrics.read_metrics`, whatever its layout) where there are none.
 
     scalars = read_scalars("runs/tiny")          # {"train/loss": (steps, values), "eval/loss": ...}
     steps, loss = scalars["eval/loss"]           # int64 [n], float64 [n], ascending steps
@@ -16,16 +17,14 @@ that is still running (or was killed) ends that file's reading; earlier records 
 
 from __future__ import annotations
 
-import glob
-import os
 import struct
 
 import numpy as np
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.record_writer import masked_crc32c
 
+from roberta_jax import storage
 from roberta_jax.train import metrics
-from roberta_jax.train import workdir as workdir_files
 
 EVENTS_GLOB = "events.out.tfevents.*"
 
@@ -34,24 +33,32 @@ Scalars = dict[str, tuple[np.ndarray, np.ndarray]]
 
 def event_files(logdir: str) -> list[str]:
     """The TensorBoard event files directly in `logdir`, oldest first."""
-    return sorted(glob.glob(os.path.join(logdir, EVENTS_GLOB)), key=os.path.basename)
+    return sorted(storage.glob_files(storage.join(logdir, EVENTS_GLOB)), key=storage.name)
 
 
 def has_logs(logdir: str) -> bool:
-    """Whether `logdir` holds event files or a `metrics.jsonl`."""
-    return bool(event_files(logdir)) or os.path.isfile(os.path.join(logdir, workdir_files.METRICS))
+    """Whether `logdir` holds event files or metrics (`metrics.read_metrics`)."""
+    return bool(event_files(logdir)) or _metrics(logdir) is not None
+
+
+def _metrics(logdir: str) -> dict[int, dict[str, float]] | None:
+    """`metrics.read_metrics(logdir)`; None where there is no metrics file."""
+    try:
+        return metrics.read_metrics(logdir)
+    except FileNotFoundError:
+        return None
 
 
 def find_logdir(path: str) -> str | None:
     """`path` if it holds logs, else its parent if that does (an HF export in `WORKDIR/hf`), else None."""
-    path = os.path.abspath(path)
-    return next((d for d in (path, os.path.dirname(path)) if has_logs(d)), None)
+    path = storage.resolve(path)
+    return next((d for d in (path, storage.parent(path)) if has_logs(d)), None)
 
 
 def read_records(path: str) -> list[bytes]:
     """The payloads of a TFRecord file, up to the first incomplete or corrupt record."""
     records = []
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         while True:
             header = f.read(12)
             if len(header) < 12:
@@ -106,7 +113,8 @@ def read_scalars(logdir: str, source: str = "auto") -> Scalars:
     """Every scalar series of a run as {tag: (steps int64 [n], values float64 [n])}, steps ascending.
 
     `source`: "events" (TensorBoard files; train metrics every `log_every_steps`), "jsonl"
-    (`metrics.jsonl`; every step), or "auto": events where there are any, else metrics.jsonl.
+    (`metrics.jsonl`, read by `metrics.read_metrics`; every step), or "auto": events where there are any, else
+    metrics.jsonl.
     """
     if source not in ("auto", "events", "jsonl"):
         raise ValueError(f"source={source!r}; use 'auto', 'events' or 'jsonl'.")
@@ -122,10 +130,11 @@ def read_scalars(logdir: str, source: str = "auto") -> Scalars:
             for tag, series in read_event_scalars(path).items():
                 merged.setdefault(tag, {}).update(series)
     else:
-        if not os.path.isfile(os.path.join(logdir, workdir_files.METRICS)):
+        records = _metrics(logdir)
+        if records is None:
             raise FileNotFoundError(f"no {EVENTS_GLOB} files and no metrics.jsonl in {logdir}")
         merged = {}
-        for step, record in metrics.read_metrics(logdir).items():
+        for step, record in records.items():
             for tag, value in record.items():
                 merged.setdefault(tag, {})[step] = value
     return {

@@ -1,6 +1,6 @@
 """Looking inside a checkpoint and the input pipeline; the notebooks in `notebooks/` call these.
 
-    ckpt = load_checkpoint("runs/tiny")           # a pretraining workdir, or an HF directory
+    ckpt = load_checkpoint("runs/tiny")           # a pretraining workdir, or an HF directory (local or gs://)
     fill_mask(ckpt, ["To be or not to <mask>."])  # [[[(" be", 0.31), ...]]] per text, per <mask>
     tokens, weights = attention_weights(ckpt, "To be or not to be.")   # float32 [layers, heads, L, L]
     nearest_tokens(ckpt, "king")                  # [(" queen", 0.62), ...] by cosine similarity
@@ -15,7 +15,6 @@ Everything runs eagerly in float32 on the default device; it is meant for small 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from roberta_jax import storage
 from roberta_jax.data.fast_tokenizer import FastTokenizer
 from roberta_jax.data.packing import PackedRows, pack_documents
 from roberta_jax.data.tokenizer import load_tokenizer
@@ -50,19 +50,21 @@ class Checkpoint:
 
 def load_checkpoint(path: str, step: int | None = None) -> Checkpoint:
     """Loads a pretraining workdir (`train.py --workdir`; newest checkpoint unless `step`) or an
-    HF directory (`config.json` + `model.safetensors` + tokenizer files) as a masked LM."""
-    path = os.path.abspath(path)
+    HF directory (`config.json` + `model.safetensors` + tokenizer files) as a masked LM; local or `gs://`."""
+    path = storage.resolve(path)
     if workdir_files.is_pretraining_workdir(path):
         params, step = checkpoint.load_params(path, step)
-        model = RobertaForMaskedLM(RobertaConfig.from_json_file(os.path.join(path, workdir_files.MODEL_CONFIG)))
+        model = RobertaForMaskedLM(RobertaConfig.from_json_file(storage.join(path, workdir_files.MODEL_CONFIG)))
         return Checkpoint(model, params, load_tokenizer(workdir_files.tokenizer_dir(path)), path,
                           "orbax", step)
-    if os.path.isfile(os.path.join(path, "config.json")):
+    if storage.isfile(storage.join(path, "config.json")):
         params, model, report = hf_io.load_hf(path, RobertaForMaskedLM)
         if report.missing:
             warnings.warn(f"{path}: weights missing from the checkpoint were initialised at random: {report}",
                           stacklevel=2)
         return Checkpoint(model, params, load_tokenizer(path), path, "hf", None)
+    storage.check_access(path)
+    storage.check_whole(path)  # an export stopped before its config.json
     raise FileNotFoundError(
         f"{path} is neither a pretraining workdir (no {workdir_files.MODEL_CONFIG}) nor an HF directory "
         "(no config.json)."

@@ -9,6 +9,7 @@ The same config file and `--config.*` overrides as train.py: `data.train_files`,
 one trained on the training files) decide the output. `--num_workers` processes on this machine, or `--scheduler` the
 address of a running Dask cluster. The tokenizer is kept in OUT/tokenizer; train.py uses it when
 `tokenizer.path` is empty. Rerunning completes an interrupted prepare and gives identical files.
+OUT, the training files and `tokenizer.path` may each be local or on `gs://`.
 """
 
 import json
@@ -16,11 +17,12 @@ import os
 import tempfile
 
 from absl import flags
-from etils import epath
 from ml_collections import config_flags
 
+from roberta_jax import storage
 from roberta_jax.data import prepare, shards
 from roberta_jax.data.fast_tokenizer import FastTokenizer
+from roberta_jax.data.tokenizer import is_tokenizer_dir
 from roberta_jax.train import cli, pretrain
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "training config file", lock_config=True)
@@ -48,21 +50,19 @@ def main(argv):
 
 
 def _tokenizer(config, out: str) -> FastTokenizer:
-    """The run's tokenizer (`pretrain.load_or_train_tokenizer`: trained into OUT/tokenizer when `tokenizer.path` is
-    empty), with a copy kept in OUT/tokenizer."""
-    if "://" in out and not config.tokenizer.path:
-        raise ValueError(f"--out={out} is in a bucket: set tokenizer.path (a tokenizer is trained only locally).")
-    if "://" not in out:
-        os.makedirs(out, exist_ok=True)
-    tokenizer = pretrain.load_or_train_tokenizer(config, out)
-    saved = epath.Path(out) / shards.TOKENIZER
-    if not (saved / "tokenizer.json").exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            tokenizer.save(tmp)
-            saved.mkdir(parents=True, exist_ok=True)
-            # tokenizer.json (every kind writes one) last: it marks a complete copy
-            for name in sorted(os.listdir(tmp), key=lambda n: n == "tokenizer.json"):
-                epath.Path(tmp, name).copy(saved / name, overwrite=True)
+    """The run's tokenizer (`pretrain.load_or_train_tokenizer`: `tokenizer.path`, else OUT/tokenizer from an
+    earlier prepare, else one trained on the training files), with a copy kept in OUT/tokenizer."""
+    saved = storage.join(out, shards.TOKENIZER)
+    whole = is_tokenizer_dir(saved) and not storage.exists(storage.join(saved, storage.INCOMPLETE))
+    if whole and not config.tokenizer.path:
+        config = config.copy_and_resolve_references()
+        config.tokenizer.path = saved
+    # OUT is not a workdir: a tokenizer trained here lands in a scratch workdir and is copied into OUT below.
+    with tempfile.TemporaryDirectory(prefix="roberta_jax-prepare-") as scratch:
+        tokenizer = pretrain.load_or_train_tokenizer(config, scratch)
+    if not whole:
+        with storage.staged_dir(saved) as staging:  # swapped in whole: a reader never sees half of it
+            tokenizer.save(staging)
     return tokenizer
 
 

@@ -21,12 +21,16 @@ launcher, run with this interpreter. Running a sweep again resumes each run from
 `compare` reads each run's scalars (TensorBoard events, else metrics.jsonl), prints a table
 (run, overrides, final train loss, best and final value of the metric, steps) best run first,
 and with `--plot` draws the metric against the step, one line per run.
+
+The sweep's WORKDIR (and `--plot`) may be local or on `gs://`: there each run's `train.log`, which a bucket
+cannot append to, is written whole when its run ends (earlier logs of the run kept at its start).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import itertools
 import json
 import math
@@ -34,12 +38,14 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
+from roberta_jax import storage
 from roberta_jax.suggest import did_you_mean
 from roberta_jax.tools import events
 from roberta_jax.train import cli
@@ -133,7 +139,7 @@ def expand(
     for values in itertools.product(*axes.values()):
         overrides = dict(zip(axes, values))
         name = ",".join(f"{short[k]}={v}" for k, v in overrides.items()).replace("/", "_") or "run"
-        runs.append(Run(name, os.path.join(workdir, name), overrides))
+        runs.append(Run(name, storage.join(workdir, name), overrides))
     return runs, common
 
 
@@ -152,7 +158,7 @@ def named_runs(
         for key, value in {**common, **overrides}.items():
             check_key(fields, key)
             parse_value(key, value, fields[key])
-        out.append(Run(name, os.path.join(workdir, name), overrides))
+        out.append(Run(name, storage.join(workdir, name), overrides))
     return out, common
 
 
@@ -187,20 +193,18 @@ def _flag_value(value: Any) -> str:
 
 def write_sweep_file(workdir: str, config_spec: str, runs: list[Run], common: dict[str, str]) -> str:
     """Records the runs in WORKDIR/sweep.json, keeping runs of earlier invocations with other names."""
-    path = os.path.join(workdir, SWEEP_FILE)
-    previous = read_sweep_file(workdir) if os.path.isfile(path) else []
+    path = storage.join(workdir, SWEEP_FILE)
+    previous = read_sweep_file(workdir) if storage.isfile(path) else []
     names = {r.name for r in runs}
     entries = [r for r in previous if r["name"] not in names]
     entries += [{"name": r.name, "overrides": r.overrides, "set": common, "config": config_spec} for r in runs]
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"runs": entries}, f, indent=2)
+    storage.makedirs(workdir)
+    storage.write_json(path, {"runs": entries}, indent=2)
     return path
 
 
 def read_sweep_file(workdir: str) -> list[dict[str, Any]]:
-    with open(os.path.join(workdir, SWEEP_FILE), encoding="utf-8") as f:
-        return json.load(f)["runs"]
+    return json.loads(storage.read_text(storage.join(workdir, SWEEP_FILE)))["runs"]
 
 
 def run_all(commands: list[tuple[Run, list[str]]]) -> int:
@@ -209,12 +213,11 @@ def run_all(commands: list[tuple[Run, list[str]]]) -> int:
     (`cli.EXIT_INTERRUPTED`) stops the sweep; it and the runs after it count as not done."""
     failed = 0
     for index, (run, cmd) in enumerate(commands, 1):
-        os.makedirs(run.workdir, exist_ok=True)
-        log_path = os.path.join(run.workdir, "train.log")
+        storage.makedirs(run.workdir)
+        log_path = storage.join(run.workdir, "train.log")
         print(f"[{index}/{len(commands)}] {run.name}: {shlex.join(cmd)}", flush=True)
         start = time.perf_counter()
-        with open(log_path, "a", encoding="utf-8") as log:  # a resumed run adds to its log
-            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = run_logged(cmd, log_path)
         took = time.perf_counter() - start
         if code == cli.EXIT_INTERRUPTED:  # preempted: the run saved a checkpoint; so stops the sweep
             print(f"[{index}/{len(commands)}] {run.name}: interrupted after {took:.0f} s, checkpoint saved; "
@@ -222,13 +225,28 @@ def run_all(commands: list[tuple[Run, list[str]]]) -> int:
             return failed + len(commands) - index + 1
         if code:
             failed += 1
-            with open(log_path, encoding="utf-8", errors="replace") as log:
-                tail = log.read()[-3000:]
+            tail = storage.read_bytes(log_path).decode("utf-8", errors="replace")[-3000:]
             print(f"[{index}/{len(commands)}] {run.name}: FAILED (exit {code}) after {took:.0f} s; "
                   f"end of {log_path}:\n{tail}", file=sys.stderr, flush=True)
         else:
             print(f"[{index}/{len(commands)}] {run.name}: done in {took:.0f} s", flush=True)
     return failed
+
+
+def run_logged(cmd: list[str], log_path: str) -> int:
+    """Runs `cmd`, its output added to the end of `log_path` (a resumed run adds to its log): appended as it comes
+    to a local file, to follow with `tail -f`; on object storage, which has no append, written whole, after what
+    the log held, when the command ends. Returns the exit status."""
+    local = storage.local_path(log_path)
+    if local is not None:
+        with open(local, "a", encoding="utf-8") as log:
+            return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    with tempfile.TemporaryFile() as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+        out.seek(0)
+        earlier = storage.read_bytes(log_path) if storage.exists(log_path) else b""
+        storage.write_bytes(log_path, earlier + out.read())
+    return code
 
 
 # -- compare -------------------------------------------------------------------------------
@@ -249,16 +267,16 @@ class Summary:
 
 def summarize(workdir: str, metric: str = "eval/loss", mode: str = "min") -> list[Summary]:
     """The runs of a sweep (from sweep.json, else every subdirectory with logs), best first."""
-    if os.path.isfile(os.path.join(workdir, SWEEP_FILE)):
+    if storage.isfile(storage.join(workdir, SWEEP_FILE)):
         runs = [(r["name"], r["overrides"]) for r in read_sweep_file(workdir)]
     else:
-        runs = [(d, {}) for d in sorted(os.listdir(workdir)) if events.has_logs(os.path.join(workdir, d))]
+        runs = [(d, {}) for d in storage.listdir(workdir) if events.has_logs(storage.join(workdir, d))]
     if not runs:
         raise FileNotFoundError(f"no {SWEEP_FILE} and no run directories with logs in {workdir}")
     nan = float("nan")
     rows = []
     for name, overrides in runs:
-        run_dir = os.path.join(workdir, name)
+        run_dir = storage.join(workdir, name)
         if not events.has_logs(run_dir):
             rows.append(Summary(name, overrides, nan, nan, nan, 0, None))
             continue
@@ -302,8 +320,10 @@ def save_plot(rows: list[Summary], metric: str, path: str) -> None:
     from roberta_jax.tools import plots
 
     fig = plots.run_curves({r.name: r.curve for r in rows if r.curve is not None}, metric)
-    fig.savefig(path, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format=os.path.splitext(path)[1][1:] or None, dpi=120)  # the format the name says
     plt.close(fig)
+    storage.write_bytes(path, image.getvalue())
 
 
 # -- command line --------------------------------------------------------------------------

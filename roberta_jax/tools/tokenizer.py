@@ -8,6 +8,7 @@ python -m roberta_jax.tools.tokenizer train --files 'corpus/*.jsonl' --text-fiel
 The documents are read as training reads the corpus (`data.sources.document_texts`, what train.py trains its
 tokenizer on): files, directories and globs; text, JSON lines or Parquet (`--format`, by extension when auto);
 the `--text-field` of records; text files split into documents by `--doc-split` or at a `--doc-separator` line.
+The files and `--out` may be local or on `gs://`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     train.add_argument("--vocab-size", type=int, default=50265, help="ids in all, <mask> (the last) included")
     train.add_argument("--min-frequency", type=int, default=2,
                        help="byte_level_bpe: least count of a pair for it to be merged")
-    train.add_argument("--out", required=True, help="directory for tokenizer.json, tokenizer_config.json, ...")
+    train.add_argument("--out", required=True,
+                       help="directory (local or gs://) for tokenizer.json, tokenizer_config.json, ...")
     args = parser.parse_args(argv)
     with cli.one_line_errors(parser.prog, args.verbose):
         sources = [s.strip() for f in args.files for s in f.split(",") if s.strip()]

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
+from roberta_jax import storage
 from roberta_jax.data.fast_tokenizer import FastTokenizer
 from roberta_jax.finetune.tasks import task_metrics
 from roberta_jax.train.objectives import xent_sums
@@ -54,10 +55,13 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def read_numbered_rows(path: str | os.PathLike) -> list[tuple[int | None, dict[str, Any]]]:
-    """`read_rows` with the line of the file each row starts on (None for the rows of a JSON list)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    with open(path, encoding="utf-8", newline="") as f:
+    """`read_rows` with the line of the file each row starts on (None for the rows of a JSON list); `path` is
+    local or on `gs://`."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    with storage.naming_missing(path):
+        text = storage.read_text(path)
+    with io.StringIO(text, newline="") as f:  # as `open(newline="")`: csv sees every line ending as written
         if suffix in (".tsv", ".csv"):
             quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
             reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",", quoting=quoting)
@@ -82,7 +86,7 @@ def read_numbered_rows(path: str | os.PathLike) -> list[tuple[int | None, dict[s
     raise ValueError(f"{path}: unknown format {suffix!r}; expected .tsv, .csv, .jsonl or .json")
 
 
-def _text_columns(columns: Sequence[str], path: Path) -> tuple[str, str | None]:
+def _text_columns(columns: Sequence[str], path: str) -> tuple[str, str | None]:
     for a, b in KNOWN_TEXT_COLUMNS:
         if a in columns:
             return a, b if b in columns else None
@@ -98,7 +102,7 @@ def load_examples(
     """Examples from a .tsv/.csv/.jsonl/.json table (see `read_rows`). `text_a`/`text_b` name the text
     columns (default: the first of `KNOWN_TEXT_COLUMNS` present); without a `label` column (a test split)
     the examples have no labels. SST-2's `label<TAB>text_a` header and GLUE's own columns work as they are."""
-    path = Path(path)
+    path = os.fspath(path)
     numbered = read_numbered_rows(path)
     if not numbered:
         return []

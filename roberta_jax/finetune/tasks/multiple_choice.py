@@ -15,7 +15,6 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from itertools import count, takewhile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,7 +43,7 @@ def load_examples(
     """Examples from a .csv/.tsv/.jsonl/.json table (see `classification.read_rows`) with columns `context`,
     `question` (None: no such column), `endings` followed by 0, 1, ... (`ending0`, `ending1`, ...; or one
     column `endings` holding a list, in JSON) and `label` (absent in a test split)."""
-    path = Path(path)
+    path = os.fspath(path)
     rows = read_rows(path)
     if not rows:
         return []

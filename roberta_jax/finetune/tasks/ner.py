@@ -21,6 +21,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from roberta_jax import storage
 from roberta_jax.data.fast_tokenizer import FastTokenizer
 from roberta_jax.finetune.tasks import task_metrics
 from roberta_jax.finetune.tasks.classification import config_labels
@@ -37,8 +38,8 @@ class Example:
 
 
 def load_examples(path: str | os.PathLike, word_column: int = 0, tag_column: int | None = -1) -> list[Example]:
-    """Sentences of a CoNLL file: one word a line, whitespace-separated columns (the word in `word_column`,
-    the tag in `tag_column`; None for an unlabelled file), a blank line between sentences, and
+    """Sentences of a CoNLL file (local or `gs://`): one word a line, whitespace-separated columns (the word in
+    `word_column`, the tag in `tag_column`; None for an unlabelled file), a blank line between sentences, and
     `-DOCSTART-` lines between documents (skipped)."""
     examples: list[Example] = []
     words: list[str] = []
@@ -51,7 +52,8 @@ def load_examples(path: str | os.PathLike, word_column: int = 0, tag_column: int
         for part in (words, tags, lines):
             part.clear()
 
-    with open(path, encoding="utf-8") as f:
+    path = os.fspath(path)
+    with storage.naming_missing(path), storage.open_file(path, "r", encoding="utf-8") as f:
         for line_number, line in enumerate(f, start=1):
             fields = line.split()
             if not fields or fields[0] == "-DOCSTART-":

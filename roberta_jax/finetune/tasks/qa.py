@@ -22,6 +22,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from roberta_jax import storage
 from roberta_jax.data.fast_tokenizer import FastTokenizer
 from roberta_jax.finetune.tasks import task_metrics
 from roberta_jax.train.objectives import xent_sums
@@ -37,9 +38,11 @@ class Example:
 
 
 def load_examples(path: str | os.PathLike) -> list[Example]:
-    """The questions of a SQuAD v1.1 JSON file (`{"data": [{"paragraphs": [{"context", "qas"}]}]}`)."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    """The questions of a SQuAD v1.1 JSON file (`{"data": [{"paragraphs": [{"context", "qas"}]}]}`), local or
+    on `gs://`."""
+    path = os.fspath(path)
+    with storage.naming_missing(path):
+        data = json.loads(storage.read_text(path))
     if not isinstance(data, dict) or "data" not in data:
         raise ValueError(f"{path}: not SQuAD JSON, expected an object with a 'data' list of articles")
     return [
