@@ -1,6 +1,7 @@
 """Shared fixtures: the official roberta-base tokenizer (ours and `transformers`'), a small training corpus,
 multilingual texts and a SentencePiece model trained on them."""
 
+import gc
 import io
 import json
 import os
@@ -12,6 +13,8 @@ from roberta_jax.data.tokenizer import RobertaTokenizer
 
 # The suite runs on the CPU even where libtpu is installed (the AOT tests use its compiler, not a TPU).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# gcsfs reads this when imported: its bucket-type probe over gRPC times out against the GCS emulator.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -108,6 +111,8 @@ def gcs():
     except (RuntimeError, OSError) as err:
         pytest.skip(f"the GCS emulator cannot start here: {err}")
     yield emulator
+    # tensorboardX's gs:// event writers upload once more when collected: let them while the emulator is up.
+    gc.collect()
     emulator.stop()
 
 

@@ -170,3 +170,35 @@ def test_a_tokenizer_is_fixed_by_its_files_not_its_path(tmp_path):
                                                          r"frequency: '\(none\)' -> 2, tokenizer.fingerprint: '\w+' -> "
                                                          r"'\(none\)'\."):
         workdir_files.check_contract(str(tmp_path), workdir_files.pretraining_contract(config))
+
+
+def test_a_gs_lock_is_created_once_beats_and_is_taken_over_when_its_heartbeat_stops(bucket, monkeypatch, caplog):
+    """On object storage: create-if-absent, a heartbeat refreshed in the background, and another host's lock
+    taken over (with a warning) only once its heartbeat is older than STALE_AFTER_S."""
+    from roberta_jax import storage
+
+    monkeypatch.setattr(workdir_files, "HEARTBEAT_S", 0.05)
+    workdir = f"{bucket}/run"
+    lock = workdir_files.Lock(workdir)
+    lock.acquire()
+    first = storage.read_json(lock.path)["heartbeat"]
+    deadline = time.time() + 10
+    while storage.read_json(lock.path)["heartbeat"] == first:
+        assert time.time() < deadline, "the heartbeat was never refreshed"
+        time.sleep(0.05)
+    with pytest.raises(workdir_files.WorkdirError, match=f"workdir {workdir} is in use by pid {os.getpid()}"):
+        workdir_files.Lock(workdir).acquire()
+    lock.release()
+    assert not storage.exists(lock.path)
+
+    beating = {"host": "another-host", "pid": 1, "token": "t", "started": "-", "heartbeat": time.time()}
+    storage.write_json(lock.path, beating)
+    with pytest.raises(workdir_files.WorkdirError, match="on host another-host"):
+        workdir_files.Lock(workdir).acquire()
+    storage.write_json(lock.path, {**beating, "heartbeat": time.time() - workdir_files.STALE_AFTER_S - 1})
+    taker = workdir_files.Lock(workdir)
+    with caplog.at_level("WARNING", logger="absl"):
+        taker.acquire()
+    assert "taking over the stale lock" in caplog.text and "another-host" in caplog.text
+    assert storage.read_json(lock.path)["pid"] == os.getpid()
+    taker.release()

@@ -6,7 +6,6 @@ import sys
 import time
 
 from roberta_jax.train import metrics
-from roberta_jax.train import workdir as workdir_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,10 +38,19 @@ def losses(workdir):
     return {step: m["train/loss"] for step, m in metrics.read_metrics(str(workdir)).items() if "train/loss" in m}
 
 
+def logged_losses(workdir):
+    """`losses(workdir)`, {} before anything is logged (a workdir local or on gs://)."""
+    try:
+        return losses(workdir)
+    except FileNotFoundError:
+        return {}
+
+
 def wait_for_step(workdir, proc, step, timeout=300):
+    """Waits until `workdir`'s metrics hold `step` (on gs:// they appear at each flush: at every checkpoint)."""
     start = time.time()
     while time.time() - start < timeout:
-        if os.path.exists(os.path.join(workdir, workdir_files.METRICS)) and max(losses(workdir), default=0) >= step:
+        if max(logged_losses(workdir), default=0) >= step:
             return
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.02)

@@ -12,15 +12,14 @@ TensorBoard events and `metrics.jsonl`, `best_hf/` (the params of the best evalu
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 
 import jax
 import ml_collections
 import numpy as np
 
+from roberta_jax import storage
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.finetune import tasks, weights
 from roberta_jax.finetune.data import FeatureBatches, TaskData, gather_rows, load_task_data
@@ -75,8 +74,7 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
         "best_hf": best.export_dir,
     }
     if rt.is_main:
-        with open(os.path.join(rt.workdir, workdir_files.RESULTS), "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        storage.write_json(storage.join(rt.workdir, workdir_files.RESULTS), results, indent=2)
     return results
 
 
@@ -185,12 +183,11 @@ class BestEvaluation:
 
     def __init__(self, workdir: str, metric: str, resumed: bool):
         self.key, self.sign = f"eval/{metric}", -1.0 if metric == "loss" else 1.0
-        self.record_path = os.path.join(workdir, workdir_files.BEST_RECORD)
-        self.export_dir = os.path.join(workdir, workdir_files.BEST_HF)
+        self.record_path = storage.join(workdir, workdir_files.BEST_RECORD)
+        self.export_dir = storage.join(workdir, workdir_files.BEST_HF)
         self.step, self.metrics = 0, {}
-        if resumed and os.path.isfile(self.record_path):
-            with open(self.record_path, encoding="utf-8") as f:
-                saved = json.load(f)
+        saved = storage.read_json(self.record_path) if resumed else None
+        if saved is not None:
             self.step, self.metrics = saved["step"], saved["metrics"]
 
     @property
@@ -205,5 +202,4 @@ class BestEvaluation:
         self.step, self.metrics = int(step), dict(results)
         export()
         if jax.process_index() == 0:
-            with open(self.record_path, "w", encoding="utf-8") as f:
-                json.dump({"step": int(step), "metrics": results}, f, indent=2)
+            storage.write_json(self.record_path, {"step": int(step), "metrics": results}, indent=2)

@@ -1,8 +1,11 @@
 """Orbax checkpoints of the train state and the data iterator's position, side by side.
 
-Saves are asynchronous (training goes on while the arrays are written) and atomic: Orbax writes
-into a temporary directory and renames it when complete, so a run killed mid-save leaves the
-previous checkpoint as the newest one. A newest checkpoint that is complete but unreadable is
+Saves are asynchronous (training goes on while the arrays are written) and atomic: on local disk Orbax
+writes into a temporary directory and renames it when complete; on `gs://`, which has no rename, it
+writes the step directory in place and its `commit_success.txt` last. Either way only a committed step is
+a checkpoint: a run killed mid-save leaves the previous checkpoint as the newest one, and the uncommitted
+directory is deleted when the checkpoints are next opened, so it is never restored and never blocks saving
+that step again. A newest checkpoint that is complete but unreadable is
 moved aside into `checkpoints.unreadable/` (kept for inspection, named in the log) and the one before
 is restored, so the resumed run saves that step again. A save that fails in the background stops
 the run at the next step with `CheckpointError` (the directory and the cause). Restoring takes the shardings of the
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from typing import Any
 
@@ -21,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from roberta_jax import storage
 from roberta_jax.train import workdir as workdir_files
 
 log = logging.getLogger(__name__)
@@ -34,11 +37,12 @@ class Checkpointer:
     """Keeps the last `keep` checkpoints of `directory`, one every `every_steps` steps."""
 
     def __init__(self, directory: str, every_steps: int, keep: int = 3, asynchronous: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.resolve(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
+                cleanup_tmp_directories=True,  # an uncommitted step (a save cut short) is deleted on opening
                 # Exactly the multiples of `every_steps` (Orbax's default adds the first step too);
                 # the loop forces the final step and the one a SIGTERM interrupts.
                 save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
@@ -103,10 +107,10 @@ class Checkpointer:
 
     def _move_aside(self, step: int) -> str:
         """Moves checkpoint `step` (process 0) into `DIRECTORY.unreadable/STEP-TIME`; returns where."""
-        aside = os.path.join(f"{self.directory}.unreadable", f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        aside = storage.join(f"{self.directory}.unreadable", f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(aside), exist_ok=True)
-            os.replace(os.path.join(self.directory, str(step)), aside)
+            storage.makedirs(storage.parent(aside))
+            storage.move(storage.join(self.directory, str(step)), aside)
         if jax.process_count() > 1:  # no host looks at the directory again before the move is done
             multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
         self.manager.reload()
@@ -135,7 +139,7 @@ def _rethrown(prefix: str):
 def load_params(workdir: str, step: int | None = None) -> tuple[Any, int]:
     """The params of a pretraining workdir's checkpoint (the newest readable one when `step` is None), as a
     tree of host arrays, and its step. The matching architecture is `WORKDIR/model_config.json`."""
-    directory = os.path.join(os.path.abspath(workdir), workdir_files.CHECKPOINTS)
+    directory = storage.join(storage.resolve(workdir), workdir_files.CHECKPOINTS)
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
     candidates = sorted(manager.all_steps(), reverse=True) if step is None else [step]
     if not candidates:

@@ -8,14 +8,15 @@ when only masked positions are projected keeps MFU comparable across implementat
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Mapping
 
 import jax
 
+from roberta_jax import storage
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.train import chips
 from roberta_jax.train import workdir as workdir_files
@@ -44,7 +45,11 @@ def peak_flops_by_kind(kind: str) -> float | None:
 
 
 class MetricWriter:
-    """TensorBoard events and `metrics.jsonl` in `logdir`, written by process 0 only.
+    """TensorBoard events and `metrics.jsonl` in `logdir` (local or `gs://`), written by process 0 only.
+
+    `metrics.jsonl` is a `storage.AppendLog`: appended to on local disk, one object per flush on object storage.
+    TensorBoard's writer on `gs://` uploads its event file whole at each flush. The loop flushes before every
+    checkpoint, so a checkpoint never covers a step the logs lack.
 
     `resume_step`: the step a run resumes from; what an earlier run logged past it is dropped (from
     `metrics.jsonl` now, from TensorBoard through its purge_step) since the run logs those steps again.
@@ -56,12 +61,10 @@ class MetricWriter:
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            os.makedirs(logdir, exist_ok=True)
-            path = os.path.join(logdir, workdir_files.METRICS)
-            if resume_step is not None:
-                drop_after(path, resume_step)
+            storage.makedirs(logdir)
+            keep = None if resume_step is None else functools.partial(_logged_up_to, step=resume_step)
+            self._jsonl = storage.AppendLog(storage.join(logdir, workdir_files.METRICS), keep=keep)
             self._tb = SummaryWriter(logdir, purge_step=None if resume_step is None else resume_step + 1)
-            self._jsonl = open(path, "a", encoding="utf-8")
 
     def write(self, step: int, scalars: Mapping[str, float], to_tensorboard: bool = True) -> None:
         if not self.enabled:
@@ -83,30 +86,27 @@ class MetricWriter:
             self._tb.close()
 
 
-def drop_after(path: str, step: int) -> None:
-    """Rewrites the JSON-lines file `path` without its records past `step` (and a line cut short by a kill)."""
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (ValueError, KeyError):
-                continue
-    with open(f"{path}.partial", "w", encoding="utf-8") as f:
-        f.writelines(kept)
-    os.replace(f"{path}.partial", path)
+def _logged_up_to(line: str, step: int) -> bool:
+    """Whether a `metrics.jsonl` line is a whole record of a step up to `step` (a line cut short by a kill is not)."""
+    try:
+        return json.loads(line)["step"] <= step
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def read_metrics(logdir: str) -> dict[int, dict[str, float]]:
-    """`metrics.jsonl` as {step: scalars}; after a resume the later record of a step wins."""
+    """`metrics.jsonl` of `logdir` (local or `gs://`) as {step: scalars}; after a resume the later record of a
+    step wins. A line cut short by a kill is skipped."""
+    path = storage.join(logdir, workdir_files.METRICS)
+    if not storage.exists(path) and not storage.exists(f"{path}.d"):
+        raise FileNotFoundError(f"no {workdir_files.METRICS} in {logdir}")
     out: dict[int, dict[str, float]] = {}
-    with open(os.path.join(logdir, workdir_files.METRICS), encoding="utf-8") as f:
-        for line in f:
+    for line in storage.read_lines(path):
+        try:
             record = json.loads(line)
-            out.setdefault(record.pop("step"), {}).update(record)
+        except ValueError:
+            continue
+        out.setdefault(record.pop("step"), {}).update(record)
     return out
 
 

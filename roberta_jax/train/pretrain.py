@@ -8,12 +8,13 @@ code runs on a TPU pod, a GPU node or a laptop; the mesh shape, batch and model 
 from __future__ import annotations
 
 import functools
+import json
 import logging
-import os
 
 import jax
 import numpy as np
 
+from roberta_jax import storage
 from roberta_jax.data import shards
 from roberta_jax.data.batches import PAIR_FORMATS, BatchIterator, PretrainingData, build_pretraining_data
 from roberta_jax.data.encoders import resolve_tokenizer
@@ -39,7 +40,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         arch = model_config(config, tokenizer)
         model = pretraining_model(config, arch, **rt.model_kwargs())
         if rt.is_main:
-            arch.to_json_file(os.path.join(rt.workdir, workdir_files.MODEL_CONFIG))
+            config_json = json.dumps(arch.to_dict(), indent=2, sort_keys=True) + "\n"  # as `to_json_file` writes it
+            storage.write_text(storage.join(rt.workdir, workdir_files.MODEL_CONFIG), config_json)
         tx, schedule = optimizer.make_optimizer(config.optimizer)
         state, state_shardings = rt.create_state(model, tx)
         train_step, eval_step = rt.compile(*mlm_steps(config, model, tokenizer, tx, schedule), state_shardings)
@@ -71,7 +73,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         finally:
             train_batches.close()
         if config.export_hf:
-            runtime.export_hf(os.path.join(rt.workdir, workdir_files.HF_EXPORT), model, result.state.params,
+            runtime.export_hf(storage.join(rt.workdir, workdir_files.HF_EXPORT), model, result.state.params,
                               tokenizer)
     return result.last_metrics
 
@@ -136,8 +138,8 @@ def load_or_train_tokenizer(config, workdir: str) -> FastTokenizer:
     """`tokenizer.path`, else the tokenizer of `data.prepared`, else the workdir's trained tokenizer, else one
     of `tokenizer.kind` trained now on the training files. A loaded tokenizer must be of `tokenizer.kind`."""
     kind = config.tokenizer.kind
-    saved = os.path.join(workdir, workdir_files.TOKENIZER)
-    prepared = os.path.join(config.data.prepared, shards.TOKENIZER) if config.data.prepared else ""
+    saved = storage.join(workdir, workdir_files.TOKENIZER)
+    prepared = storage.join(config.data.prepared, shards.TOKENIZER) if config.data.prepared else ""
     path = config.tokenizer.path or prepared or (saved if is_tokenizer_dir(saved) else "")
     if path:
         tok = load_tokenizer(path)
@@ -150,14 +152,19 @@ def load_or_train_tokenizer(config, workdir: str) -> FastTokenizer:
     d = config.data
     texts = document_texts(split_list(d.train_files), format=d.format, text_field=d.text_field,
                            doc_split=d.doc_split, doc_separator=d.doc_separator,
-                           cache_dir=d.cache_dir or os.path.join(workdir, workdir_files.DATA_CACHE))
+                           cache_dir=data_cache_dir(config, workdir))
     tok = train_tokenizer(texts, kind, config.tokenizer.vocab_size, config.tokenizer.min_frequency)
     if jax.process_index() == 0:
-        # Written aside and renamed, so another host never reads a half-written tokenizer.
-        partial = f"{saved}.partial"
-        tok.save(partial)
-        os.replace(partial, saved)
+        # Written aside and swapped in, so another host (or a rerun) never reads a half-written tokenizer.
+        with storage.staged_dir(saved) as staging:
+            tok.save(staging)
     return tok
+
+
+def data_cache_dir(config, workdir: str) -> str:
+    """`data.cache_dir`, else the workdir's `data_cache/`; for a workdir on object storage a local directory
+    named after it (`storage.local_cache_dir`): the cache is memory-mapped."""
+    return config.data.cache_dir or storage.local_cache_dir(workdir, workdir_files.DATA_CACHE)
 
 
 def pretraining_data(config, tokenizer: FastTokenizer, workdir: str) -> PretrainingData:
@@ -169,7 +176,7 @@ def pretraining_data(config, tokenizer: FastTokenizer, workdir: str) -> Pretrain
     data = build_pretraining_data(
         split_list(d.train_files), tokenizer,
         eval_sources=split_list(d.eval_files) or None, eval_fraction=d.eval_fraction, split_seed=config.seed,
-        max_seq_length=d.max_seq_length, cache_dir=d.cache_dir or os.path.join(workdir, workdir_files.DATA_CACHE),
+        max_seq_length=d.max_seq_length, cache_dir=data_cache_dir(config, workdir),
         num_proc=d.num_proc, input_format=d.input_format, format=d.format, text_field=d.text_field,
         doc_split=d.doc_split, doc_separator=d.doc_separator,
     )

@@ -2,7 +2,7 @@
 
 A pretraining workdir (`train.py --workdir DIR`):
 
-    run.lock            host and pid of the run using the workdir (process 0; removed when it ends)
+    run.lock            host, pid and heartbeat of the run using the workdir (process 0; removed when it ends)
     workdir.json        what the workdir is fixed to at its first step: architecture, tokenizer, row length
     train_config.json   the resolved config of the last start that reached training (process 0)
     model_config.json   the architecture, as HF config.json (process 0, before the first step)
@@ -32,8 +32,11 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
+import uuid
 
+from roberta_jax import storage
 from roberta_jax.data.batches import PAIR_FORMATS
 from roberta_jax.data.tokenizer import is_tokenizer_dir
 
@@ -50,6 +53,9 @@ BEST_RECORD = "best.json"
 RESULTS = "eval_results.json"
 LOCK = "run.lock"
 CONTRACT = "workdir.json"
+# The lock's heartbeat: refreshed this often, and taken over by another run once this old.
+HEARTBEAT_S = 60
+STALE_AFTER_S = 600
 
 log = logging.getLogger("absl")
 
@@ -60,17 +66,15 @@ class WorkdirError(RuntimeError):
 
 def is_pretraining_workdir(path: str) -> bool:
     """A directory `train.py` wrote: its architecture sits beside the checkpoints."""
-    return os.path.isfile(os.path.join(path, MODEL_CONFIG))
+    return storage.isfile(storage.join(path, MODEL_CONFIG))
 
 
 def tokenizer_dir(workdir: str) -> str:
     """Where a pretraining workdir's tokenizer is: its `tokenizer/` or `hf/`, or the `tokenizer.path` its
     `train_config.json` names."""
-    candidates = [os.path.join(workdir, TOKENIZER), os.path.join(workdir, HF_EXPORT)]
-    record = os.path.join(workdir, TRAIN_CONFIG)
-    if os.path.isfile(record):
-        with open(record, encoding="utf-8") as f:
-            candidates.append(json.load(f).get("tokenizer", {}).get("path", ""))
+    candidates = [storage.join(workdir, TOKENIZER), storage.join(workdir, HF_EXPORT)]
+    record = storage.join(workdir, TRAIN_CONFIG)
+    candidates.append((storage.read_json(record) or {}).get("tokenizer", {}).get("path", ""))
     for path in candidates:
         if path and is_tokenizer_dir(path):
             return path
@@ -78,76 +82,102 @@ def tokenizer_dir(workdir: str) -> str:
 
 
 class Lock:
-    """`run.lock` in a workdir: `{"host", "pid", "started"}` of the run using it. Taken atomically (written
-    aside, then hard-linked into place); a lock whose pid is gone on this host is stale and taken over."""
+    """`run.lock` in a workdir, local or on `gs://`: `{"host", "pid", "token", "started", "heartbeat"}` of the run
+    using it. Taken by create-if-absent (a hard link locally, a generation precondition on object storage, so
+    of two runs racing exactly one wins) and refreshed every `HEARTBEAT_S` seconds by a background thread. A lock
+    is stale, and taken over with a warning in the log, when its heartbeat is older than `STALE_AFTER_S` (a host
+    that was preempted or lost), or when it names a process of this host that has ended."""
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK)
+        self.path = storage.join(workdir, LOCK)
         self.held = False
+        self._stop = threading.Event()
+        self._me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def acquire(self) -> None:
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        aside = f"{self.path}.{os.getpid()}"
-        with open(aside, "w", encoding="utf-8") as f:
-            json.dump(me, f)
-        try:
-            for _ in range(2):
-                try:
-                    os.link(aside, self.path)
-                    self.held = True
-                    return
-                except FileExistsError:
-                    holder = _read_json(self.path) or {}
-                    if not _stale(holder, me["host"]):
-                        raise WorkdirError(
-                            f"workdir {os.path.dirname(self.path)} is in use by pid {holder.get('pid')} on host "
-                            f"{holder.get('host')} (since {holder.get('started')}); wait for that run to end, use "
-                            f"another --workdir, or delete {self.path} if that run is gone"
-                        ) from None
-                    log.warning("taking over the stale lock %s of pid %s (no longer running)", self.path,
-                                holder.get("pid"))
-                    os.remove(self.path)
-        finally:
-            os.remove(aside)
+        for _ in range(2):
+            if storage.create_exclusive(self.path, self._record()):
+                self.held = True
+                self._start_heartbeat()
+                return
+            holder = storage.read_json(self.path) or {}
+            why = _stale(holder, self._me["host"])
+            if why is None:
+                raise WorkdirError(
+                    f"workdir {storage.parent(self.path)} is in use by pid {holder.get('pid')} on host "
+                    f"{holder.get('host')} (since {holder.get('started')}, last heartbeat {_age(holder)}); wait for "
+                    f"that run to end, use another --workdir, or delete {self.path} if that run is gone (a lock is "
+                    f"taken over by itself once its heartbeat is {STALE_AFTER_S} s old)"
+                )
+            log.warning("taking over the stale lock %s of pid %s on host %s (%s)", self.path, holder.get("pid"),
+                        holder.get("host"), why)
+            storage.remove(self.path)
+        raise WorkdirError(f"could not take {self.path}: another run took it over at the same moment")
 
     def release(self) -> None:
-        if self.held and (_read_json(self.path) or {}).get("pid") == os.getpid():
-            os.remove(self.path)
+        self._stop.set()
+        if self.held and self._holds():
+            storage.remove(self.path)
         self.held = False
 
+    def _record(self) -> bytes:
+        return json.dumps({**self._me, "heartbeat": time.time()}).encode()
 
-def _stale(holder: dict, host: str) -> bool:
-    """A lock of this host whose process has ended (another host's lock cannot be checked from here)."""
+    def _holds(self) -> bool:
+        return (storage.read_json(self.path) or {}).get("token") == self._me["token"]
+
+    def _start_heartbeat(self) -> None:
+        def beat():
+            while not self._stop.wait(HEARTBEAT_S):
+                try:
+                    if not self._holds():
+                        log.error("the lock %s is no longer this run's (taken over?); another run may be using "
+                                  "the workdir", self.path)
+                        return
+                    storage.write_bytes(self.path, self._record())
+                except Exception as err:  # noqa: BLE001 - a missed beat is retried; the run goes on
+                    log.warning("could not refresh the lock %s: %s", self.path, err)
+
+        threading.Thread(target=beat, name="workdir-lock-heartbeat", daemon=True).start()
+
+
+def _stale(holder: dict, host: str) -> str | None:
+    """Why the lock `holder` is stale, or None while its run may be alive: a heartbeat older than
+    `STALE_AFTER_S`, or a process of this host that has ended (another host's cannot be checked from here)."""
+    heartbeat = holder.get("heartbeat")
+    if isinstance(heartbeat, (int, float)) and time.time() - heartbeat > STALE_AFTER_S:
+        return f"last heartbeat {_age(holder)}, over the {STALE_AFTER_S} s limit"
     if holder.get("host") != host or not isinstance(holder.get("pid"), int):
-        return False
+        return None
     try:
         os.kill(holder["pid"], 0)
     except ProcessLookupError:
-        return True
+        return "its process is no longer running"
     except PermissionError:  # alive, another user's
-        return False
-    return False
+        return None
+    return None
+
+
+def _age(holder: dict) -> str:
+    heartbeat = holder.get("heartbeat")
+    return f"{time.time() - heartbeat:.0f} s ago" if isinstance(heartbeat, (int, float)) else "unknown"
 
 
 def _read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return storage.read_json(path)
 
 
 def tokenizer_fingerprint(directory: str) -> str:
     """sha256 (first 16 hex digits) of a tokenizer directory's vocab.json and merges.txt (byte-level BPE),
     or of its tokenizer.json (a SentencePiece tokenizer, which has no vocab.json)."""
     digest = hashlib.sha256()
-    names = ("vocab.json", "merges.txt") if os.path.isfile(os.path.join(directory, "vocab.json")) else (
+    names = ("vocab.json", "merges.txt") if storage.isfile(storage.join(directory, "vocab.json")) else (
         "tokenizer.json",)
     for name in names:
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                digest.update(f.read())
+        path = storage.join(directory, name)
+        if storage.isfile(path):
+            digest.update(storage.read_bytes(path))
     return digest.hexdigest()[:16]
 
 
@@ -163,7 +193,7 @@ def pretraining_contract(config) -> dict:
     if config.tokenizer.path:  # its files, wherever they are
         contract["tokenizer.fingerprint"] = tokenizer_fingerprint(config.tokenizer.path)
     elif config.data.prepared:  # the tokenizer the shards were made with
-        contract["tokenizer.fingerprint"] = tokenizer_fingerprint(os.path.join(config.data.prepared, TOKENIZER))
+        contract["tokenizer.fingerprint"] = tokenizer_fingerprint(storage.join(config.data.prepared, TOKENIZER))
     else:
         contract["tokenizer.vocab_size"] = config.tokenizer.vocab_size
         contract["tokenizer.min_frequency"] = config.tokenizer.min_frequency
@@ -185,9 +215,9 @@ def finetuning_contract(config, architecture, labels: list[str] | None) -> dict:
 def check_contract(workdir: str, contract: dict) -> None:
     """Raises `WorkdirError` naming every field where `contract` differs from the workdir's `workdir.json`
     (for a workdir older than that file, with checkpoints: the architecture in `model_config.json`)."""
-    fixed = _read_json(os.path.join(workdir, CONTRACT))
+    fixed = _read_json(storage.join(workdir, CONTRACT))
     if fixed is None and _has_checkpoints(workdir):
-        model = _read_json(os.path.join(workdir, MODEL_CONFIG)) or {}
+        model = _read_json(storage.join(workdir, MODEL_CONFIG)) or {}
         fixed = {k: model[k[len("model."):]] for k in contract
                  if k.startswith("model.") and k != "model.vocab_size" and k[len("model."):] in model}
         contract = {k: contract[k] for k in fixed}
@@ -198,20 +228,17 @@ def check_contract(workdir: str, contract: dict) -> None:
         raise WorkdirError(
             f"workdir {workdir} is fixed to another architecture, tokenizer, task or row length; this run changes "
             f"{', '.join(changed)}. Nothing was touched. Use a new --workdir, or rerun with the workdir's values "
-            f"(in {os.path.join(workdir, CONTRACT)}) to continue it; to reuse the directory on purpose, delete "
+            f"(in {storage.join(workdir, CONTRACT)}) to continue it; to reuse the directory on purpose, delete "
             f"its {CHECKPOINTS}/ and {CONTRACT} (and a pretraining workdir's {MODEL_CONFIG}) first"
         )
 
 
 def write_contract(workdir: str, contract: dict) -> None:
     """Fixes the workdir to `contract` (once: at its first step)."""
-    path = os.path.join(workdir, CONTRACT)
-    if not os.path.exists(path):
-        with open(f"{path}.partial", "w", encoding="utf-8") as f:
-            json.dump(contract, f, indent=2, sort_keys=True)
-        os.replace(f"{path}.partial", path)
+    path = storage.join(workdir, CONTRACT)
+    if not storage.exists(path):
+        storage.write_json(path, contract, indent=2, sort_keys=True)
 
 
 def _has_checkpoints(workdir: str) -> bool:
-    directory = os.path.join(workdir, CHECKPOINTS)
-    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+    return any(name.isdigit() for name in storage.listdir(storage.join(workdir, CHECKPOINTS)))
