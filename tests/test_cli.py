@@ -51,6 +51,7 @@ def test_quiet_libraries_drops_orbax_info_but_not_its_warnings():
 
     assert not quiet.filter(record("/site-packages/orbax/checkpoint/manager.py", logging.INFO))
     assert quiet.filter(record("/site-packages/orbax/checkpoint/manager.py", logging.WARNING))
+    assert not quiet.filter(record("/site-packages/fsspec/caching.py", logging.INFO))
     assert quiet.filter(record("/work/roberta_jax/loop.py", logging.INFO))
 
 

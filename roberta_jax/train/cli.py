@@ -8,8 +8,10 @@ Exit codes of `train.py` and `finetune.py`:
     0   finished
     1   the run failed (a non-finite streak, a checkpoint that cannot be written, an unexpected error)
     2   bad input: a config field, a data file, the workdir (in use, or fixed to another architecture)
-    75  interrupted by SIGTERM/SIGINT after saving a checkpoint: rerun the same command to resume
-        (EX_TEMPFAIL, so a scheduler or sweep can tell it from success and from failure)
+    75  interrupted by SIGTERM/SIGINT: in the training loop after saving a checkpoint (every host of a
+        multi-host run the same step), in any other phase at once, the workdir's lock released and
+        nothing half-written; rerun the same command to resume (EX_TEMPFAIL, so a scheduler or sweep
+        can tell it from success and from failure)
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from collections.abc import Callable, Iterator
 import ml_collections
 from absl import app, flags
 
+from roberta_jax import storage
 from roberta_jax.suggest import did_you_mean
-from roberta_jax.train import checkpoint, loop, validate
+from roberta_jax.train import checkpoint, loop, preemption, validate
 from roberta_jax.train import workdir as workdir_files
 
 EXIT_FAILED = 1
@@ -36,7 +39,7 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 75
 
 # Errors whose message says all: one line without --verbose. Anything else keeps its traceback.
-BAD_INPUT = (validate.ConfigError, workdir_files.WorkdirError, FileNotFoundError, ValueError)
+BAD_INPUT = (validate.ConfigError, workdir_files.WorkdirError, storage.StorageError, FileNotFoundError, ValueError)
 FAILURES = (loop.NonFiniteError, checkpoint.CheckpointError)
 
 
@@ -96,8 +99,9 @@ def run(main: Callable[[list[str]], None]) -> None:
 
 
 def guarded(main: Callable[[list[str]], None], argv: list[str]) -> None:
-    """Runs `main(argv)` under `one_line_errors`, `--verbose` from absl's flags."""
-    with one_line_errors(os.path.basename(argv[0]), flags.FLAGS["verbose"].value):
+    """Runs `main(argv)` under `one_line_errors`, `--verbose` from absl's flags, and SIGTERM/SIGINT handled for
+    the whole of it (`preemption.handled`): the first one ends any phase with `EXIT_INTERRUPTED`."""
+    with one_line_errors(os.path.basename(argv[0]), flags.FLAGS["verbose"].value), preemption.handled():
         main(argv)
 
 
@@ -114,7 +118,7 @@ def one_line_errors(prog: str, verbose: bool = False) -> Iterator[None]:
     traceback with `verbose`) and exits `EXIT_BAD_INPUT` or `EXIT_FAILED`; anything else keeps its traceback."""
     try:
         yield
-    except loop.Interrupted as err:
+    except preemption.Interrupted as err:
         print(f"{prog}: {err}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except (*BAD_INPUT, *FAILURES) as err:
@@ -126,10 +130,13 @@ def one_line_errors(prog: str, verbose: bool = False) -> Iterator[None]:
 
 
 class QuietLibraries(logging.Filter):
-    """Keeps Orbax's per-save INFO lines out of the log; its warnings still show."""
+    """Keeps the per-save and per-file INFO lines of Orbax and of the gs:// client (fsspec's read-ahead cache)
+    out of the log; their warnings still show."""
+
+    PATHS = ("/orbax/", "/fsspec/", "/gcsfs/")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+        return record.levelno >= logging.WARNING or not any(p in record.pathname for p in self.PATHS)
 
 
 def quiet_libraries() -> None:

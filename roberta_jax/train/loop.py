@@ -3,10 +3,11 @@
 Per step: next host batch -> global array -> compiled step -> checkpoint on the interval ->
 evaluation on the interval. Metrics of step N are fetched after step N + 1 is dispatched, so
 the host never idles the device waiting for a scalar. SIGTERM/SIGINT finish the step in
-flight, save a checkpoint and return: the run ends within one step and one checkpoint save of
-the signal, and a second signal ends it at once. Consecutive non-finite steps beyond the limit
-stop the run with `NonFiniteError`; state with a skipped update or overflowing params is never
-checkpointed.
+flight, save a checkpoint and return (`preemption.polled`): one process ends within one step and
+one checkpoint save of the signal; a multi-host run, signalled on any host, stops on every host
+after the same step, at most `preemption.LAG` steps later, and saves it together. A second signal
+ends a process at once. Consecutive non-finite steps beyond the limit stop the run with
+`NonFiniteError`; state with a skipped update or overflowing params is never checkpointed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import jax
 
 from roberta_jax.train import checkpoint as ckpt
-from roberta_jax.train import metrics
+from roberta_jax.train import metrics, preemption
 
 log = logging.getLogger("absl")
 
@@ -31,8 +31,7 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient norm."""
 
 
-class Interrupted(Exception):
-    """SIGTERM or SIGINT stopped the run after it saved a checkpoint; the same command resumes it."""
+Interrupted = preemption.Interrupted  # what `Runtime.train` raises for a loop stopped by a signal
 
 
 @dataclasses.dataclass
@@ -100,57 +99,47 @@ def run(
     names; it runs every `eval_every_steps` and at the end. A step is logged before its checkpoint
     is taken, and the logs are flushed with it, so a checkpoint never covers a step the logs lack.
     """
-    stop, previous = _catch_stop_signals()
     report = _Reporter(cfg, writer)
     pending = None
-    try:
-        for step in range(int(state.step) + 1, cfg.total_steps + 1):
-            state, step_metrics = train_step(state, put(next(batches)))
+    with preemption.polled() as stop:
+        try:
+            for step in range(int(state.step) + 1, cfg.total_steps + 1):
+                state, step_metrics = train_step(state, put(next(batches)))
+                if pending is not None:
+                    report(*pending)
+                pending = (step_metrics, step)
+                checkpointer.check()
+                # Checked once step - 1's metrics are back: the multi-host agreement relies on it.
+                last, stopping = step == cfg.total_steps, stop.after(step)
+                evaluating = evaluate is not None and (step % cfg.eval_every_steps == 0 or last)
+                saving = checkpointer.due(step) or last or stopping
+                if saving or evaluating:
+                    report(*pending)
+                    pending = None
+                if saving:
+                    _save_if_finite(step, state, batches, checkpointer, writer, report.last, force=last or stopping)
+                if evaluating:
+                    _evaluate(evaluate, state, step, writer, report.last)
+                if stopping:
+                    log.warning("%s: saved step %d, stopping", stop.reason(), step)
+                    break
             if pending is not None:
                 report(*pending)
-            pending = (step_metrics, step)
-            checkpointer.check()
-            last, stopping = step == cfg.total_steps, stop["signal"] is not None
-            evaluating = evaluate is not None and (step % cfg.eval_every_steps == 0 or last)
-            saving = checkpointer.due(step) or last or stopping
-            if saving or evaluating:
-                report(*pending)
-                pending = None
-            if saving:
-                _save_if_finite(step, state, batches, checkpointer, writer, report.last, force=last or stopping)
-            if evaluating:
-                eval_metrics = evaluate(state, step)
-                if eval_metrics:
-                    writer.write(step, eval_metrics)
-                report.last.update(eval_metrics)
-                log.info("step %d: %s", step, {k: round(v, 4) for k, v in eval_metrics.items()})
-            if stopping:
-                log.warning("signal %d: saved step %d, stopping", stop["signal"], step)
-                break
-        if pending is not None:
-            report(*pending)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        writer.flush()
-    checkpointer.wait()
-    return LoopResult(state, report.last, stop["signal"] is not None)
+        finally:
+            writer.flush()
+        checkpointer.wait()
+        stopped = stop.finished()
+    return LoopResult(state, report.last, stopped)
 
 
-def _catch_stop_signals() -> tuple[dict, dict]:
-    """SIGTERM and SIGINT recorded in `stop["signal"]` (the first one; a second acts at once, as before);
-    returns (stop, the previous handlers)."""
-    stop = {"signal": None}
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def request_stop(signum, _frame):
-        stop["signal"] = signum
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-    for s in previous:
-        signal.signal(s, request_stop)
-    return stop, previous
+def _evaluate(evaluate: Callable[[Any, int], dict[str, float]], state: Any, step: int, writer: metrics.MetricWriter,
+              last: dict[str, float]) -> None:
+    """Runs `evaluate(state, step)` and writes its scalars under their own names into the logs and `last`."""
+    eval_metrics = evaluate(state, step)
+    if eval_metrics:
+        writer.write(step, eval_metrics)
+    last.update(eval_metrics)
+    log.info("step %d: %s", step, {k: round(v, 4) for k, v in eval_metrics.items()})
 
 
 def _save_if_finite(step: int, state: Any, batches, checkpointer: ckpt.Checkpointer, writer: metrics.MetricWriter,
