@@ -142,3 +142,18 @@ def test_two_processes_on_a_gs_workdir_reading_gs_prepared_data_match_one(corpus
     single, multi = losses(tmp_path / "single"), losses(workdir)
     assert sorted(multi) == sorted(single) == list(range(1, 7))
     np.testing.assert_allclose([multi[s] for s in single], [single[s] for s in single], atol=1e-5, rtol=0)
+
+
+def test_bad_bucket_paths_are_one_line_before_any_work(corpus, gcs, tmp_path):
+    """A missing bucket is named before tokenization or a step; `gs:/` (one slash) never becomes a local
+    directory named `gs:`."""
+    missing = run_train("gs://no-such-bucket-here/run", corpus, succeeds=False)
+    assert missing.returncode == cli.EXIT_BAD_INPUT
+    assert missing.stderr.splitlines()[-1] == ("train.py: error: gs://no-such-bucket-here/run: bucket "
+                                               "gs://no-such-bucket-here does not exist (or is not visible to "
+                                               "these credentials)")
+    assert "Tokenizing" not in missing.stderr
+    one_slash = run_train("gs:/bkt/run", corpus, succeeds=False)
+    assert one_slash.returncode == cli.EXIT_BAD_INPUT
+    assert "gs:/bkt/run: a bucket path is written gs://bucket/path (two slashes)" in one_slash.stderr
+    assert not [name for name in os.listdir(REPO) if name.startswith("gs:")]

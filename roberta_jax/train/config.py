@@ -112,6 +112,10 @@ def add_runtime_fields(c: ml_collections.ConfigDict, checkpoint_keep: int) -> ml
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=checkpoint_keep, asynchronous=True))
     c.max_nonfinite_steps = 10  # consecutive skipped (non-finite) updates before the run stops
     c.progress = True  # the one-line progress display
+    # Compiled programs kept across runs, so a restart skips compiling: "" = ~/.cache/roberta_jax/
+    # jax_compilation_cache on each host (or $JAX_COMPILATION_CACHE_DIR), a local path or gs://bucket/path
+    # (shared by the hosts; survives VMs replaced on preemption), or "none". `train.compilation_cache`.
+    c.compilation_cache_dir = ""
 
     # Multi-host: jax.distributed.initialize(); empty fields are auto-detected (TPU pods, SLURM).
     c.distributed = ml_collections.ConfigDict(

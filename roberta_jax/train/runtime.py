@@ -7,7 +7,7 @@
         train_step, eval_step = rt.compile(train_fn, eval_fn, shardings)
         state, step = rt.resume(state, batches)                        # newest readable checkpoint, writer
         result = rt.train(state, train_step, batches, rt.loop_config(...), evaluate)
-        rt.export(os.path.join(rt.workdir, "hf"), model, result.state.params, tokenizer)
+        rt.export(storage.join(rt.workdir, "hf"), model, result.state.params, tokenizer)
 
 It reads the config fields both entry points have (`train.config.add_runtime_fields`): `distributed`,
 `mesh`, `logical_axis_rules`, `dtype`, `attention_implementation`, `remat`, `checkpoint`,
@@ -23,8 +23,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import os
-import shutil
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,10 +31,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from roberta_jax import storage
 from roberta_jax.data.batches import to_global
 from roberta_jax.model import hf_io
 from roberta_jax.model.heads import architecture_name
-from roberta_jax.train import checkpoint, loop, metrics, sharding, steps, validate
+from roberta_jax.train import checkpoint, compilation_cache, loop, metrics, preemption, sharding, steps, validate
 from roberta_jax.train import workdir as workdir_files
 
 log = logging.getLogger("absl")  # absl sets up the handlers
@@ -57,10 +56,7 @@ def initialize_distributed(dist) -> None:
 
 def write_record(workdir: str, config, record: str) -> None:
     """Writes the resolved `config` into `workdir` as the JSON file `record`: the record of what ran."""
-    path = os.path.join(workdir, record)
-    with open(f"{path}.partial", "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(f"{path}.partial", path)
+    storage.write_text(storage.join(workdir, record), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def model_kwargs(config, mesh: Mesh | None = None) -> dict[str, Any]:
@@ -116,17 +112,16 @@ def gather_params(params: Any) -> Any:
 
 
 def export_hf(directory: str, model, params: Any, tokenizer=None) -> list[str]:
-    """The params gathered from every host, written by process 0 as an HF directory (`hf_io.save_hf`).
-    Written aside and swapped in, so an interrupted export leaves the previous one whole. Returns (and logs)
-    the names of the weights the HF class has not (the next-sentence head): they stay in the checkpoints only."""
+    """The params gathered from every host, written by process 0 as an HF directory (`hf_io.save_hf`), local or
+    on `gs://`. Written aside and swapped in (`storage.staged_dir`), so an interrupted export leaves the previous
+    one whole, or on object storage a whole copy and a directory that readers refuse. Returns (and logs) the
+    names of the weights the HF class has not (the next-sentence head): they stay in the checkpoints only."""
     params = gather_params(params)
     if jax.process_index() != 0:
         return []
-    partial = f"{directory}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    left_out = hf_io.save_hf(partial, model, params, tokenizer=tokenizer)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(partial, directory)
+    # A signal waits for the swap: the export is whole or the previous one stays (the signal then ends the run).
+    with preemption.deferred(), storage.staged_dir(directory) as staging:
+        left_out = hf_io.save_hf(staging, model, params, tokenizer=tokenizer)
     if left_out:
         log.info("HF export %s: left out %d weights that %s has not (kept in the checkpoints): %s", directory,
                  len(left_out), architecture_name(model), ", ".join(left_out))
@@ -144,11 +139,13 @@ class Runtime:
         """Checks the config (`check_config(config, num_devices, num_hosts)`), takes the workdir's lock (process
         0) and checks the workdir's `contract` (`workdir.check_contract`) before anything is written."""
         initialize_distributed(config.distributed)
+        compilation_cache.enable(config.compilation_cache_dir)
         check_config(config, jax.device_count(), jax.process_count())
         self.config, self.record, self.contract = config, record, contract
         self.is_main = jax.process_index() == 0
-        self.workdir = os.path.abspath(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
+        self.workdir = storage.resolve(workdir)
+        storage.check_access(self.workdir, write=self.is_main)
+        storage.makedirs(self.workdir)
         self.lock = workdir_files.Lock(self.workdir)
         if self.is_main:
             self.lock.acquire()
@@ -211,7 +208,7 @@ class Runtime:
         its saved position, or (`state`, 0) when there is none."""
         c = self.config.checkpoint
         self.checkpointer = checkpoint.Checkpointer(
-            os.path.join(self.workdir, workdir_files.CHECKPOINTS), c.every_steps, c.keep, c.asynchronous
+            storage.join(self.workdir, workdir_files.CHECKPOINTS), c.every_steps, c.keep, c.asynchronous
         )
         state, step = self.checkpointer.resume(state, batches)
         if step:
