@@ -99,7 +99,7 @@ def test_an_interrupted_export_leaves_the_previous_one_whole(tmp_path, tiny_mlm,
     runtime.export_hf(str(out), model, params)
 
     def interrupted(directory, *_args, **_kwargs):
-        os.makedirs(directory)
+        os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, hf_io.SAFETENSORS), "wb") as f:
             f.write(b"half a file")
         raise KeyboardInterrupt

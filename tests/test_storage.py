@@ -151,3 +151,23 @@ def test_gs_without_the_gcs_libraries_names_the_extra(monkeypatch):
             storage.resolve("gs://bkt/run")
     finally:
         storage.require_gcs.cache_clear()
+
+
+def test_append_log_flushes_whole_objects_and_keeps_what_a_resume_keeps(root):
+    """A log written in three flushes and reopened keeping lines up to "2": locally one file, on gs:// one
+    object per flush; read back in order either way, nothing lost and nothing twice."""
+    storage.makedirs(root)
+    path = storage.join(root, "metrics.jsonl")
+    log = storage.AppendLog(path)
+    for batch in (["1\n", "2\n"], ["3\n"], ["4\n"]):
+        for line in batch:
+            log.write(line)
+        log.flush()
+    log.close()
+    assert storage.read_lines(path) == ["1\n", "2\n", "3\n", "4\n"]
+    resumed = storage.AppendLog(path, keep=lambda line: int(line) <= 2)
+    resumed.write("3\n")
+    resumed.close()
+    assert storage.read_lines(path) == ["1\n", "2\n", "3\n"]
+    parts = storage.listdir(f"{path}.d")
+    assert parts == ([] if root.startswith("/") else ["00000000", "00000001"])

@@ -4,7 +4,7 @@ steps instead of compiling them again.
 `compilation_cache_dir`, a runtime config field (`train.config.add_runtime_fields`):
 
     ""        $JAX_COMPILATION_CACHE_DIR where it is set, else `default_dir()`: ~/.cache/roberta_jax/
-              jax_compilation_cache ($XDG_CACHE_HOME in place of ~/.cache), on each host's own disk
+              jax_compilation_cache (`storage.cache_root()` moves it), on each host's own disk
     "none"    no persistent cache
     a path    local, or gs://bucket/path (read and written through etils.epath, as Orbax does)
 
@@ -32,9 +32,8 @@ DISABLED = "none"
 
 
 def default_dir() -> str:
-    """The per-user local cache: $XDG_CACHE_HOME (else ~/.cache) / roberta_jax / jax_compilation_cache."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "roberta_jax", "jax_compilation_cache")
+    """The per-user local cache: `storage.cache_root()` / jax_compilation_cache."""
+    return os.path.join(storage.cache_root(), "jax_compilation_cache")
 
 
 def cache_dir(setting: str) -> str | None:
