@@ -92,3 +92,26 @@ def test_load_params_takes_the_newest_readable_checkpoint_and_leaves_the_workdir
     with pytest.raises(CheckpointError, match=f"checkpoint 4 in {directory} is unreadable"):
         load_params(str(tmp_path), step=4)
     assert sorted(os.listdir(directory)) == ["2", "4"]  # a reader moves nothing
+
+
+def test_on_gs_an_uncommitted_step_is_never_restored_and_never_blocks_saving_it(bucket):
+    """A save cut short on object storage (no rename there) leaves a step directory without Orbax's
+    `commit_success.txt`: opening the checkpoints deletes it, the step before is restored, and the step is
+    saved again. A corrupt committed one is moved aside, as on local disk."""
+    from roberta_jax import storage
+
+    directory = f"{bucket}/run/checkpoints"
+    assert save_steps(directory, [2, 4]) == [2, 4]
+    for name in storage.find(f"{directory}/4"):  # step 4's objects, as a kill mid-save leaves them
+        if name.endswith("commit_success.txt"):
+            storage.remove(name)
+    ckpt = Checkpointer(directory, every_steps=2)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), make_state(0.0))
+    state, data_state, step = ckpt.restore_latest(target)
+    assert step == 2 and data_state == {"epoch": 0, "index": 2}
+    np.testing.assert_array_equal(state["params"]["kernel"], np.full((4, 3), 2.0))
+    assert "4" not in storage.listdir(directory)
+    assert ckpt.save(4, make_state(4.0), {"epoch": 0, "index": 4})
+    ckpt.close()
+    assert storage.exists(f"{directory}/4/commit_success.txt")
+    assert not storage.exists(f"{directory}.unreadable")
