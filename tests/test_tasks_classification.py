@@ -6,6 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from roberta_jax.finetune import tasks
+from roberta_jax.finetune.config import default_config
+from roberta_jax.finetune.data import load_task_data
 from roberta_jax.finetune.tasks import classification
 
 DATA = Path(__file__).parent / "data"
@@ -130,3 +133,35 @@ def test_shared_sst2_dev_loads():
     assert len(examples) == 872
     assert classification.infer_label_list(examples) == ["0", "1"]
     assert examples[0].text_a.startswith("it 's a charming and often affecting journey")
+
+
+def classification_config(train_file, eval_file, **data):
+    c = default_config()
+    c.task = "classification"
+    c.data.update(train_file=str(train_file), eval_file=str(eval_file), max_length=16, **data)
+    return c
+
+
+def test_labels_are_stripped_in_training_eval_and_the_config_list(tmp_path, tok):
+    """`1 ` and `1` are one class: stripped as GLUE's readers strip them, in both files and in data.labels."""
+    train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
+    train.write_text("text_a\tlabel\na warm film\t1\ndull\t0 \nfunny\t 1 \nflat\t0\n")
+    dev.write_text("text_a\tlabel\nbland\t0 \nmoving\t1\n")
+    assert [e.label for e in classification.load_examples(train)] == ["1", "0", "1", "0"]
+    data = load_task_data(classification_config(train, dev), tok, tasks.get_task("classification"))
+    assert data.labels == ["0", "1"]
+    assert data.train_features["labels"].tolist() == [1, 0, 1, 0]
+    assert data.eval_features["labels"].tolist() == [0, 1]
+    listed = load_task_data(classification_config(train, dev, labels=" 1 , 0"), tok, tasks.get_task("classification"))
+    assert listed.labels == ["1", "0"] and listed.eval_features["labels"].tolist() == [1, 0]
+
+
+def test_a_training_file_without_a_label_column_is_named_with_its_columns(tmp_path, tok):
+    train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
+    train.write_text("text_a\na warm film\ndull\n")
+    dev.write_text("text_a\tlabel\nbland\t0\nmoving\t1\n")
+    with pytest.raises(ValueError, match=rf"^{train} has no label column \(columns: text_a\); .*'label'"):
+        load_task_data(classification_config(train, dev), tok, tasks.get_task("classification"))
+    with pytest.raises(ValueError, match=rf"^{dev} has no label column \(columns: text_a, label\); .*'gold'"):
+        load_task_data(classification_config(dev, dev, label_column="gold"), tok, tasks.get_task("classification"))
+    assert classification.load_examples(train)[0] == classification.Example("a warm film")  # a test split

@@ -202,3 +202,39 @@ def test_a_gs_lock_is_created_once_beats_and_is_taken_over_when_its_heartbeat_st
     assert "taking over the stale lock" in caplog.text and "another-host" in caplog.text
     assert storage.read_json(lock.path)["pid"] == os.getpid()
     taker.release()
+
+
+def test_what_a_row_is_is_fixed_but_masking_is_not(tmp_path):
+    config = default_config()
+    workdir_files.write_contract(str(tmp_path), workdir_files.pretraining_contract(config))
+    changes = {"input_format": "doc_sentences", "cross_document_attention": False, "doc_split": "line",
+               "doc_separator": "<|endoftext|>"}
+    for key, value in changes.items():
+        changed = default_config()
+        changed.data[key] = value
+        with pytest.raises(workdir_files.WorkdirError, match=rf"changes data.{key}: {default_config().data[key]!r} "
+                                                             rf"-> {value!r}\. Nothing"):
+            workdir_files.check_contract(str(tmp_path), workdir_files.pretraining_contract(changed))
+    config.masking.update(whole_word=True, static_copies=4)  # drawn at each step from the same rows
+    workdir_files.check_contract(str(tmp_path), workdir_files.pretraining_contract(config))
+    config.data.prepared = str(tmp_path / "prepared")  # its shards fix the documents, whatever doc_split says
+    assert not any(k.startswith("data.doc_") for k in workdir_files.pretraining_contract(config))
+
+
+def test_a_contract_recorded_before_the_row_fields_takes_the_recorded_config_or_the_defaults(tmp_path):
+    """A workdir.json without `data.input_format` & co. was made with the values of train_config.json, or else
+    the defaults: a rerun with them continues, another stops naming the field."""
+    contract = workdir_files.pretraining_contract(default_config())
+    old = {k: v for k, v in contract.items() if k not in workdir_files.ROW_FIELDS}
+    (tmp_path / workdir_files.CONTRACT).write_text(json.dumps(old))
+    workdir_files.check_contract(str(tmp_path), contract)
+    doc_sentences = default_config()
+    doc_sentences.data.input_format = "doc_sentences"
+    with pytest.raises(workdir_files.WorkdirError, match=r"changes data.input_format: 'full_sentences' -> "
+                                                         r"'doc_sentences'\. Nothing"):
+        workdir_files.check_contract(str(tmp_path), workdir_files.pretraining_contract(doc_sentences))
+    (tmp_path / workdir_files.TRAIN_CONFIG).write_text(doc_sentences.to_json_best_effort())
+    workdir_files.check_contract(str(tmp_path), workdir_files.pretraining_contract(doc_sentences))
+    with pytest.raises(workdir_files.WorkdirError, match=r"changes data.input_format: 'doc_sentences' -> "
+                                                         r"'full_sentences'\. Nothing"):
+        workdir_files.check_contract(str(tmp_path), contract)

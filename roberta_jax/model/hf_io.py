@@ -121,11 +121,15 @@ def state_dict_to_params(state: Mapping[str, np.ndarray], template: Mapping[str,
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
     """All tensors of `model.safetensors` (or of the shards an index names) in a directory or file, local or
     `gs://` (a remote file is copied to a local temporary file to be read). A half-written directory
-    (`storage.check_whole`) is an error naming it."""
+    (`storage.check_whole`) is an error naming it, and so is a truncated or corrupt file (a ValueError)."""
     state = {}
     for file in _safetensors_files(os.fspath(path)):
         with storage.local_copy(file) as local:
-            state.update(safetensors.numpy.load_file(local))
+            try:
+                state.update(safetensors.numpy.load_file(local))
+            except safetensors.SafetensorError as err:
+                raise ValueError(f"{file} is truncated or corrupt, not a whole safetensors file ({err}); download "
+                                 "or save the model again") from err
     return state
 
 

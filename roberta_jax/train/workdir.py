@@ -3,7 +3,7 @@
 A pretraining workdir (`train.py --workdir DIR`):
 
     run.lock            host, pid and heartbeat of the run using the workdir (process 0; removed when it ends)
-    workdir.json        what the workdir is fixed to at its first step: architecture, tokenizer, row length
+    workdir.json        what the workdir is fixed to at its first step: architecture, tokenizer, what a row is
     train_config.json   the resolved config of the last start that reached training (process 0)
     model_config.json   the architecture, as HF config.json (process 0, before the first step)
     tokenizer/          the tokenizer trained on the corpus, when `tokenizer.path` is not set
@@ -17,9 +17,9 @@ A fine-tuning workdir (`finetune.py --workdir DIR`) holds the lock, `workdir.jso
 at the end.
 
 A run takes the lock first (a second run on the workdir stops at once), then checks `workdir.json` against
-its config: a changed architecture, tokenizer or `data.max_seq_length` (fine-tuning: task, labels,
-`data.max_length` or the architecture of `init_from`) stops it before anything is written, naming each
-differing field.
+its config: a changed architecture, tokenizer or kind of row (`data.max_seq_length`, `input_format`, ...;
+fine-tuning: task, labels, `data.max_length` or the architecture of `init_from`) stops it before anything is
+written, naming each differing field.
 
 This module imports nothing heavy: the tools that read workdirs use it too.
 """
@@ -56,6 +56,11 @@ CONTRACT = "workdir.json"
 # The lock's heartbeat: refreshed this often, and taken over by another run once this old.
 HEARTBEAT_S = 60
 STALE_AFTER_S = 600
+
+# Contract fields that decide what a pretraining row is, added to `workdir.json` after it first existed: a
+# workdir.json without one was made with the value its train_config.json records, else with this default.
+ROW_FIELDS = {"data.input_format": "full_sentences", "data.cross_document_attention": True,
+              "data.doc_split": "blank_line", "data.doc_separator": ""}
 
 log = logging.getLogger("absl")
 
@@ -183,10 +188,14 @@ def tokenizer_fingerprint(directory: str) -> str:
 
 def pretraining_contract(config) -> dict:
     """The config fields a pretraining workdir is fixed to, by config key: the architecture (dropout aside),
-    the tokenizer (its files' fingerprint, or the fields it is trained with), `data.max_seq_length` and, for
-    the pair input formats, the next-sentence head."""
+    the tokenizer (its files' fingerprint, or the fields it is trained with), what a row is (`data.max_seq_length`,
+    `input_format`, `cross_document_attention`, and the documents' `doc_split` / `doc_separator` unless the rows
+    come `prepared`) and, for the pair input formats, the next-sentence head. Masking is not fixed: it is drawn
+    at each step from the same rows and leaves the data position and the params' shapes as they are."""
     contract = {f"model.{k}": v for k, v in config.model.items() if not k.endswith("dropout_prob")}
     contract["data.max_seq_length"] = config.data.max_seq_length
+    rows = [k for k in ROW_FIELDS if not (config.data.prepared and k.startswith("data.doc_"))]
+    contract.update({k: config.data[k[len("data."):]] for k in rows})
     contract["tokenizer.kind"] = config.tokenizer.kind
     if config.data.input_format in PAIR_FORMATS:  # the params hold the next-sentence head
         contract["next_sentence_head"] = True
@@ -221,16 +230,24 @@ def check_contract(workdir: str, contract: dict) -> None:
         fixed = {k: model[k[len("model."):]] for k in contract
                  if k.startswith("model.") and k != "model.vocab_size" and k[len("model."):] in model}
         contract = {k: contract[k] for k in fixed}
-    fixed = fixed or contract
+    fixed = {**_unrecorded_row_fields(workdir, fixed, contract), **fixed} if fixed is not None else contract
     changed = [f"{k}: {fixed.get(k, '(none)')!r} -> {contract.get(k, '(none)')!r}"
                for k in {**contract, **fixed} if fixed.get(k) != contract.get(k)]
     if changed:
         raise WorkdirError(
-            f"workdir {workdir} is fixed to another architecture, tokenizer, task or row length; this run changes "
+            f"workdir {workdir} is fixed to another architecture, tokenizer, task or kind of row; this run changes "
             f"{', '.join(changed)}. Nothing was touched. Use a new --workdir, or rerun with the workdir's values "
             f"(in {storage.join(workdir, CONTRACT)}) to continue it; to reuse the directory on purpose, delete "
             f"its {CHECKPOINTS}/ and {CONTRACT} (and a pretraining workdir's {MODEL_CONFIG}) first"
         )
+
+
+def _unrecorded_row_fields(workdir: str, fixed: dict, contract: dict) -> dict:
+    """The `ROW_FIELDS` of `contract` that a `workdir.json` written before them lacks, with the values the
+    workdir was made with: as its `train_config.json` records them, else the defaults of that time."""
+    record = _read_json(storage.join(workdir, TRAIN_CONFIG)) or {}
+    return {k: record.get("data", {}).get(k[len("data."):], default) for k, default in ROW_FIELDS.items()
+            if k in contract and k not in fixed}
 
 
 def write_contract(workdir: str, contract: dict) -> None:

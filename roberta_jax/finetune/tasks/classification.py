@@ -97,11 +97,14 @@ def _text_columns(columns: Sequence[str], path: str) -> tuple[str, str | None]:
 
 
 def load_examples(
-    path: str | os.PathLike, text_a: str | None = None, text_b: str | None = None, label: str = "label"
+    path: str | os.PathLike, text_a: str | None = None, text_b: str | None = None, label: str = "label",
+    require_label: bool = False,
 ) -> list[Example]:
     """Examples from a .tsv/.csv/.jsonl/.json table (see `read_rows`). `text_a`/`text_b` name the text
     columns (default: the first of `KNOWN_TEXT_COLUMNS` present); without a `label` column (a test split)
-    the examples have no labels. SST-2's `label<TAB>text_a` header and GLUE's own columns work as they are."""
+    the examples have no labels, or, with `require_label`, it is a ValueError naming the file and its columns.
+    Labels are stripped of surrounding whitespace (`"1 "` is `"1"`), as GLUE's readers do. SST-2's
+    `label<TAB>text_a` header and GLUE's own columns work as they are."""
     path = os.fspath(path)
     numbered = read_numbered_rows(path)
     if not numbered:
@@ -113,11 +116,14 @@ def load_examples(
         if name is not None and name not in columns:
             raise ValueError(f"{path}: no column {name!r}; the columns are {columns}")
     has_label = label in columns
+    if require_label and not has_label:
+        raise ValueError(f"{path} has no label column (columns: {', '.join(columns)}); the labels are read from "
+                         f"the column {label!r}: add it, or name the column with --config.data.label_column")
     return [
         Example(
             text_a=str(row[text_a]),
             text_b=None if text_b is None else str(row[text_b]),
-            label=str(row[label]) if has_label else None,
+            label=str(row[label]).strip() if has_label else None,
             line=line,
         )
         for line, row in numbered
@@ -211,8 +217,10 @@ TARGETS = ("labels",)
 
 
 def read_split(config, path: str) -> list[Example]:
+    """The examples of a fine-tuning file: labelled, both the training and the eval file."""
     d = config.data
-    return load_examples(path, text_a=d.text_a or None, text_b=d.text_b or None, label=d.label_column)
+    return load_examples(path, text_a=d.text_a or None, text_b=d.text_b or None, label=d.label_column,
+                         require_label=True)
 
 
 def config_labels(config) -> list[str]:
