@@ -50,7 +50,8 @@ def test_the_command_line_names_a_bad_target_in_one_line():
                           "--target=v5p-6"], cwd=repo, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=repo),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert out.stderr.strip().splitlines()[-1].startswith("aot.py: error: v5p-6: no standard v5p slice of 3 chips")
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "python -m roberta_jax.tools.aot: error: v5p-6: no standard v5p slice of 3 chips")
     assert "Traceback" not in out.stderr
 
 

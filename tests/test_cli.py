@@ -1,7 +1,12 @@
-"""The entry points' shared command-line pieces: one-line errors for unknown config keys, the log filter."""
+"""The entry points' shared command-line pieces: one-line errors for unknown config keys, the program's name
+that starts them, the log filter."""
 
+import importlib.util
 import logging
 import os
+import subprocess
+import sys
+import types
 
 import pytest
 from absl import flags
@@ -63,3 +68,26 @@ def test_quiet_libraries_filters_every_root_handler():
         assert any(isinstance(f, cli.QuietLibraries) for f in handler.filters)
     finally:
         root.removeHandler(handler)
+
+
+def test_a_module_run_with_dash_m_is_named_as_the_readme_writes_it(monkeypatch):
+    spec = importlib.util.find_spec("roberta_jax.tools.prepare")
+    main = types.ModuleType("__main__")
+    main.__spec__ = spec
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert cli.program_name(spec.origin) == "python -m roberta_jax.tools.prepare"
+    assert cli.program_name("/work/main/train.py") == "train.py"
+    main.__spec__ = None  # `python train.py`
+    assert cli.program_name("train.py") == "train.py"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--target=v5p-6", "error: v5p-6: no standard v5p slice of 3 chips"),
+    ("--config.data.max_seq_lenght=64", "unknown config key 'data.max_seq_lenght'"),
+])
+def test_a_tool_s_errors_start_with_its_python_dash_m_command(override, message):
+    out = subprocess.run([sys.executable, "-m", "roberta_jax.tools.aot", f"--config={REPO}/configs/tiny.py", override],
+                         cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(f"python -m roberta_jax.tools.aot: {message}")

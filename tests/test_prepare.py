@@ -3,6 +3,8 @@ once and in order, restart after SIGKILL, and the checks of a prepared directory
 
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,7 +185,78 @@ def test_the_command_line_prints_a_bad_config_field_in_one_line(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1].startswith(
-        "prepare.py: error: data.eval_fraction=0.1 does not apply to prepared data")
+        "python -m roberta_jax.tools.prepare: error: data.eval_fraction=0.1 does not apply to prepared data")
+
+
+def prepare_command(tmp_path, *overrides):
+    """`python -m roberta_jax.tools.prepare` on 20 kB of the demo corpus into tmp_path/out: its completed process."""
+    corpus = tmp_path / "small.txt"
+    if not corpus.exists():
+        corpus.write_text((REPO / "data" / "demo_corpus.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return subprocess.run([sys.executable, "-m", "roberta_jax.tools.prepare", f"--config={REPO}/configs/tiny.py",
+                           f"--out={tmp_path / 'out'}", f"--config.data.train_files={corpus}", "--num_workers=1",
+                           "--config.data.eval_fraction=0", "--config.progress=False", *overrides],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_rerun_with_other_tokenizer_training_settings_names_them(tmp_path):
+    """OUT/tokenizer, trained by the first prepare, is reused only with the settings it was trained with."""
+    first = prepare_command(tmp_path, "--config.tokenizer.vocab_size=500")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rerun = prepare_command(tmp_path, "--config.tokenizer.vocab_size=600", "--config.tokenizer.min_frequency=3",
+                            "--config.tokenizer.kind=unigram")
+    assert rerun.returncode == 2, rerun.stderr[-3000:]
+    saved = tmp_path / "out" / "tokenizer"
+    assert rerun.stderr.strip().splitlines()[-1] == (
+        f"python -m roberta_jax.tools.prepare: error: the tokenizer in {saved} was trained with other settings; "
+        "this prepare changes tokenizer.kind: 'byte_level_bpe' -> 'unigram', tokenizer.vocab_size: 500 -> 600, "
+        f"tokenizer.min_frequency: 2 -> 3. Rerun with the values in {saved / 'trained_with.json'}, or choose "
+        f"another --out or delete {tmp_path / 'out'}.")
+
+
+def test_a_source_edited_in_place_to_the_same_size_is_redone_or_named(bpe, tmp_path):
+    """Sources are known by path, size and version: an edit that keeps the byte count is seen by the shards'
+    records (an unfinished prepare redoes them) and by the manifest (a rerun into a finished one stops)."""
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n")
+    first = run_prepare(str(corpus), bpe, tmp_path / "out", num_workers=1)
+    shard = tmp_path / "out" / "train" / "shard-00000.npy"
+    before = np.load(shard)
+    corpus.write_text(corpus.read_text().replace("Citizen", "CITIZEN"))
+    stat = corpus.stat()
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a filesystem's coarse clock aside
+    assert first["sources"]["train"][0][1] == stat.st_size
+    with pytest.raises(ValueError, match=re.escape(f"out is already prepared with other source files: {corpus} "
+                                                   "(train) was written since")):
+        run_prepare(str(corpus), bpe, tmp_path / "out", num_workers=1)
+    (tmp_path / "out" / shards.MANIFEST).unlink()  # as if the first prepare had been killed before its end
+    run_prepare(str(corpus), bpe, tmp_path / "out", num_workers=1)
+    assert not np.array_equal(np.load(shard), before)
+
+
+def test_a_missing_or_truncated_shard_or_a_corrupt_manifest_is_named_before_any_read(one_worker, corpus, bpe,
+                                                                                     heldout, tmp_path):
+    out, manifest = one_worker
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    names = [e["name"] for e in manifest["splits"]["train"]["shards"]]
+    (damaged / "train" / f"{names[3]}.npy").unlink()
+    missing = (f"prepared directory {damaged} is damaged: train/{names[3]}.npy is missing, manifest.json lists "
+               f"{manifest['splits']['train']['shards'][3]['rows']} rows of 64 uint16 ids")
+    with pytest.raises(ValueError, match=re.escape(missing)) as error:
+        shards.ShardedRows(damaged)
+    assert f"delete {damaged / 'train' / names[3]}.json and {damaged / 'manifest.json'} and rerun" in str(error.value)
+    with pytest.raises(ValueError, match=re.escape(missing)):  # a rerun of the prepare too
+        run_prepare(corpus, bpe, damaged, num_workers=1, eval_sources=heldout)
+    shutil.copy(out / "train" / f"{names[3]}.npy", damaged / "train")
+    truncated = damaged / "train" / f"{names[1]}.npy"
+    truncated.write_bytes(truncated.read_bytes()[:-L])
+    with pytest.raises(ValueError, match=f"train/{names[1]}.npy is {truncated.stat().st_size} bytes"):
+        shards.ShardedRows(damaged)
+    (damaged / shards.MANIFEST).write_text('{"format_version": 1,\n')
+    with pytest.raises(ValueError, match=re.escape(f"{damaged / 'manifest.json'} is damaged (Expecting")):
+        shards.ShardedRows(damaged)
 
 
 def test_wrong_tokenizer_or_row_length_names_both_values(one_worker, bpe):

@@ -94,6 +94,8 @@ def test_find_and_glob_files_list_files_without_hidden_ones(root):
         storage.write_text(storage.join(root, name), name)
     in_root = lambda *names: [storage.join(root, n) for n in names]  # noqa: E731
     assert storage.find(root) == in_root("a.txt", "sub/b.txt", "sub/deep/c.txt", "x.json")
+    assert storage.file_sizes(root) == dict(zip(in_root("a.txt", "sub/b.txt", "sub/deep/c.txt", "x.json"),
+                                                (5, 9, 14, 6)))
     assert storage.glob_files(storage.join(root, "*.txt")) == in_root("a.txt")
     assert storage.glob_files(storage.join(root, "**", "*.txt")) == in_root("a.txt", "sub/b.txt", "sub/deep/c.txt")
     assert storage.glob_files(storage.join(root, "su*")) == []  # a directory is no file

@@ -1,10 +1,12 @@
 """train.py from a prepared directory (`python -m roberta_jax.tools.prepare`): two processes each read a disjoint
 half of every global batch and, SIGKILLed and resumed, match one process with two devices;
-a run whose row length is not the prepared one stops before its first step, naming both values."""
+a run whose row length is not the prepared one, or whose prepared directory lacks a shard, stops before its first
+step, naming what is wrong."""
 
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,3 +102,15 @@ def test_other_row_length_stops_before_a_step(prepared, corpus, tmp_path):
     out = run_train(tmp_path, corpus, *args(prepared, "--config.data.max_seq_length=16"), succeeds=False)
     assert f"{prepared[0]} holds rows of max_seq_length=32, the config asks for data.max_seq_length=16" in out.stderr
     assert not (tmp_path / workdir_files.METRICS).exists()  # stopped before any step was logged
+
+
+def test_a_missing_shard_stops_before_a_step_naming_it(prepared, corpus, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(prepared[0], damaged)
+    name = prepared[1]["splits"]["train"]["shards"][-1]["name"]
+    (damaged / "train" / f"{name}.npy").unlink()
+    out = run_train(tmp_path / "run", corpus, *args((damaged, prepared[1])), succeeds=False)
+    assert out.returncode == 2
+    assert f"train.py: error: prepared directory {damaged} is damaged: train/{name}.npy is missing, manifest.json " \
+           "lists" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "run" / workdir_files.METRICS).exists()

@@ -21,6 +21,9 @@ the client only plans the cuts (a few kilobytes read per cut) and writes the man
 
 Restarts. A shard is complete once its `.json` exists (written after the `.npy`); a rerun with the same
 settings skips complete shards, redoes the rest and writes the manifest, giving byte-identical output.
+A source file is known by its path, size and version (`storage.file_info`: the modification time locally, the
+object generation on gs://), in each shard's record and in the manifest: a file edited in place, even to the
+same size, makes its shards be redone, and a rerun into a finished directory refuses naming the file.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,7 +54,7 @@ _ENCODE_BATCH = 1000  # documents per tokenizer call
 
 @dataclasses.dataclass(frozen=True)
 class Piece:
-    """Bytes [start, end) of `path`: shard `index` of `split`."""
+    """Bytes [start, end) of `path` at `version` (`storage.file_info`): shard `index` of `split`."""
 
     split: str
     index: int
@@ -60,19 +63,20 @@ class Piece:
     end: int
     doc_split: str
     doc_separator: str = ""
+    version: int | str = ""
 
 
-def plan_pieces(files: Sequence[str], split: str, doc_split: str, piece_bytes: int = PIECE_BYTES,
+def plan_pieces(files: Mapping[str, storage.FileInfo], split: str, doc_split: str, piece_bytes: int = PIECE_BYTES,
                 doc_separator: str = "") -> list[Piece]:
-    """The pieces of `files` in order (rules in the module docstring); an empty file is an error naming it."""
+    """The pieces of `files` (path: its `storage.file_info`) in order (rules in the module docstring); an empty
+    file is an error naming it."""
     pieces: list[Piece] = []
-    for path in files:
-        size = storage.size(path)
-        if size == 0:
+    for path, info in files.items():
+        if info.size == 0:
             raise ValueError(f"{path}: file is empty.")
-        cuts = [0, *_cuts(path, size, doc_split, piece_bytes, doc_separator), size]
+        cuts = [0, *_cuts(path, info.size, doc_split, piece_bytes, doc_separator), info.size]
         for start, end in zip(cuts, cuts[1:]):
-            pieces.append(Piece(split, len(pieces), path, start, end, doc_split, doc_separator))
+            pieces.append(Piece(split, len(pieces), path, start, end, doc_split, doc_separator, info.version))
     return pieces
 
 
@@ -190,14 +194,11 @@ def prepare(
     tok = resolve_tokenizer(tokenizer)
     dtype = shards.token_dtype(vocab_size).name
     splits = {"train": train_sources, "eval": eval_sources}
-    files = {split: text_files.resolve_files(src) for split, src in splits.items() if src}
-    for path in (p for fs in files.values() for p in fs):
-        if text_files.file_kind(path, format) != "text":
-            raise ValueError(f"{path}: prepare reads plain text; this is {text_files.file_kind(path, format)}.")
+    files = {split: _text_files(src, format) for split, src in splits.items() if src}
     settings = {"format_version": shards.FORMAT_VERSION, "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length,
                 "dtype": dtype, "vocab_size": vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
                 "pad_id": tok.pad_id, "doc_split": doc_split, "piece_bytes": piece_bytes,
-                "sources": {s: [[p, storage.size(p)] for p in fs] for s, fs in files.items()},
+                "sources": {s: [[p, i.size, i.version] for p, i in fs.items()] for s, fs in files.items()},
                 **({"doc_separator": doc_separator} if doc_separator else {})}
     if storage.exists(storage.join(out, shards.MANIFEST)):
         return _existing(out, settings)
@@ -217,17 +218,46 @@ def prepare(
     return manifest
 
 
+def _text_files(sources: str | Sequence[str], format: str) -> dict[str, storage.FileInfo]:
+    """The files `sources` names, in order, each with its size and version; a file not plain text is an error."""
+    files = {path: storage.file_info(path) for path in text_files.resolve_files(sources)}
+    for path in files:
+        if text_files.file_kind(path, format) != "text":
+            raise ValueError(f"{path}: prepare reads plain text; this is {text_files.file_kind(path, format)}.")
+    return files
+
+
 def _existing(out: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """The manifest already in `out` when it was prepared with `settings`; else an error naming the field."""
+    """The manifest already in `out` when it was prepared with `settings` and every shard is whole; else an
+    error naming the field (the source files that changed) or the shard."""
     manifest = shards.read_manifest(out)
     for key, value in settings.items():
         if manifest.get(key) != value:
-            raise ValueError(
-                f"{out} is already prepared with {key}={manifest.get(key)!r}, this prepare has {value!r}; "
-                "choose another --out or delete it."
-            )
+            changed = _source_changes(manifest.get(key) or {}, value) if key == "sources" else []
+            differs = (f"other source files: {'; '.join(changed)}" if changed
+                       else f"{key}={manifest.get(key)!r}, this prepare has {value!r}")
+            raise ValueError(f"{out} is already prepared with {differs}; choose another --out or delete it.")
+    for split in manifest["splits"]:
+        shards.check_shards(out, manifest, split)
     log.info("%s is already prepared", out)
     return manifest
+
+
+def _source_changes(prepared: dict[str, list], now: dict[str, list]) -> list[str]:
+    """One line per source file that differs between a manifest's `sources` and this prepare's ([path, size,
+    version] by split): added, gone, or changed (size or version, i.e. written since)."""
+    changes = []
+    for split in sorted({*prepared, *now}):
+        old = {path: rest for path, *rest in prepared.get(split, [])}
+        new = {path: rest for path, *rest in now.get(split, [])}
+        for path in [p for p in {**old, **new} if old.get(p) != new.get(p)]:
+            if path not in new:
+                changes.append(f"{path} ({split}) is not among this prepare's files")
+            elif path not in old:
+                changes.append(f"{path} ({split}) was not among the prepared files")
+            else:
+                changes.append(f"{path} ({split}) was written since ([size, version] {old[path]} -> {new[path]})")
+    return changes
 
 
 def _separator_line(separator: str) -> re.Pattern:

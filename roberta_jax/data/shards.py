@@ -2,7 +2,8 @@
 
     DIR/manifest.json            format version, tokenizer fingerprint, max_seq_length, dtype, special ids,
                                  the statistics of each split, and every shard's row count
-    DIR/tokenizer/               the tokenizer the rows were made with (when prepare trained it)
+    DIR/tokenizer/               the tokenizer the rows were made with (when prepare trained it, with the
+                                 `tokenizer.*` fields it was trained with in trained_with.json)
     DIR/train/shard-00000.npy    uint16 [rows, max_seq_length] (int32 when the vocabulary exceeds 65,536)
     DIR/train/shard-00000.json   that shard's piece of text and its counts (written after the .npy)
     DIR/eval/...                 the same for `data.eval_files`
@@ -11,14 +12,17 @@ Every file is written whole or not at all (`storage.write_bytes`: locally under 
 on `gs://` one object), and the manifest is written last: a directory without `manifest.json` is unfinished
 and is never read (`prepare` completes it). Paths are local or `gs://` (`roberta_jax.storage`).
 
-`ShardedRows` reads one split as one table of rows (global row r of the split is row r - start of its
+`ShardedRows` checks that every shard of its split is there and of its size (`check_shards`) and reads
+the split as one table of rows (global row r of the split is row r - start of its
 shard), memory-mapping local shards and reading only the requested rows of remote ones, so a host
 opens only the shards holding its share of a batch.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -53,12 +57,54 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{directory}: no {MANIFEST}; not a prepared directory, or its prepare did not finish (run it again)."
         )
-    manifest = json.loads(storage.read_text(path))
+    try:
+        manifest = json.loads(storage.read_text(path))
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(
+            f"{path} is damaged ({e}); delete it and run the same prepare again, which rewrites it from the shards."
+        ) from None
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path}: format_version {manifest.get('format_version')}, this code reads {FORMAT_VERSION}; prepare again."
         )
     return manifest
+
+
+def check_shards(directory: str | os.PathLike, manifest: dict[str, Any], split: str) -> None:
+    """Raises an error naming the directory, the shard and the manifest when a shard the manifest lists for
+    `split` is missing or not the size of its rows (.npy header included): before step 1, not when a batch
+    first needs it. One listing of the split (`storage.file_sizes`), however many shards."""
+    directory = os.fspath(directory)
+    folder = storage.join(directory, split)
+    listed = {storage.name(p): size for p, size in storage.file_sizes(folder).items()}
+    for entry in manifest["splits"][split]["shards"]:
+        name = f"{entry['name']}.npy"
+        expected = npy_size((entry["rows"], manifest["max_seq_length"]), manifest["dtype"])
+        found = listed.get(name)
+        if found != expected:
+            what = "missing" if found is None else f"{found} bytes"
+            rows = f"{entry['rows']} rows of {manifest['max_seq_length']} {manifest['dtype']} ids"
+            raise _damaged(directory, split, entry["name"],
+                           f"{split}/{name} is {what}, {MANIFEST} lists {rows} ({expected} bytes)")
+
+
+def npy_size(shape: tuple[int, ...], dtype: str) -> int:
+    """Bytes of the `.npy` file `np.save` writes for a C-order array of `shape` and `dtype`: header and data."""
+    header = io.BytesIO()
+    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
+    return header.tell() + math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def _damaged(directory: str, split: str, shard: str, problem: str) -> ValueError:
+    """The error for a shard that is not what the manifest says, with the two ways to repair the directory."""
+    record = storage.join(directory, split, f"{shard}.json")
+    return ValueError(
+        f"prepared directory {directory} is damaged: {problem}. Copy the directory again, or delete {record} and "
+        f"{storage.join(directory, MANIFEST)} and rerun the same prepare, which rewrites that shard."
+    )
 
 
 def check_manifest(manifest: dict[str, Any], directory: str, tokenizer_fingerprint: str, max_seq_length: int) -> None:
@@ -91,8 +137,9 @@ class ShardedRows:
         manifest = manifest or read_manifest(directory)
         if split not in manifest["splits"]:
             raise ValueError(f"{directory} has no {split!r} split; it has {sorted(manifest['splits'])}.")
+        check_shards(directory, manifest, split)
         shards = [s for s in manifest["splits"][split]["shards"] if s["rows"]]
-        self.split, self.pad_id = split, manifest["pad_id"]
+        self.split, self.pad_id, self.dtype = split, manifest["pad_id"], np.dtype(manifest["dtype"])
         self.max_seq_length = manifest["max_seq_length"]
         self._names = [s["name"] for s in shards]
         self._starts = np.concatenate([[0], np.cumsum([s["rows"] for s in shards])]).astype(np.int64)
@@ -138,7 +185,13 @@ class ShardedRows:
     def _open_shard(self, index: int):
         path = storage.join(self.directory, self.split, f"{self._names[index]}.npy")
         local = storage.local_path(path)
-        self._open[index] = np.load(local, mmap_mode="r") if local else _RemoteShard(path)
+        shard = np.load(local, mmap_mode="r") if local else _RemoteShard(path)
+        rows = int(self._starts[index + 1] - self._starts[index])
+        if (tuple(shard.shape), shard.dtype) != ((rows, self.max_seq_length), self.dtype):
+            raise _damaged(self.directory, self.split, self._names[index],
+                           f"{self.split}/{self._names[index]}.npy holds {shard.dtype} {tuple(shard.shape)}, "
+                           f"{MANIFEST} lists {self.dtype} {(rows, self.max_seq_length)}")
+        self._open[index] = shard
         self.shards_opened.add(self._names[index])
         return self._open[index]
 

@@ -24,6 +24,7 @@ from roberta_jax.storage.directories import (  # noqa: F401 - the package's name
     cache_root,
     check_whole,
     file_info,
+    file_sizes,
     find,
     glob_files,
     local_cache_dir,

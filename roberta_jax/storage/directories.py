@@ -150,15 +150,24 @@ def file_info(path: str) -> FileInfo:
 def find(directory: str) -> list[str]:
     """Every file under `directory` at any depth, sorted, hidden ones left out (a name starting with ".", and
     all under such a directory). On object storage one listing of the prefix, however deep."""
+    return sorted(file_sizes(directory))
+
+
+def file_sizes(directory: str) -> dict[str, int]:
+    """{path: size in bytes} of every file `find(directory)` lists, from the same one listing."""
     if is_remote(directory):
         root = _key(directory)
-        found = (p for p in _gcs().find(root) if not _hidden(p[len(root) + 1:].split("/")))
-        return sorted(f"gs://{p}" for p in found)
-    found = []
+        found = _gcs().find(root, detail=True)
+        return {f"gs://{p}": int(info["size"]) for p, info in found.items()
+                if not _hidden(p[len(root) + 1:].split("/"))}
+    found = {}
     for top, dirs, names in os.walk(directory):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(os.path.join(top, n) for n in names if not n.startswith("."))
-    return sorted(found)
+        for n in names:
+            if not n.startswith("."):
+                path = os.path.join(top, n)
+                found[path] = os.path.getsize(path)
+    return found
 
 
 def glob_files(pattern: str) -> list[str]:

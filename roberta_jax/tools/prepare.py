@@ -8,7 +8,8 @@ The same config file and `--config.*` overrides as train.py: `data.train_files`,
 `data.doc_split` (or `data.doc_separator`), `data.max_seq_length` and the tokenizer (`tokenizer.path`, else
 one trained on the training files) decide the output. `--num_workers` processes on this machine, or `--scheduler` the
 address of a running Dask cluster. The tokenizer is kept in OUT/tokenizer; train.py uses it when
-`tokenizer.path` is empty. Rerunning completes an interrupted prepare and gives identical files.
+`tokenizer.path` is empty; a rerun whose `tokenizer.kind`, `vocab_size` or `min_frequency` is not what the one
+there was trained with stops, naming them. Rerunning completes an interrupted prepare and gives identical files.
 OUT, the training files and `tokenizer.path` may each be local or on `gs://`.
 """
 
@@ -24,6 +25,10 @@ from roberta_jax.data import prepare, shards
 from roberta_jax.data.fast_tokenizer import FastTokenizer
 from roberta_jax.data.tokenizer import is_tokenizer_dir
 from roberta_jax.train import cli, pretrain
+
+# The `tokenizer.*` fields a tokenizer trained into OUT/tokenizer is trained with, kept in its TRAINED_WITH_FILE.
+TRAINED_WITH = ("kind", "vocab_size", "min_frequency")
+TRAINED_WITH_FILE = "trained_with.json"
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "training config file", lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "the prepared directory (local or gs://)", required=True)
@@ -51,10 +56,13 @@ def main(argv):
 
 def _tokenizer(config, out: str) -> FastTokenizer:
     """The run's tokenizer (`pretrain.load_or_train_tokenizer`: `tokenizer.path`, else OUT/tokenizer from an
-    earlier prepare, else one trained on the training files), with a copy kept in OUT/tokenizer."""
+    earlier prepare if it was trained with this config's `TRAINED_WITH` fields, else one trained on the
+    training files), with a copy kept in OUT/tokenizer (and the fields a trained one was trained with)."""
     saved = storage.join(out, shards.TOKENIZER)
     whole = is_tokenizer_dir(saved) and not storage.exists(storage.join(saved, storage.INCOMPLETE))
+    trained_with = {f"tokenizer.{k}": config.tokenizer[k] for k in TRAINED_WITH}
     if whole and not config.tokenizer.path:
+        _check_trained_with(saved, trained_with)
         config = config.copy_and_resolve_references()
         config.tokenizer.path = saved
     # OUT is not a workdir: a tokenizer trained here lands in a scratch workdir and is copied into OUT below.
@@ -63,7 +71,22 @@ def _tokenizer(config, out: str) -> FastTokenizer:
     if not whole:
         with storage.staged_dir(saved) as staging:  # swapped in whole: a reader never sees half of it
             tokenizer.save(staging)
+            if not config.tokenizer.path:
+                storage.write_json(storage.join(staging, TRAINED_WITH_FILE), trained_with, indent=1, sort_keys=True)
     return tokenizer
+
+
+def _check_trained_with(saved: str, trained_with: dict) -> None:
+    """Raises ValueError naming each `tokenizer.*` field whose value differs from the one the tokenizer in
+    `saved` was trained with (nothing to compare for a copy of `tokenizer.path`, which has no such record)."""
+    recorded = storage.read_json(storage.join(saved, TRAINED_WITH_FILE)) or trained_with
+    changed = [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in trained_with.items() if recorded.get(k) != v]
+    if changed:
+        raise ValueError(
+            f"the tokenizer in {saved} was trained with other settings; this prepare changes {', '.join(changed)}. "
+            f"Rerun with the values in {storage.join(saved, TRAINED_WITH_FILE)}, or choose another --out or delete "
+            f"{storage.parent(saved)}."
+        )
 
 
 if __name__ == "__main__":

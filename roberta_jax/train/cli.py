@@ -66,7 +66,7 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     try:
         return flag_values(argv)
     except (KeyError, AttributeError) as err:
-        print(f"{argv[0]}: {unknown_key_message(err, argv)}", file=sys.stderr)
+        print(f"{program_name(argv[0])}: {unknown_key_message(err, argv)}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 
 
@@ -101,8 +101,17 @@ def run(main: Callable[[list[str]], None]) -> None:
 def guarded(main: Callable[[list[str]], None], argv: list[str]) -> None:
     """Runs `main(argv)` under `one_line_errors`, `--verbose` from absl's flags, and SIGTERM/SIGINT handled for
     the whole of it (`preemption.handled`): the first one ends any phase with `EXIT_INTERRUPTED`."""
-    with one_line_errors(os.path.basename(argv[0]), flags.FLAGS["verbose"].value), preemption.handled():
+    with one_line_errors(program_name(argv[0]), flags.FLAGS["verbose"].value), preemption.handled():
         main(argv)
+
+
+def program_name(argv0: str) -> str:
+    """The command as its user typed it, to start its messages: `python -m roberta_jax.tools.prepare` for a
+    module run with `-m` (whose argv[0] is the module's file), else the script's name (`train.py`)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.origin and os.path.abspath(argv0) == os.path.abspath(spec.origin):
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return os.path.basename(argv0)
 
 
 def add_verbose(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
