@@ -247,7 +247,7 @@ def check_access(path: str, write: bool = False) -> None:
         return
     bucket = _key(path).split("/", 1)[0]
     try:
-        _gcs().ls(bucket, detail=False)
+        _gcs().info(bucket)  # one small request, however many objects the bucket holds
         if write:
             probe = join(path, f".write-probe-{uuid.uuid4().hex[:8]}")
             write_bytes(probe, b"")
