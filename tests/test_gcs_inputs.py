@@ -116,7 +116,7 @@ def test_prepare_to_gs_reads_back_as_a_local_prepare(corpus, remote_corpus, tmp_
     rows = np.arange(local_rows.num_rows)
     np.testing.assert_array_equal(remote_rows.take(rows), local_rows.take(rows))
     np.testing.assert_array_equal(remote_rows.row_lengths(rows), local_rows.row_lengths(rows))
-    assert not storage.glob(f"{out}/train/*.partial-*")
+    assert not storage.glob_files(f"{out}/train/*.partial-*")
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def test_write_read_list_remove(root):
     assert storage.read_text(storage.join(root, "b.txt")) == "héllo"
     assert storage.size(storage.join(root, "b.txt")) == len("héllo".encode())
     assert storage.listdir(root) == ["a.json", "b.txt"]
-    assert storage.glob(storage.join(root, "*.txt")) == [storage.join(root, "b.txt")]
+    assert storage.glob_files(storage.join(root, "*.txt")) == [storage.join(root, "b.txt")]
     assert storage.read_json(storage.join(root, "missing.json")) is None
     storage.remove(storage.join(root, "a.json"))
     storage.remove(storage.join(root, "a.json"))  # gone already: nothing

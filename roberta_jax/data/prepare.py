@@ -294,5 +294,5 @@ def _remove_temporaries(out: str, splits) -> None:
     `.*.tmp-*` of earlier versions), so a finished directory holds only its shards."""
     for split in splits:
         for pattern in (".*.tmp-*", "*.partial-*"):
-            for path in storage.glob(storage.join(out, split, pattern)):
+            for path in storage.glob_files(storage.join(out, split, pattern)):
                 storage.remove(path)

@@ -71,7 +71,7 @@ def require_gcs(path: str = "gs://") -> None:
                            f"{INSTALL_HINT}") from None
 
 
-def epath_of(path: str):
+def _epath(path: str):
     """`etils.epath.Path(path)`, for code that streams from files local or remote."""
     from etils import epath
 
@@ -104,21 +104,12 @@ def listdir(path: str) -> list[str]:
     return sorted(os.listdir(path))
 
 
-def glob(pattern: str) -> list[str]:
-    """Paths matching `pattern` (`**` recursive), sorted."""
-    if is_remote(pattern):
-        return sorted(f"gs://{p}" for p in _gcs().glob(_key(pattern)))
-    import glob as _glob
-
-    return sorted(_glob.glob(pattern, recursive=True))
-
-
 def open_file(path: str, mode: str = "r", **kwargs):
     """`open` for a local path; a streaming file object of a remote one (read, or written whole on close)."""
     if is_remote(path):
         if "a" in mode:
             raise StorageError(f"{path}: object storage has no append; write whole files")
-        return epath_of(path).open(mode, **kwargs)
+        return _epath(path).open(mode, **kwargs)
     return open(path, mode, **kwargs)
 
 

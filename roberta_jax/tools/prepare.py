@@ -25,6 +25,7 @@ from roberta_jax.data import prepare, shards
 from roberta_jax.data.fast_tokenizer import FastTokenizer
 from roberta_jax.data.tokenizer import is_tokenizer_dir
 from roberta_jax.train import cli, pretrain
+from roberta_jax.train import workdir as workdir_files
 
 # The `tokenizer.*` fields a tokenizer trained into OUT/tokenizer is trained with, kept in its TRAINED_WITH_FILE.
 TRAINED_WITH = ("kind", "vocab_size", "min_frequency")
@@ -80,7 +81,7 @@ def _check_trained_with(saved: str, trained_with: dict) -> None:
     """Raises ValueError naming each `tokenizer.*` field whose value differs from the one the tokenizer in
     `saved` was trained with (nothing to compare for a copy of `tokenizer.path`, which has no such record)."""
     recorded = storage.read_json(storage.join(saved, TRAINED_WITH_FILE)) or trained_with
-    changed = [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in trained_with.items() if recorded.get(k) != v]
+    changed = workdir_files.changed_fields(recorded, trained_with)
     if changed:
         raise ValueError(
             f"the tokenizer in {saved} was trained with other settings; this prepare changes {', '.join(changed)}. "

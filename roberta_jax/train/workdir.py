@@ -169,10 +169,6 @@ def _age(holder: dict) -> str:
     return f"{time.time() - heartbeat:.0f} s ago" if isinstance(heartbeat, (int, float)) else "unknown"
 
 
-def _read_json(path: str) -> dict | None:
-    return storage.read_json(path)
-
-
 def tokenizer_fingerprint(directory: str) -> str:
     """sha256 (first 16 hex digits) of a tokenizer directory's vocab.json and merges.txt (byte-level BPE),
     or of its tokenizer.json (a SentencePiece tokenizer, which has no vocab.json)."""
@@ -224,15 +220,14 @@ def finetuning_contract(config, architecture, labels: list[str] | None) -> dict:
 def check_contract(workdir: str, contract: dict) -> None:
     """Raises `WorkdirError` naming every field where `contract` differs from the workdir's `workdir.json`
     (for a workdir older than that file, with checkpoints: the architecture in `model_config.json`)."""
-    fixed = _read_json(storage.join(workdir, CONTRACT))
+    fixed = storage.read_json(storage.join(workdir, CONTRACT))
     if fixed is None and _has_checkpoints(workdir):
-        model = _read_json(storage.join(workdir, MODEL_CONFIG)) or {}
+        model = storage.read_json(storage.join(workdir, MODEL_CONFIG)) or {}
         fixed = {k: model[k[len("model."):]] for k in contract
                  if k.startswith("model.") and k != "model.vocab_size" and k[len("model."):] in model}
         contract = {k: contract[k] for k in fixed}
     fixed = {**_unrecorded_row_fields(workdir, fixed, contract), **fixed} if fixed is not None else contract
-    changed = [f"{k}: {fixed.get(k, '(none)')!r} -> {contract.get(k, '(none)')!r}"
-               for k in {**contract, **fixed} if fixed.get(k) != contract.get(k)]
+    changed = changed_fields(fixed, contract)
     if changed:
         raise WorkdirError(
             f"workdir {workdir} is fixed to another architecture, tokenizer, task or kind of row; this run changes "
@@ -245,9 +240,16 @@ def check_contract(workdir: str, contract: dict) -> None:
 def _unrecorded_row_fields(workdir: str, fixed: dict, contract: dict) -> dict:
     """The `ROW_FIELDS` of `contract` that a `workdir.json` written before them lacks, with the values the
     workdir was made with: as its `train_config.json` records them, else the defaults of that time."""
-    record = _read_json(storage.join(workdir, TRAIN_CONFIG)) or {}
+    record = storage.read_json(storage.join(workdir, TRAIN_CONFIG)) or {}
     return {k: record.get("data", {}).get(k[len("data."):], default) for k, default in ROW_FIELDS.items()
             if k in contract and k not in fixed}
+
+
+def changed_fields(fixed: dict, new: dict) -> list[str]:
+    """`key: old -> new` for each key whose value differs between `fixed` and `new` ('(none)' where one lacks it):
+    the words of every "this run changes ..." error."""
+    return [f"{k}: {fixed.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}"
+            for k in {**new, **fixed} if fixed.get(k) != new.get(k)]
 
 
 def write_contract(workdir: str, contract: dict) -> None:
