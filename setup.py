@@ -28,6 +28,8 @@ setup(
         # the engine of `python -m roberta_jax.tools.prepare` (pure Python; a LocalCluster here, any Dask cluster there)
         "dask[distributed]",
         "etils[epath]",
+        # .zst corpora, read streaming by data.readers (gzip, bz2 and xz are in the standard library)
+        "zstandard",
     ],
     extras_require={
         # torch is pinned to the CPU build; the tests use it only for parity checks.

@@ -247,3 +247,54 @@ def _write_stream(rows: np.ndarray, position: int, segment: np.ndarray, width: i
         done, row = done + full * width, row + full
     if done < len(segment):
         rows[row, 1 : 1 + len(segment) - done] = segment[done:]
+
+
+class StreamPacker:
+    """`pack_documents(..., drop_remainder=False)` one batch of documents at a time: the same rows, handed to
+    `emit` (int32 [rows, L]) as they fill, so only one row's worth of the stream is ever held.
+
+        packer = StreamPacker(512, bos_id=0, eos_id=2, pad_id=1, emit=writer.write)
+        for ids in batches: packer.add(ids)   # ids: non-empty token lists, in corpus order
+        last_row_length = packer.finish()
+    """
+
+    def __init__(self, max_seq_length: int, *, bos_id: int, eos_id: int, pad_id: int, emit):
+        self.width = _content_width(max_seq_length)
+        self.max_seq_length, self.bos_id, self.eos_id, self.pad_id, self.emit = (
+            max_seq_length, bos_id, eos_id, pad_id, emit)
+        self.carry = np.zeros(0, np.int32)  # the stream's tokens not yet in a row: fewer than `width`
+        self.started = False
+        self.num_rows = 0
+
+    def add(self, documents: list) -> None:
+        """Appends non-empty documents (token id lists) to the stream and emits every row they fill."""
+        if not documents:
+            return
+        lengths = np.fromiter(map(len, documents), np.int64, len(documents))
+        tokens = np.fromiter(itertools.chain.from_iterable(documents), np.int32, int(lengths.sum()))
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        segment = _joined(tokens, offsets, np.arange(len(documents)), lengths, self.eos_id, self.started)
+        self.started = True
+        stream = np.concatenate([self.carry, segment])
+        full = len(stream) // self.width
+        if full:
+            self._emit(stream[: full * self.width].reshape(full, self.width))
+        self.carry = stream[full * self.width :]
+
+    def finish(self) -> int:
+        """Emits the padded last row of the stream's tail, if any; returns `last_row_length`."""
+        if not len(self.carry):
+            return self.max_seq_length
+        row = np.full((1, self.max_seq_length), self.pad_id, np.int32)
+        row[0, 0], row[0, 1 : 1 + len(self.carry)], row[0, 1 + len(self.carry)] = (
+            self.bos_id, self.carry, self.eos_id)
+        self.emit(row)
+        self.num_rows += 1
+        length, self.carry = len(self.carry) + 2, self.carry[:0]
+        return length
+
+    def _emit(self, content: np.ndarray) -> None:
+        rows = np.empty((len(content), self.max_seq_length), np.int32)
+        rows[:, 0], rows[:, 1:-1], rows[:, -1] = self.bos_id, content, self.eos_id
+        self.emit(rows)
+        self.num_rows += len(rows)

@@ -2,17 +2,21 @@
 
     manifest = prepare(["corpus/"], tokenizer, "gs://bucket/prepared", max_seq_length=512, num_workers=16)
 
-Pieces. Every text file is cut into pieces of about `piece_bytes` bytes (16 MiB by default), each cut right
-after a document boundary: after a blank line for `doc_split="blank_line"`, after a line break for "line",
-after a `doc_separator` line when one is set (the documents are those training reads: `text_files`);
-a "file" document is never cut, nor is a file smaller than `piece_bytes`. The cuts depend only on the
-bytes of the files, so the documents of a piece, and piece i's shard, are the same whatever the number of
-workers or machines. Piece i of a split becomes `shard-{i:05d}` of that split, in file order.
+Pieces (`readers`). What train.py reads, prepare reads: plain text, JSON lines and Parquet files, compressed or
+not (`.gz .bz2 .xz .zst`), or a Hub dataset / local dataset directory (`format="hub"`), with the same `text_field`
+and document rules. A plain text or JSON-lines file is cut into pieces of about `piece_bytes` bytes (16 MiB by
+default), each cut right after a document boundary (a blank line, a line break or a `doc_separator` line for text
+by `doc_split`, a line break for JSON lines; a "file" document is never cut); a compressed file is one piece, read
+as a stream; a Parquet row group is one piece; a dataset shard is one piece. The pieces depend only on the
+sources, so piece i's shard is the same whatever the number of workers or machines. Piece i of a split becomes
+`shard-{i:05d}` of that split, in source order. `prepare` prepares one source (its files, format and text field)
+into one directory.
 
-A shard's end. Each piece's documents are packed FULL-SENTENCES (`packing`) on their own; the stream's
-tail is kept as a last row padded with `<pad>` (its real length is in the manifest, the attention mask
-hides the rest). So no token is lost or duplicated; per shard at most one row is short, and the manifest
-counts the padding (`train/padding`, in tokens). Rows never span two shards.
+A shard's end. Each piece's documents are packed FULL-SENTENCES (`packing.StreamPacker`) on their own,
+streamed from the reader through the tokenizer into the shard's `.npy` (`shards.RowStream`), so no step holds
+a whole piece; the stream's tail is kept as a last row padded with `<pad>` (its real length is in the
+manifest, the attention mask hides the rest). So no token is lost or duplicated; per shard at most one row
+is short, and the manifest counts the padding (`train/padding`, in tokens). Rows never span two shards.
 
 Engine. Dask: `num_workers` processes of a `distributed.LocalCluster` on this machine, or any Dask
 cluster (`scheduler="tcp://host:8786"`, e.g. from dask-jobqueue on SLURM or dask-kubernetes) whose workers
@@ -29,140 +33,88 @@ same size, makes its shards be redone, and a rerun into a finished directory ref
 from __future__ import annotations
 
 import dataclasses
-import io
 import itertools
 import logging
-import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from roberta_jax import storage
-from roberta_jax.data import shards, text_files
+from roberta_jax.data import readers, shards, text_files
 from roberta_jax.data.encoders import EncodeBatch, TokenizerInfo, resolve_tokenizer
-from roberta_jax.data.packing import pack_documents
+from roberta_jax.data.packing import StreamPacker
 
 log = logging.getLogger(__name__)
 
 PIECE_BYTES = 16 << 20
-_CUTS = {"blank_line": re.compile(rb"\n[ \t\r\f\v]*\n"), "line": re.compile(rb"\n")}
-_SCAN = 1 << 16  # bytes read at a time while looking for a cut
 _ENCODE_BATCH = 1000  # documents per tokenizer call
 
 
 @dataclasses.dataclass(frozen=True)
-class Piece:
-    """Bytes [start, end) of `path` at `version` (`storage.file_info`): shard `index` of `split`."""
+class Shard:
+    """Shard `index` of `split`: what one Dask task makes, from one piece (`readers.Piece`)."""
 
     split: str
     index: int
-    path: str
-    start: int
-    end: int
-    doc_split: str
-    doc_separator: str = ""
-    version: int | str = ""
+    piece: readers.Piece
 
 
-def plan_pieces(files: Mapping[str, storage.FileInfo], split: str, doc_split: str, piece_bytes: int = PIECE_BYTES,
-                doc_separator: str = "") -> list[Piece]:
-    """The pieces of `files` (path: its `storage.file_info`) in order (rules in the module docstring); an empty
-    file is an error naming it."""
-    pieces: list[Piece] = []
-    for path, info in files.items():
-        if info.size == 0:
-            raise ValueError(f"{path}: file is empty.")
-        cuts = [0, *_cuts(path, info.size, doc_split, piece_bytes, doc_separator), info.size]
-        for start, end in zip(cuts, cuts[1:]):
-            pieces.append(Piece(split, len(pieces), path, start, end, doc_split, doc_separator, info.version))
-    return pieces
+def plan_shards(files: Mapping[str, Any], split: str, reading: readers.Reading, piece_bytes: int = PIECE_BYTES,
+                sources: str | Sequence[str] = ()) -> list[Shard]:
+    """The shards of one split, in order: one per piece of `readers.plan_pieces` (rules in the module
+    docstring). `files`: `readers.resolve`'s answer ({} for a Hub dataset, named by `sources`)."""
+    pieces = readers.plan_pieces(sources, reading, piece_bytes, files=files or None)
+    return [Shard(split, i, piece) for i, piece in enumerate(pieces)]
 
 
-def _cuts(path: str, size: int, doc_split: str, piece_bytes: int, separator: str = "") -> list[int]:
-    """Offsets, ascending and inside (0, size), just after a document boundary near each multiple of piece_bytes:
-    after a `separator` line when one is set (`doc_split` is then unused, as in `text_files.text_documents`)."""
-    if (doc_split == "file" and not separator) or size <= piece_bytes:
-        return []
-    pattern, cuts = _separator_line(separator) if separator else _CUTS[doc_split], []
-    with storage.open_file(path, "rb") as f:
-        target = piece_bytes
-        while target < size:
-            f.seek(target)
-            cut, window, base = None, b"", target
-            while cut is None and (block := f.read(_SCAN)):
-                window += block
-                found = pattern.search(window)
-                cut = base + found.end() if found else None
-                if cut is None:  # keep a short overlap: a boundary may straddle two blocks
-                    keep = window[-64:]
-                    base, window = base + len(window) - len(keep), keep
-            if cut is None or cut >= size:
-                break
-            cuts.append(cut)
-            target = cut + piece_bytes
-    return cuts
+def _shard_key(shard: Shard) -> dict[str, Any]:
+    """What a complete shard's record must match. For plain text, the key of the pieces before other formats
+    (and, without a separator, before separators) existed: those shards stay complete."""
+    p, r = shard.piece, shard.piece.reading
+    key = {"split": shard.split, "index": shard.index, "path": p.path, "start": p.start, "end": p.stop,
+           "doc_split": r.doc_split, "version": p.version, **({"doc_separator": r.doc_separator} if r.doc_separator
+                                                              else {})}
+    if p.kind != "text":
+        key.update(kind=p.kind, text_field=r.text_field)
+    if p.kind == "hub":
+        key.update(hub_config=r.hub_config, hub_split=r.hub_split)
+    return key
 
 
-def prepare_piece(piece: Piece, tok: TokenizerInfo, out: str, max_seq_length: int, dtype: str) -> dict[str, Any]:
+def prepare_piece(shard: Shard, tok: TokenizerInfo, out: str, max_seq_length: int, dtype: str) -> dict[str, Any]:
     """Tokenizes and packs one piece into its shard (a Dask task); returns the shard's manifest entry.
-    Skips the work when a complete shard of the same piece and settings exists."""
-    # Without a separator the key is the one of a piece before separators existed: those shards stay complete.
-    fields = {k: v for k, v in dataclasses.asdict(piece).items() if k != "doc_separator" or v}
-    key = {**fields, "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length, "dtype": dtype}
-    name = shards.shard_name(piece.index)
-    directory = storage.join(out, piece.split)
+    Skips the work when a complete shard of the same piece and settings exists. Documents stream from the
+    reader through the tokenizer and the packer into the `.npy` (`shards.RowStream`): no step holds the piece."""
+    key = {**_shard_key(shard), "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length, "dtype": dtype}
+    name = shards.shard_name(shard.index)
+    directory = storage.join(out, shard.split)
     record = storage.join(directory, f"{name}.json")
     done = storage.read_json(record)
     if done and done["piece"] == key:
         return done["entry"]
-    tokens, lengths = _encode(_piece_documents(piece), tok)
-    kept = lengths > 0
-    entry = {"name": name, "documents": int(kept.sum()), "empty_documents": int((~kept).sum()),
-             "tokens": len(tokens), "rows": 0, "last_row_length": max_seq_length, "padding": 0}
-    rows = np.zeros((0, max_seq_length), dtype)
-    if kept.any():
-        offsets = np.concatenate([[0], np.cumsum(lengths[kept])])
-        packed = pack_documents(tokens, offsets, max_seq_length=max_seq_length, bos_id=tok.bos_id,
-                                eos_id=tok.eos_id, pad_id=tok.pad_id, drop_remainder=False)
-        rows = packed.input_ids.astype(dtype)
-        entry.update(rows=packed.num_rows, last_row_length=packed.last_row_length,
-                     padding=max_seq_length - packed.last_row_length)
-    npy = io.BytesIO()
-    np.save(npy, rows)
     storage.makedirs(directory)
-    storage.write_bytes(storage.join(directory, f"{name}.npy"), npy.getvalue())
+    with shards.RowStream(storage.join(directory, f"{name}.npy"), max_seq_length, dtype) as rows:
+        packer = StreamPacker(max_seq_length, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                              emit=rows.write)
+        counts = {"documents": 0, "empty_documents": 0, "tokens": 0}
+        for ids in _encoded(readers.piece_documents(shard.piece), tok):
+            kept = [x for x in ids if len(x)]
+            packer.add(kept)
+            counts["documents"] += len(kept)
+            counts["empty_documents"] += len(ids) - len(kept)
+            counts["tokens"] += sum(map(len, kept))
+        last = packer.finish()
+    entry = {"name": name, **counts, "rows": packer.num_rows, "last_row_length": last,
+             "padding": max_seq_length - last}
     storage.write_json(record, {"piece": key, "entry": entry}, **shards.JSON_FORMAT)
     return entry
 
 
-def _piece_documents(piece: Piece) -> list[str]:
-    """The documents of a piece: its bytes decoded (a bad byte is an error naming the file and offset), line
-    breaks read as "\\n" like Python's universal newlines, split by `doc_split`."""
-    with storage.open_file(piece.path, "rb") as f:
-        f.seek(piece.start)
-        data = f.read(piece.end - piece.start)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{piece.path}: not valid UTF-8 ({e.reason} at byte {piece.start + e.start}); "
-            "re-encode it, e.g. `iconv -f latin1 -t utf-8`."
-        ) from None
-    return text_files.split_text(text.replace("\r\n", "\n").replace("\r", "\n"), piece.doc_split, piece.doc_separator)
-
-
-def _encode(documents: list[str], tok: TokenizerInfo) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens int32 [n], lengths int64 [documents]): the documents' ids back to back; whitespace-only ones are
-    empty, as in `sources`. Ids become arrays batch by batch: a list of Python ints costs 9x the memory."""
+def _encoded(documents: Iterator[str], tok: TokenizerInfo) -> Iterator[list]:
+    """The documents' ids, `_ENCODE_BATCH` documents at a time; whitespace-only ones are empty, as in `sources`."""
     encode = EncodeBatch(tok.encode)
-    tokens, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
-    for i in range(0, len(documents), _ENCODE_BATCH):
-        ids = encode(documents[i : i + _ENCODE_BATCH])["input_ids"]
-        lengths.append(np.fromiter(map(len, ids), np.int64, len(ids)))
-        tokens.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths[-1].sum())))
-    return np.concatenate(tokens), np.concatenate(lengths)
+    while batch := list(itertools.islice(documents, _ENCODE_BATCH)):
+        yield encode(batch)["input_ids"]
 
 
 def prepare(
@@ -176,37 +128,44 @@ def prepare(
     doc_split: str = "blank_line",
     doc_separator: str = "",
     format: str = "auto",
+    text_field: str = "text",
+    hub_config: str | None = None,
+    hub_split: str = "train",
     piece_bytes: int = PIECE_BYTES,
     num_workers: int = 1,
     scheduler: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Prepares `out` (local or gs://) from text files and returns its manifest (rules in the module docstring).
+    """Prepares `out` (local or gs://) from one source and returns its manifest (rules in the module docstring).
 
     Args:
-      train_sources, eval_sources: files, directories or globs of plain text (`format` "auto" or "text").
+      train_sources, eval_sources: files, directories or globs (text, JSON lines, Parquet, compressed or not:
+        `format` "auto" picks by extension), or with `format="hub"` a Hub dataset name or a local dataset
+        directory, read by `datasets` (`hub_config`, split `hub_split`).
       tokenizer: anything `encoders.resolve_tokenizer` accepts.
       doc_split, doc_separator: the documents of a text file, as training splits them (`text_files.text_documents`).
+      text_field: the text of a JSON, Parquet or Hub record.
       vocab_size: the largest token id + 1; it sets the dtype (`shards.token_dtype`).
       num_workers: worker processes of a local Dask cluster; ignored with `scheduler`, the address of a
         running Dask scheduler.
     """
     tok = resolve_tokenizer(tokenizer)
     dtype = shards.token_dtype(vocab_size).name
-    splits = {"train": train_sources, "eval": eval_sources}
-    files = {split: _text_files(src, format) for split, src in splits.items() if src}
+    reading = readers.Reading(format, text_field, doc_split, doc_separator, hub_config, hub_split)
+    splits = {split: src for split, src in {"train": train_sources, "eval": eval_sources}.items() if src}
+    files = {split: readers.resolve(src, reading) for split, src in splits.items()}
     settings = {"format_version": shards.FORMAT_VERSION, "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length,
                 "dtype": dtype, "vocab_size": vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
                 "pad_id": tok.pad_id, "doc_split": doc_split, "piece_bytes": piece_bytes,
                 "sources": {s: [[p, i.size, i.version] for p, i in fs.items()] for s, fs in files.items()},
-                **({"doc_separator": doc_separator} if doc_separator else {})}
+                **_reading_settings(reading, files, splits)}
     if storage.exists(storage.join(out, shards.MANIFEST)):
         return _existing(out, settings)
-    pieces = [p for split, fs in files.items() for p in plan_pieces(fs, split, doc_split, piece_bytes, doc_separator)]
-    entries = _run(pieces, tok, out, max_seq_length, dtype, num_workers, scheduler, progress)
+    jobs = [j for split, fs in files.items() for j in plan_shards(fs, split, reading, piece_bytes, splits[split])]
+    entries = _run(jobs, tok, out, max_seq_length, dtype, num_workers, scheduler, progress)
     manifest = {**settings, "splits": {}, "stats": {}}
     for split in files:
-        split_entries = [entries[p] for p in pieces if p.split == split]
+        split_entries = [entries[j] for j in jobs if j.split == split]
         totals = {k: sum(e[k] for e in split_entries) for k in ("documents", "empty_documents", "tokens", "rows",
                                                                  "padding")}
         if not totals["documents"]:
@@ -218,13 +177,16 @@ def prepare(
     return manifest
 
 
-def _text_files(sources: str | Sequence[str], format: str) -> dict[str, storage.FileInfo]:
-    """The files `sources` names, in order, each with its size and version; a file not plain text is an error."""
-    files = {path: storage.file_info(path) for path in text_files.resolve_files(sources)}
-    for path in files:
-        if text_files.file_kind(path, format) != "text":
-            raise ValueError(f"{path}: prepare reads plain text; this is {text_files.file_kind(path, format)}.")
-    return files
+def _reading_settings(reading: readers.Reading, files: dict[str, dict], splits: dict[str, Any]) -> dict[str, Any]:
+    """The manifest fields of how the source was read beyond plain text's (none for plain text, so directories
+    prepared before other formats existed stay complete): the separator, the text field, the Hub names."""
+    settings: dict[str, Any] = {"doc_separator": reading.doc_separator} if reading.doc_separator else {}
+    kinds = {text_files.file_kind(path, reading.format) for fs in files.values() for path in fs}
+    if reading.format == "hub" or kinds - {"text"}:
+        settings["text_field"] = reading.text_field
+    if reading.format == "hub":
+        settings["hub"] = {split: [src, reading.hub_config, reading.hub_split] for split, src in splits.items()}
+    return settings
 
 
 def _existing(out: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -260,13 +222,8 @@ def _source_changes(prepared: dict[str, list], now: dict[str, list]) -> list[str
     return changes
 
 
-def _separator_line(separator: str) -> re.Pattern:
-    """A line that is `separator`, whitespace around it aside, with the line break before it and after it."""
-    return re.compile(rb"\n[ \t\r\f\v]*" + re.escape(separator.encode("utf-8")) + rb"[ \t\r\f\v]*\n")
-
-
-def _run(pieces, tok, out, max_seq_length, dtype, num_workers, scheduler, progress) -> dict[Piece, dict]:
-    """Runs `prepare_piece` over `pieces` on a Dask cluster, with a progress bar of documents/s and tokens/s."""
+def _run(jobs, tok, out, max_seq_length, dtype, num_workers, scheduler, progress) -> dict[Shard, dict]:
+    """Runs `prepare_piece` over `jobs` on a Dask cluster, with a progress bar of documents/s and tokens/s."""
     from distributed import Client, as_completed
     from tqdm import tqdm
 
@@ -275,10 +232,9 @@ def _run(pieces, tok, out, max_seq_length, dtype, num_workers, scheduler, progre
         "n_workers": num_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0",
         "env": {"RAYON_NUM_THREADS": "1"}, "silence_logs": logging.WARNING}
     logging.getLogger("distributed").setLevel(logging.WARNING)  # not one line per worker start and stop
-    with Client(**cluster) as client, tqdm(total=len(pieces), unit="shard", disable=not progress) as bar:
+    with Client(**cluster) as client, tqdm(total=len(jobs), unit="shard", disable=not progress) as bar:
         tok_future = client.scatter(tok, broadcast=True)
-        futures = {client.submit(prepare_piece, p, tok_future, out, max_seq_length, dtype): p
-                   for p in pieces}
+        futures = {client.submit(prepare_piece, j, tok_future, out, max_seq_length, dtype): j for j in jobs}
         entries, docs, tokens, t0 = {}, 0, 0, time.perf_counter()
         for future in as_completed(futures):
             entries[futures[future]] = entry = future.result()

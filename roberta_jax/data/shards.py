@@ -24,7 +24,9 @@ import io
 import json
 import math
 import os
+import tempfile
 import threading
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,6 +98,61 @@ def npy_size(shape: tuple[int, ...], dtype: str) -> int:
     descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
     np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
     return header.tell() + math.prod(shape) * np.dtype(dtype).itemsize
+
+
+class RowStream:
+    """A `.npy` file of rows [n, width] written row batch by row batch, never held whole: the rows go to a local
+    file under a temporary name, the header's row count is patched in at `close`, and only then is the file
+    put at `path` (renamed locally, uploaded as one object on gs://). The bytes are those of `np.save` of the
+    same array: numpy pads the header so the row count may grow to 21 digits in place.
+
+        with RowStream(path, 512, "uint16") as out:
+            out.write(rows)        # int [k, 512], any k
+        # on an exception nothing is at `path`, and the temporary file is gone
+    """
+
+    def __init__(self, path: str, width: int, dtype: str):
+        self.path, self.width, self.dtype, self.num_rows = path, width, np.dtype(dtype), 0
+        local = storage.local_path(path)
+        if local:  # beside the target (same filesystem for the rename); prepare sweeps `*.partial-*` leftovers
+            self._tmp = f"{local}.partial-{uuid.uuid4().hex[:8]}"
+        else:
+            fd, self._tmp = tempfile.mkstemp(suffix=".npy", prefix="roberta_jax-rows-")
+            os.close(fd)
+        self._local, self._file = local, open(self._tmp, "wb")
+        self._write_header()
+
+    def write(self, rows: np.ndarray) -> None:
+        """Appends rows, int [k, width], cast to the stream's dtype."""
+        self._file.write(np.ascontiguousarray(rows, self.dtype).tobytes())
+        self.num_rows += len(rows)
+
+    def close(self) -> None:
+        """Patches the row count into the header and puts the file at `path`."""
+        self._file.seek(0)
+        self._write_header()
+        self._file.close()
+        if self._local:
+            os.replace(self._tmp, self._local)
+        else:
+            storage.copy_file(self._tmp, self.path)
+            os.remove(self._tmp)
+
+    def abort(self) -> None:
+        self._file.close()
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+    def __enter__(self) -> RowStream:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        self.abort() if kind else self.close()
+
+    def _write_header(self) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self.num_rows, self.width)}
+        np.lib.format.write_array_header_1_0(self._file, header)
 
 
 def _damaged(directory: str, split: str, shard: str, problem: str) -> ValueError:

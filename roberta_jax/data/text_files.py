@@ -20,6 +20,7 @@ _CHUNK = 1 << 22  # bytes (UTF-8 check) or characters (document splitting) read 
 # One or more blank lines (the newline ending the previous line included).
 _BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
 _EDGE_BLANK_LINES = re.compile(r"^(?:[^\S\n]*\n)+|(?:\n[^\S\n]*)+$")
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # read streaming by `data.readers`
 
 
 def resolve_files(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -84,12 +85,18 @@ def check_file(path: str, kind: str) -> None:
         raise ValueError(f"{path}: file is empty.")
 
 
+def compression(path: str) -> str:
+    """The compression suffix of `path` (one of `COMPRESSIONS`), or "" for a plain file."""
+    return next((suffix for suffix in COMPRESSIONS if path.lower().endswith(suffix)), "")
+
+
 def file_kind(path: str, format: str = "auto") -> str:
-    """The file's kind, "text", "json" or "parquet": `format` itself unless "auto", else by extension."""
+    """The file's kind, "text", "json" or "parquet": `format` itself unless "auto", else by extension (that of
+    the decompressed file for `.gz`, `.bz2`, `.xz` and `.zst`)."""
     if format != "auto":
         return format
-    name = path.lower()
-    if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+    name = path.lower().removesuffix(compression(path))
+    if name.endswith((".jsonl", ".json")):
         return "json"
     if name.endswith(".parquet"):
         return "parquet"
@@ -102,31 +109,37 @@ def text_documents(files: Sequence[str], doc_split: str, separator: str = "") ->
     (whitespace around it aside); the rules are in `data.sources`' docstring."""
     for path in files:
         with storage.open_file(path, "r", encoding="utf-8") as f:  # universal newlines: \r\n and \r read as \n
-            if separator:
-                yield from _separated(f, separator)
-                continue
-            if doc_split == "file":
-                yield _nonblank([f.read()])
-                continue
-            if doc_split == "line":
-                carry = ""
-                while chunk := f.read(_CHUNK):
-                    lines = (carry + chunk + f.readline()).split("\n")  # ends on a line break ...
-                    carry = lines.pop()  # ... so this is "" unless the file lacks a final one
-                    yield lines
-                if carry:
-                    yield [carry]
-                continue
-            # blank_line: search each chunk only once; `pending` holds the open document.
-            pending: list[str] = []
-            while chunk := f.read(_CHUNK):
-                # The leading "\n" stands for the line break that ended the previous chunk.
-                parts = _BLANK_LINES.split("\n" + chunk + f.readline())
-                pending.append(parts[0][1:])
-                if len(parts) > 1:
-                    yield _nonblank(["".join(pending), *parts[1:-1]])
-                    pending = [parts[-1]]
-            yield _nonblank(["".join(pending)])
+            yield from stream_documents(f, doc_split, separator)
+
+
+def stream_documents(f: io.TextIOBase, doc_split: str, separator: str = "") -> Iterator[list[str]]:
+    """Batches of the document texts of one open text file (universal newlines), by `text_documents`' rules,
+    reading `_CHUNK` characters at a time (a "file" document is read whole)."""
+    if separator:
+        yield from _separated(f, separator)
+        return
+    if doc_split == "file":
+        yield _nonblank([f.read()])
+        return
+    if doc_split == "line":
+        carry = ""
+        while chunk := f.read(_CHUNK):
+            lines = (carry + chunk + f.readline()).split("\n")  # ends on a line break ...
+            carry = lines.pop()  # ... so this is "" unless the file lacks a final one
+            yield lines
+        if carry:
+            yield [carry]
+        return
+    # blank_line: search each chunk only once; `pending` holds the open document.
+    pending: list[str] = []
+    while chunk := f.read(_CHUNK):
+        # The leading "\n" stands for the line break that ended the previous chunk.
+        parts = _BLANK_LINES.split("\n" + chunk + f.readline())
+        pending.append(parts[0][1:])
+        if len(parts) > 1:
+            yield _nonblank(["".join(pending), *parts[1:-1]])
+            pending = [parts[-1]]
+    yield _nonblank(["".join(pending)])
 
 
 def split_text(text: str, doc_split: str, separator: str = "") -> list[str]:
