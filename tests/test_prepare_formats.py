@@ -7,6 +7,9 @@ import bz2
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -208,3 +211,17 @@ def test_stream_packer_makes_the_rows_of_pack_documents():
                                   pad_id=1, drop_remainder=False)
         np.testing.assert_array_equal(np.concatenate(out), expected.input_ids)
         assert (last, packer.num_rows) == (expected.last_row_length, expected.num_rows)
+
+
+def test_the_command_line_reads_json_lines_by_the_configs_text_field(texts, tmp_path):
+    """`data.format` and `data.text_field` reach prepare (the tokenizer is trained on the same field)."""
+    (tmp_path / "docs.jsonl").write_bytes(jsonl_bytes(texts, field="body"))
+    run = subprocess.run(
+        [sys.executable, "-m", "roberta_jax.tools.prepare", f"--config={REPO}/configs/tiny.py",
+         f"--out={tmp_path / 'out'}", f"--config.data.train_files={tmp_path / 'docs.jsonl'}", "--num_workers=1",
+         "--config.data.text_field=body", "--config.data.eval_fraction=0", "--config.progress=False"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"), capture_output=True,
+        text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    manifest = shards.read_manifest(tmp_path / "out")
+    assert (manifest["text_field"], manifest["stats"]["train/documents"]) == ("body", len(texts) - 2)

@@ -5,8 +5,10 @@
     python train.py --config configs/base.py --workdir runs/base --config.data.prepared=/data/prepared
 
 The same config file and `--config.*` overrides as train.py: `data.train_files`, `data.eval_files`,
-`data.doc_split` (or `data.doc_separator`), `data.max_seq_length` and the tokenizer (`tokenizer.path`, else
-one trained on the training files) decide the output. `--num_workers` processes on this machine, or `--scheduler` the
+`data.format` and `data.text_field` (text, JSON lines, Parquet, compressed `.gz .bz2 .xz .zst` or not; or a Hub
+dataset name or local dataset directory with `data.format=hub`, `--hub_config`, `--hub_split`), `data.doc_split`
+(or `data.doc_separator`), `data.max_seq_length` and the tokenizer (`tokenizer.path`, else one trained on the
+training files) decide the output. `--num_workers` processes on this machine, or `--scheduler` the
 address of a running Dask cluster. The tokenizer is kept in OUT/tokenizer; train.py uses it when
 `tokenizer.path` is empty; a rerun whose `tokenizer.kind`, `vocab_size` or `min_frequency` is not what the one
 there was trained with stops, naming them. Rerunning completes an interrupted prepare and gives identical files.
@@ -36,6 +38,8 @@ _OUT = flags.DEFINE_string("out", None, "the prepared directory (local or gs://)
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count(), "worker processes of a local Dask cluster")
 _SCHEDULER = flags.DEFINE_string("scheduler", "", "address of a running Dask scheduler (tcp://host:8786) instead")
 _PIECE_MB = flags.DEFINE_float("piece_mb", prepare.PIECE_BYTES / 2**20, "MiB of text per shard (cut at documents)")
+_HUB_CONFIG = flags.DEFINE_string("hub_config", None, "with data.format=hub: the dataset's configuration")
+_HUB_SPLIT = flags.DEFINE_string("hub_split", "train", "with data.format=hub: the split train_files names")
 
 
 def main(argv):
@@ -48,7 +52,8 @@ def main(argv):
         pretrain.split_list(d.train_files), tokenizer, _OUT.value,
         vocab_size=pretrain.model_config(config, tokenizer).vocab_size,
         eval_sources=pretrain.split_list(d.eval_files) or None, max_seq_length=d.max_seq_length,
-        doc_split=d.doc_split, doc_separator=d.doc_separator, format=d.format,
+        doc_split=d.doc_split, doc_separator=d.doc_separator, format=d.format, text_field=d.text_field,
+        hub_config=_HUB_CONFIG.value, hub_split=_HUB_SPLIT.value,
         piece_bytes=round(_PIECE_MB.value * 2**20),
         num_workers=_NUM_WORKERS.value, scheduler=_SCHEDULER.value or None, progress=config.progress,
     )
