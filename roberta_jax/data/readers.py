@@ -23,6 +23,7 @@ Paths are local or gs:// (`roberta_jax.storage`).
 from __future__ import annotations
 
 import bz2
+import contextlib
 import dataclasses
 import gzip
 import io
@@ -89,7 +90,8 @@ def plan_pieces(sources: str | Sequence[str], reading: Reading, piece_bytes: int
         if info.size == 0:
             raise ValueError(f"{path}: file is empty.")
         if kind == "parquet":
-            groups = _parquet_file(path).num_row_groups
+            with _parquet_file(path) as parquet:
+                groups = parquet.num_row_groups
             if not groups:
                 raise ValueError(f"{path}: Parquet file holds no rows.")
             pieces += [Piece(path, kind, g, g + 1, info.version, reading) for g in range(groups)]
@@ -236,15 +238,19 @@ def _json_error(piece: Piece, number: int, problem: str) -> ValueError:
     return ValueError(f"{piece.path}, line {before + number}: {problem}")
 
 
-def _parquet_file(path: str):
-    """A `pyarrow.parquet.ParquetFile` of `path`; a file that is not Parquet is an error naming it."""
+@contextlib.contextmanager
+def _parquet_file(path: str) -> Iterator[Any]:
+    """A `pyarrow.parquet.ParquetFile` of `path`, open while in the block; a file that is not Parquet is an error
+    naming it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        return pq.ParquetFile(storage.open_file(path, "rb"))
-    except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{path}: not a readable Parquet file ({_one_line(e)}).") from None
+    with storage.open_file(path, "rb") as f:
+        try:
+            parquet = pq.ParquetFile(f)
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"{path}: not a readable Parquet file ({_one_line(e)}).") from None
+        yield parquet
 
 
 def _parquet_documents(piece: Piece) -> Iterator[str]:
@@ -252,14 +258,14 @@ def _parquet_documents(piece: Piece) -> Iterator[str]:
     import pyarrow as pa
 
     field, where = piece.reading.text_field, f"{piece.path}, row group {piece.start}"
-    parquet = _parquet_file(piece.path)
-    if field not in parquet.schema_arrow.names:
-        raise ValueError(f"{piece.path}: no field {field!r} (its fields: {parquet.schema_arrow.names}); "
-                         "set text_field.")
-    try:
-        column = parquet.read_row_group(piece.start, columns=[field]).column(0)
-    except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{where}: not readable ({_one_line(e)}).") from None
+    with _parquet_file(piece.path) as parquet:
+        if field not in parquet.schema_arrow.names:
+            raise ValueError(f"{piece.path}: no field {field!r} (its fields: {parquet.schema_arrow.names}); "
+                             "set text_field.")
+        try:
+            column = parquet.read_row_group(piece.start, columns=[field]).column(0)
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"{where}: not readable ({_one_line(e)}).") from None
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise ValueError(f"{where}: field {field!r} is {column.type}, not a string.")
     if column.null_count:
