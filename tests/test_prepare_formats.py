@@ -225,3 +225,14 @@ def test_the_command_line_reads_json_lines_by_the_configs_text_field(texts, tmp_
     assert run.returncode == 0, run.stderr[-2000:]
     manifest = shards.read_manifest(tmp_path / "out")
     assert (manifest["text_field"], manifest["stats"]["train/documents"]) == ("body", len(texts) - 2)
+
+
+def test_a_tokenizer_is_trained_on_the_texts_of_a_compressed_corpus(corpora, texts):
+    """`sources.document_texts` (what prepare trains a tokenizer on without tokenizer.path) reads .zst and
+    .gz files as prepare does: the non-blank documents, in order."""
+    from roberta_jax.data.sources import document_texts
+
+    expected = [t for t in texts if t.strip()]
+    assert list(document_texts(str(corpora / "docs.jsonl.zst"))) == expected
+    assert list(document_texts(str(corpora / "gz"))) == expected
+    assert list(document_texts(str(corpora / "corpus.txt.gz"))) == list(document_texts(str(corpora / "corpus.txt")))

@@ -56,7 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from roberta_jax import storage
-from roberta_jax.data import text_files
+from roberta_jax.data import readers, text_files
 from roberta_jax.data.encoders import EncodeBatch, EncodeFn, resolve_tokenizer, sha256
 
 # Bump when the cached format or the document rules change.
@@ -155,9 +155,15 @@ def document_texts(
 ) -> Iterator[str]:
     """The non-blank document texts of a corpus, read exactly as `tokenize_corpus` reads them (files,
     directories and globs; text, JSON lines, Parquet or the Hub; `text_field`; the document split): what a
-    tokenizer is trained on."""
+    tokenizer is trained on. Compressed files (`.gz .bz2 .xz .zst`) are read as `prepare` reads them
+    (`readers`), so a tokenizer can be trained for a compressed corpus that is then prepared."""
     _check_local(cache_dir)
     files, kind, _ = _resolve_sources(sources, format, hub_config, hub_split)
+    if any(map(text_files.compression, files)):
+        reading = readers.Reading(kind, text_field, doc_split, doc_separator)
+        for piece in readers.plan_pieces(files, reading, piece_bytes=1 << 62):
+            yield from (text for text in readers.piece_documents(piece) if text.strip())
+        return
     for path in files:
         text_files.check_file(path, kind)
     if kind == "text":
