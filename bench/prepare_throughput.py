@@ -5,14 +5,14 @@ documents, the peak memory of one worker on a large input, and the prepared-data
     nice -n 10 python bench/prepare_throughput.py --mb 20 --workers 1 2 --piece-mb 4 --rss-gb 2
 
 The documents are ../shared/data/corpus/wikitext2-test.raw's blank-line paragraphs repeated to `--mb` megabytes:
-one text file (blank-line separated), the same records in one .jsonl.gz (field "text") and in one Parquet file
-(row groups of `--piece-mb`). The tokenizer is roberta-base's BPE from ../shared/data/roberta-base. Every process
-uses one tokenizer thread (RAYON_NUM_THREADS=1), so N workers or N `num_proc` are N cores. Nothing is cached
-between runs. `--rss-gb G` writes a G-GB text file and Parquet file and runs the first two pieces of each in a
-fresh process, printing its peak RSS (`resource.getrusage`): bounded by the piece, not the file. The loader is
-timed on the text run's prepared directory: host 0 of `--hosts` reading its share of global batches of
-`--batch-size` rows with read-ahead, against the rows/s one H100 consumes at `--step-tokens-per-sec`.
-Generated inputs are deleted at the end.
+one text file (blank-line separated), the same records in 4 .jsonl.gz files (field "text"; one piece each) and in
+one Parquet file (row groups of `--piece-mb`). The tokenizer is roberta-base's BPE from ../shared/data/roberta-base.
+Every process uses one tokenizer thread (RAYON_NUM_THREADS=1), so N workers or N `num_proc` are N cores.
+Nothing is cached between runs. `--rss-gb G` writes a G-GB text file and Parquet file and runs the first two
+pieces of each in a fresh process, printing its peak RSS (`resource.getrusage`): bounded by the piece, not the
+file. The loader is timed on the text run's prepared directory: host 0 of `--hosts` reading its share of
+global batches of `--batch-size` rows with read-ahead, against the rows/s one H100 consumes at
+`--step-tokens-per-sec`. Generated inputs are deleted at the end.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import time  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WIKITEXT = SHARED / "corpus" / "wikitext2-test.raw"
-FORMATS = {"text": "corpus.txt", "jsonl.gz": "corpus.jsonl.gz", "parquet": "corpus.parquet"}
+FORMATS = {"text": "corpus.txt", "jsonl.gz": "jsonl", "parquet": "corpus.parquet"}
+GZ_PARTS = 4  # .jsonl.gz files are read whole, one piece each: a corpus of them (C4: 1,024) spreads by file
 
 
 def documents() -> list[str]:
@@ -45,7 +46,8 @@ def documents() -> list[str]:
 
 
 def write_inputs(directory: pathlib.Path, megabytes: float, formats, row_group_mb: float) -> dict[str, pathlib.Path]:
-    """The documents repeated to `megabytes` of text, written in each of `formats`, one file each, streamed."""
+    """The documents repeated to `megabytes` of text, written in each of `formats` (a file each, a directory of
+    `GZ_PARTS` files for jsonl.gz), streamed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -60,9 +62,11 @@ def write_inputs(directory: pathlib.Path, megabytes: float, formats, row_group_m
                 f.write("\n\n".join(docs) + "\n\n")
     if "jsonl.gz" in paths:
         lines = "".join(json.dumps({"text": d}) + "\n" for d in docs).encode()
-        with gzip.open(paths["jsonl.gz"], "wb", compresslevel=1) as f:
-            for _ in range(copies):
-                f.write(lines)
+        paths["jsonl.gz"].mkdir()
+        for part in range(GZ_PARTS):
+            with gzip.open(paths["jsonl.gz"] / f"part-{part}.jsonl.gz", "wb", compresslevel=1) as f:
+                for _ in range(part, copies, GZ_PARTS):
+                    f.write(lines)
     if "parquet" in paths:
         schema = pa.schema({"text": pa.string()})
         with pq.ParquetWriter(paths["parquet"], schema) as writer:
@@ -91,8 +95,9 @@ def hf_run_mlm(path, cache_dir, num_proc, max_seq_length) -> dict:
     tokenizer = transformers.RobertaTokenizerFast(str(SHARED / "roberta-base" / "vocab.json"),
                                                   str(SHARED / "roberta-base" / "merges.txt"))
     start = time.perf_counter()
-    builder = {".txt": "text", ".gz": "json", ".parquet": "parquet"}[path.suffix]
-    raw = datasets.load_dataset(builder, data_files=str(path), cache_dir=str(cache_dir))["train"]
+    builder = {".txt": "text", "": "json", ".parquet": "parquet"}[path.suffix]
+    files = sorted(map(str, path.iterdir())) if path.is_dir() else str(path)
+    raw = datasets.load_dataset(builder, data_files=files, cache_dir=str(cache_dir))["train"]
 
     def tokenize_function(examples):
         return tokenizer(examples["text"], return_special_tokens_mask=True)
@@ -176,8 +181,8 @@ def main() -> None:
     try:
         paths = write_inputs(scratch, args.mb, args.formats, args.piece_mb * 2**20 / 1e6)
         for fmt, path in paths.items():
-            megabytes = path.stat().st_size / 1e6
-            print(f"{fmt}: {megabytes:.1f} MB in {path.name}")
+            size = sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
+            print(f"{fmt}: {size / 1e6:.1f} MB in {path.name}")
             for n in args.workers:
                 r = ours(path, tokenizer, scratch / f"prepared-{fmt}-{n}", n, args.max_seq_length, piece_bytes)
                 print(f"  prepare (Dask, {n} worker(s)): {r['seconds']:.1f} s, {r['tokens'] / r['seconds']:,.0f} "
