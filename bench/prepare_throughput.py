@@ -69,7 +69,8 @@ def write_inputs(directory: pathlib.Path, megabytes: float, formats, row_group_m
                     f.write(lines)
     if "parquet" in paths:
         schema = pa.schema({"text": pa.string()})
-        with pq.ParquetWriter(paths["parquet"], schema) as writer:
+        # Uncompressed, no dictionary: the file is as large as its text (a --rss-gb file is that many GB).
+        with pq.ParquetWriter(paths["parquet"], schema, compression="none", use_dictionary=False) as writer:
             stream = itertools.chain.from_iterable(itertools.repeat(docs, copies))
             while group := list(itertools.islice(stream, per_group)):
                 writer.write_table(pa.table({"text": group}, schema=schema), row_group_size=per_group)
@@ -129,9 +130,9 @@ def loader(prepared, batch_size, hosts, batches) -> float:
     return batches * it.local_batch_size / (time.perf_counter() - start)
 
 
-def first_pieces_rss(path, tokenizer, out, max_seq_length, piece_bytes, pieces=2) -> tuple[float, int]:
-    """(peak RSS in MiB, pieces planned): `prepare_piece` of the first `pieces` pieces of `path` in a fresh
-    process, as one Dask worker runs them."""
+def first_pieces_rss(path, tokenizer, out, max_seq_length, piece_bytes, pieces=2) -> tuple[tuple, int]:
+    """((peak RSS in MiB before the pieces, after them), pieces planned): `prepare_piece` of the first
+    `pieces` pieces of `path` in a fresh process, as one Dask worker runs them."""
     from roberta_jax.data import prepare, readers
     from roberta_jax.data.encoders import resolve_tokenizer
 
@@ -142,21 +143,23 @@ def first_pieces_rss(path, tokenizer, out, max_seq_length, piece_bytes, pieces=2
     return rss, len(shards)
 
 
-def _run_pieces(shards, tok, out, max_seq_length) -> float:
+def _run_pieces(shards, tok, out, max_seq_length) -> tuple[float, float]:
+    """(peak RSS in MiB before the first piece, i.e. imports and tokenizer; after the pieces)."""
     import resource
 
     from roberta_jax.data import prepare
 
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     for shard in shards:
         prepare.prepare_piece(shard, tok, out, max_seq_length, "uint16")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
     global SHARED, WIKITEXT  # --data moves every input
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, default=200.0, help="megabytes of text")
-    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
+    parser.add_argument("--formats", nargs="*", default=list(FORMATS), choices=list(FORMATS))
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--max-seq-length", type=int, default=512)
     parser.add_argument("--piece-mb", type=float, default=8.0, help="MiB of text per piece (Parquet: per row group)")
@@ -198,7 +201,7 @@ def main() -> None:
                 rss, pieces = first_pieces_rss(path, tokenizer, big / f"prepared-{fmt}", args.max_seq_length,
                                                piece_bytes)
                 print(f"peak RSS of a worker after 2 of the {pieces} pieces of a {path.stat().st_size / 1e9:.2f} GB "
-                      f"{fmt} file: {rss:,.0f} MiB")
+                      f"{fmt} file: {rss[1]:,.0f} MiB ({rss[0]:,.0f} MiB before the first: imports, tokenizer)")
                 path.unlink()
         if "text" in paths:
             rate = loader(scratch / f"prepared-text-{args.workers[-1]}", args.batch_size, args.hosts, args.batches)
