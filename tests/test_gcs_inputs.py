@@ -1,6 +1,7 @@
 """Inputs on `gs://` (a GCS emulator) read exactly as the same files on local disk: training files (a file, a
-directory, a glob; text, JSON lines), prepared shards, tokenizer and HF directories, fine-tuning weights and task
-files, and the tools; a half-written directory, a missing file or bucket are errors that name them."""
+directory, a glob; text, JSON lines; prepare's .jsonl.gz and Parquet), prepared shards, tokenizer and HF
+directories, fine-tuning weights and task files, and the tools; a half-written directory, a missing file or
+bucket are errors that name them."""
 
 import json
 import os
@@ -217,3 +218,27 @@ def test_tools_read_and_write_gs(bucket, corpus, remote_corpus, tmp_path):
     assert [(r.name, r.best, r.steps) for r in rows] == [("lr=2", 1.5, 2), ("lr=1", 2.5, 2)]
     sweep.save_plot(rows, "eval/loss", f"{sweep_dir}/eval_loss.png")
     assert storage.read_bytes(f"{sweep_dir}/eval_loss.png").startswith(b"\x89PNG")
+
+
+def test_compressed_json_lines_and_parquet_on_gs_prepare_as_local_ones(corpus, bucket, tok, tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with open(os.path.join(corpus, "json", "docs.jsonl"), "rb") as f:
+        records = f.read()
+    texts = [json.loads(line)["text"] for line in records.splitlines()]
+    local = tmp_path / "in"
+    local.mkdir()
+    (local / "docs.jsonl.gz").write_bytes(gzip.compress(records))
+    pq.write_table(pa.table({"text": texts}), local / "docs.parquet", row_group_size=10)
+    storage.upload_dir(str(local), f"{bucket}/formats")
+    for name in ("docs.jsonl.gz", "docs.parquet"):
+        made = [prepare.prepare(src, tok, str(tmp_path / f"{name}-{where}"), vocab_size=400, max_seq_length=32,
+                                progress=False)
+                for where, src in (("local", str(local / name)), ("gs", f"{bucket}/formats/{name}"))]
+        assert made[0]["splits"] == made[1]["splits"] and made[0]["stats"]["train/documents"] == len(texts)
+        shard_files = [sorted((tmp_path / f"{name}-{where}" / "train").glob("*.npy")) for where in ("local", "gs")]
+        assert [p.read_bytes() for p in shard_files[0]] == [p.read_bytes() for p in shard_files[1]]
+    assert len(made[0]["splits"]["train"]["shards"]) == -(-len(texts) // 10)
