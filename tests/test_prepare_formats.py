@@ -87,6 +87,20 @@ def corpora(texts, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def one_worker(corpora, bpe, tmp_path_factory):
+    """(out, manifest) of a 1-worker prepare of `corpora / name`, made once per name."""
+    made = {}
+
+    def prepared(name, format="auto"):
+        if name not in made:
+            out = tmp_path_factory.mktemp("one") / name
+            made[name] = out, run_prepare(str(corpora / name), bpe, out, format=format)
+        return made[name]
+
+    return prepared
+
+
 @pytest.mark.parametrize("name, reference_name, format", [
     ("corpus.txt", "corpus.txt", "auto"),
     ("corpus.txt.gz", "corpus.txt", "auto"),
@@ -97,20 +111,20 @@ def corpora(texts, tmp_path_factory):
     ("docs.parquet", "docs.parquet", "auto"),
     ("dataset", "dataset", "hub"),
 ])
-def test_prepare_gives_the_documents_training_reads(corpora, bpe, tmp_path, name, reference_name, format):
-    manifest = run_prepare(str(corpora / name), bpe, tmp_path / "out", format=format)
+def test_prepare_gives_the_documents_training_reads(corpora, bpe, one_worker, name, reference_name, format):
+    out, manifest = one_worker(name, format)
     reference = tokenize_corpus(str(corpora / reference_name), bpe, format=format)
-    assert_same_as_training(tmp_path / "out", manifest, reference)
+    assert_same_as_training(out, manifest, reference)
     pieces = {"corpus.txt": 20, "docs.jsonl": 21, "gz": 3, "docs.parquet": 5, "dataset": 2}.get(name, 1)
     assert len(manifest["splits"]["train"]["shards"]) == pieces
 
 
 @pytest.mark.parametrize("name", ["gz", "docs.parquet"])
-def test_four_workers_write_the_bytes_one_writes(corpora, bpe, tmp_path, name):
-    one = run_prepare(str(corpora / name), bpe, tmp_path / "one", workers=1)
+def test_four_workers_write_the_bytes_one_writes(corpora, bpe, one_worker, tmp_path, name):
+    out, one = one_worker(name)
     four = run_prepare(str(corpora / name), bpe, tmp_path / "four", workers=4)
     assert one == four and len(one["splits"]["train"]["shards"]) >= 3
-    assert files_of(tmp_path / "one") == files_of(tmp_path / "four")
+    assert files_of(out) == files_of(tmp_path / "four")
 
 
 def test_bad_records_are_one_line_errors_naming_file_and_line(bpe, texts, tmp_path):
