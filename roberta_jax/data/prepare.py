@@ -13,10 +13,11 @@ sources, so piece i's shard is the same whatever the number of workers or machin
 into one directory.
 
 A shard's end. Each piece's documents are packed FULL-SENTENCES (`packing.StreamPacker`) on their own,
-streamed from the reader through the tokenizer into the shard's `.npy` (`shards.RowStream`), so no step holds
-a whole piece; the stream's tail is kept as a last row padded with `<pad>` (its real length is in the
-manifest, the attention mask hides the rest). So no token is lost or duplicated; per shard at most one row
-is short, and the manifest counts the padding (`train/padding`, in tokens). Rows never span two shards.
+streamed from the reader through the tokenizer into the shard's `.npy` (`shards.RowStream`), so no step
+holds a whole file or all of a piece's ids; the stream's tail is kept as a last row padded with `<pad>` (its
+real length is in the manifest, the attention mask hides the rest). So no token is lost or duplicated; per
+shard at most one row is short, and the manifest counts the padding (`train/padding`, in tokens). Rows never
+span two shards.
 
 Engine. Dask: `num_workers` processes of a `distributed.LocalCluster` on this machine, or any Dask
 cluster (`scheduler="tcp://host:8786"`, e.g. from dask-jobqueue on SLURM or dask-kubernetes) whose workers
@@ -84,7 +85,8 @@ def _shard_key(shard: Shard) -> dict[str, Any]:
 def prepare_piece(shard: Shard, tok: TokenizerInfo, out: str, max_seq_length: int, dtype: str) -> dict[str, Any]:
     """Tokenizes and packs one piece into its shard (a Dask task); returns the shard's manifest entry.
     Skips the work when a complete shard of the same piece and settings exists. Documents stream from the
-    reader through the tokenizer and the packer into the `.npy` (`shards.RowStream`): no step holds the piece."""
+    reader through the tokenizer and the packer into the `.npy` (`shards.RowStream`): a worker holds at most a
+    plain piece's bytes (about `piece_bytes`), a row group, or a batch of a compressed file's documents."""
     key = {**_shard_key(shard), "tokenizer": tok.fingerprint, "max_seq_length": max_seq_length, "dtype": dtype}
     name = shards.shard_name(shard.index)
     directory = storage.join(out, shard.split)
