@@ -110,6 +110,13 @@ def add_source(c: ml_collections.ConfigDict, name: str, **fields) -> ml_collecti
     return c
 
 
+def prepared_directory(c: ml_collections.ConfigDict) -> str:
+    """The prepared directory whose tokenizer the run uses: `data.prepared` (one source's, or a mixture's), else
+    the first source (by name) with a `prepared` directory of its own; "" when the data is not prepared."""
+    named = [c.data.sources[name].prepared for name in sorted(c.data.sources) if c.data.sources[name].prepared]
+    return c.data.prepared or (named[0] if named else "")
+
+
 def add_runtime_fields(c: ml_collections.ConfigDict, checkpoint_keep: int) -> ml_collections.ConfigDict:
     """The fields `train.runtime.Runtime` reads, the same for pretraining and fine-tuning configs."""
     c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
