@@ -189,15 +189,27 @@ def load_or_train_tokenizer(config, workdir: str) -> FastTokenizer:
     # are read as the corpus reads them: the same formats, text field and document split (each source's own).
     cache_dir = data_cache_dir(config, workdir)
     texts = itertools.chain.from_iterable(
-        document_texts(split_list(s["train_files"]), format=s["format"], text_field=s["text_field"],
-                       doc_split=s["doc_split"], doc_separator=s["doc_separator"], cache_dir=cache_dir)
-        for s in ([config.data.sources[n] for n in sorted(config.data.sources)] or [config.data]))
+        named_errors(name, document_texts(split_list(s["train_files"]), format=s["format"], text_field=s["text_field"],
+                                          doc_split=s["doc_split"], doc_separator=s["doc_separator"],
+                                          cache_dir=cache_dir))
+        for name, s in ({n: config.data.sources[n] for n in sorted(config.data.sources)} or {"": config.data}).items())
     tok = train_tokenizer(texts, kind, config.tokenizer.vocab_size, config.tokenizer.min_frequency)
     if jax.process_index() == 0:
         # Written aside and swapped in, so another host (or a rerun) never reads a half-written tokenizer.
         with storage.staged_dir(saved) as staging:
             tok.save(staging)
     return tok
+
+
+def named_errors(name: str, texts):
+    """`texts`, with a bad-input error raised while reading them prefixed by `data.sources.<name>: ` (for a source of
+    a mixture; `name` "" is the single source, whose errors name their file already)."""
+    try:
+        yield from texts
+    except (ValueError, OSError) as err:
+        if not name:
+            raise
+        raise ValueError(f"data.sources.{name}: {err}") from err
 
 
 def data_cache_dir(config, workdir: str) -> str:
