@@ -5,8 +5,8 @@ TinyStories sample and the WikiText-2 test set from ../shared/data/corpus, weigh
 
 Each batch slot draws its source by weight and each source walks its own shuffled epochs (`data.mixture`): the
 six stories (a handful of rows) are read again every step or two, as an over-weighted small corpus would be,
-while the other two take a few hundred steps per epoch. 20% of each source's documents
-are held out (one story of six); the log has eval/loss over all of them and eval/<name>/loss, perplexity and accuracy per source.
+while the other two take a few hundred steps per epoch. 20% of each source's documents are held out (one story
+of six); the log has eval/loss over all of them and eval/<name>/loss, perplexity and accuracy per source.
 Prepared once instead (eval_fraction must be 0 there; give the sources eval_files to evaluate):
 
     python -m roberta_jax.tools.prepare --config configs/mixture.py --out /tmp/mixture --config.data.eval_fraction=0
