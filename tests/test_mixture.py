@@ -67,17 +67,21 @@ def test_each_source_walks_its_epochs_in_permuted_order():
         assert not np.array_equal(epochs[0], epochs[1])  # a new permutation each epoch
 
 
-def test_resume_from_a_saved_state_mid_epoch_continues_exactly():
+@pytest.mark.parametrize("read_ahead", [0, 3])
+def test_resume_from_a_saved_state_mid_epoch_continues_exactly(read_ahead):
     reference = take(mixture(16), 25)
     for stop in (1, 4, 9, 17):
-        first = mixture(16)
+        first = mixture(16, read_ahead=read_ahead)
         take(first, stop)
         state = json.loads(json.dumps(first.get_state()))
         assert state["step"] == stop and sum(state["consumed"].values()) == 16 * stop
-        resumed = mixture(16)
+        resumed = mixture(16, read_ahead=read_ahead)
+        take(resumed, 2)  # batches read ahead from another position are dropped by set_state
         resumed.set_state(state)
         for got, want in zip(take(resumed, 25 - stop), reference[stop:]):
             np.testing.assert_array_equal(got, want)
+        first.close()
+        resumed.close()
 
 
 def test_resume_with_other_weights_is_logged_and_other_data_refused(caplog):

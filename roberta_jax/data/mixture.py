@@ -21,6 +21,7 @@ an error, since the saved positions would not mean the same rows. A source new t
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import zlib
 from collections.abc import Mapping
@@ -54,11 +55,13 @@ class MixtureBatches:
       weights: {name: weight > 0} for every source.
       global_batch_size: B, slots per step over all hosts; a multiple of process_count.
       seed: the draws of the slots and the epochs' orders.
+      read_ahead: gather this many of the next batches in background threads (rows read from disk); 0 gathers
+        each batch when it is asked for. The batches and the state are the same either way.
       process_index, process_count: this host and the host count; default to jax's.
     """
 
     def __init__(self, sources: Mapping[str, PackedRows | ShardedRows], weights: Mapping[str, float],
-                 global_batch_size: int, *, seed: int = 0, segment_separator: int | None = None,
+                 global_batch_size: int, *, seed: int = 0, segment_separator: int | None = None, read_ahead: int = 0,
                  process_index: int | None = None, process_count: int | None = None):
         self.names = sorted(sources)  # the draws index this order: the config's order of the sources is no input
         if set(weights) != set(sources) or not all(w > 0 for w in weights.values()):
@@ -81,7 +84,10 @@ class MixtureBatches:
         self.emits_mask = any(rows.has_padding for rows in sources.values())
         self.step = 0
         self.consumed = dict.fromkeys(self.names, 0)
-        self._orders: dict[str, tuple[int, np.ndarray]] = {}
+        self._orders: dict[tuple[str, int], np.ndarray] = {}
+        self.read_ahead = read_ahead
+        self._pool = concurrent.futures.ThreadPoolExecutor(read_ahead) if read_ahead else None
+        self._ahead: dict[tuple, concurrent.futures.Future] = {}  # by (step, consumed) of the batch
 
     def get_state(self) -> dict:
         """A JSON-able position: the next batch is global batch `step`."""
@@ -111,26 +117,50 @@ class MixtureBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        slots = slot_sources(self.seed, self.step, np.array([self.weights[n] for n in self.names]),
-                             self.global_batch_size)
-        start = self.process_index * self.local_batch_size
-        batch = None
-        for s, name in enumerate(self.names):
-            chosen = np.flatnonzero(slots == s)  # this source's slots of the global batch, left to right
-            rows = self._stream_rows(name, self.consumed[name], len(chosen))
-            mine = (chosen >= start) & (chosen < start + self.local_batch_size)
-            self.consumed[name] += len(chosen)
-            if mine.any():
-                part = gather_rows(self.sources[name], rows[mine], int(mine.sum()), emits_mask=self.emits_mask,
-                                   segment_separator=self.segment_separator)
-                batch = batch or {k: np.empty((self.local_batch_size, *v.shape[1:]), v.dtype) for k, v in part.items()}
-                for key, value in part.items():
-                    batch[key][chosen[mine] - start] = value
-        self.step += 1
+        plan, following = self._plan(self.step, self.consumed)
+        if self._pool is None:
+            batch = self._gather(plan)
+        else:  # the plans of the next batches are cheap draws; their reading goes to the pool
+            keys, plans, consumed = [], {}, self.consumed
+            for step in range(self.step, self.step + self.read_ahead + 1):
+                keys.append((step, tuple(consumed.values())))
+                plans[keys[-1]], consumed = self._plan(step, consumed)
+            # Batches gathered for other positions (before a `set_state`) are dropped.
+            self._ahead = {k: self._ahead.get(k) or self._pool.submit(self._gather, plans[k]) for k in keys}
+            batch = self._ahead.pop(keys[0]).result()
+        self.step, self.consumed = self.step + 1, following
         return batch
 
     def close(self) -> None:
-        """Nothing is read ahead; `BatchIterator`'s interface."""
+        """Waits for the batches being read ahead and stops the read-ahead threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool, self._ahead = None, {}
+
+    def _plan(self, step: int, consumed: dict[str, int]) -> tuple[dict, dict[str, int]]:
+        """({name: (this host's slots of it, their rows)} of global batch `step` read from the stream positions
+        `consumed`, and the positions after it)."""
+        slots = slot_sources(self.seed, step, np.array([self.weights[n] for n in self.names]), self.global_batch_size)
+        start = self.process_index * self.local_batch_size
+        plan, following = {}, dict(consumed)
+        for s, name in enumerate(self.names):
+            chosen = np.flatnonzero(slots == s)  # this source's slots of the global batch, left to right
+            rows = self._stream_rows(name, consumed[name], len(chosen))
+            mine = (chosen >= start) & (chosen < start + self.local_batch_size)
+            following[name] += len(chosen)
+            if mine.any():
+                plan[name] = (chosen[mine] - start, rows[mine])
+        return plan, following
+
+    def _gather(self, plan: dict) -> dict[str, np.ndarray]:
+        """The host-local batch of a `_plan`: each source's rows gathered (`gather_rows`) into its slots."""
+        batch = {}
+        for name, (slots, rows) in plan.items():
+            part = gather_rows(self.sources[name], rows, len(rows), emits_mask=self.emits_mask,
+                               segment_separator=self.segment_separator)
+            for key, value in part.items():
+                batch.setdefault(key, np.empty((self.local_batch_size, *value.shape[1:]), value.dtype))[slots] = value
+        return batch
 
     def _stream_rows(self, name: str, position: int, count: int) -> np.ndarray:
         """Row indices [count] of source `name`'s stream from `position` on (across epochs where it rolls over)."""
@@ -143,7 +173,10 @@ class MixtureBatches:
         return out
 
     def _order(self, name: str, epoch: int) -> np.ndarray:
-        cached = self._orders.get(name)
-        if cached is None or cached[0] != epoch:
-            self._orders[name] = cached = (epoch, epoch_order(self.seed, name, epoch, self.sources[name].num_rows))
-        return cached[1]
+        """Epoch `epoch`'s order of `name`, kept with the one before (a batch, or the batches read ahead, may
+        straddle the two)."""
+        if (name, epoch) not in self._orders:
+            for key in [k for k in self._orders if k[0] == name and abs(k[1] - epoch) > 1]:
+                del self._orders[key]
+            self._orders[name, epoch] = epoch_order(self.seed, name, epoch, self.sources[name].num_rows)
+        return self._orders[name, epoch]

@@ -76,7 +76,8 @@ def training_input(config, tokenizer: FastTokenizer, workdir: str) -> tuple[Batc
     data = source_data(config, tokenizer, workdir)
     batches = MixtureBatches({name: d.train for name, d in data.items()},
                              {name: config.data.sources[name].weight for name in data}, config.batch_size,
-                             seed=config.seed, segment_separator=segment_separator(config, tokenizer))
+                             seed=config.seed, segment_separator=segment_separator(config, tokenizer),
+                             read_ahead=config.data.read_ahead if prepared_directory(config) else 0)
     return batches, {name: d.eval for name, d in data.items() if d.eval is not None}
 
 
