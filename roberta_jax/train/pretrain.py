@@ -250,11 +250,12 @@ def prepared_data(directory: str, tokenizer: FastTokenizer, max_seq_length: int)
 def mixture_sources(config) -> dict[str, dict]:
     """{name: its `config.SOURCE_FIELDS`} of `data.sources`, by name; a source without files or a directory of its
     own reads its directory of the mixture prepared in `data.prepared` (`shards.mixture_directories`)."""
-    prepared = shards.mixture_directories(config.data.prepared) if config.data.prepared else {}
-    sources = {}
+    sources, prepared = {}, None
     for name in sorted(config.data.sources):
         source = dict(config.data.sources[name])
         if not (source["train_files"].strip() or source["prepared"]):
+            if prepared is None:  # read only when a source needs it
+                prepared = shards.mixture_directories(config.data.prepared) if config.data.prepared else {}
             if name not in prepared:
                 raise ValueError(f"data.sources.{name}: the mixture in data.prepared={config.data.prepared} has no "
                                  f"source {name!r}{did_you_mean(name, prepared)}; it has {', '.join(prepared)}")
