@@ -341,24 +341,35 @@ class BatchIterator(RowBatches):
     def _gather(self, indices: np.ndarray, epoch: int | None = None) -> dict[str, np.ndarray]:
         """The batch of `indices`, read in `epoch` (the current one unless read ahead)."""
         num_real = len(indices)
-        length = self.rows.max_seq_length
-        input_ids = np.full((self.local_batch_size, length), self.rows.pad_id, np.int32)
-        input_ids[:num_real] = self.rows.take(indices)
-        batch = {"input_ids": input_ids}
-        if self.emits_mask:
-            lengths = np.zeros(self.local_batch_size, np.int32)
-            lengths[:num_real] = self.rows.row_lengths(indices)
-            batch["attention_mask"] = (np.arange(length) < lengths[:, None]).astype(np.int32)
-        if getattr(self.rows, "nsp_labels", None) is not None:
-            batch["nsp_labels"] = np.full(self.local_batch_size, NO_LABEL, np.int32)
-            batch["nsp_labels"][:num_real] = self.rows.nsp_labels[indices]
-        if self.segment_separator is not None:
-            batch["segment_ids"] = segment_ids(input_ids, self.segment_separator)
+        batch = gather_rows(self.rows, indices, self.local_batch_size, emits_mask=self.emits_mask,
+                            segment_separator=self.segment_separator)
         if self.emit_row_ids:  # static masking keys its masks by (row, epoch); filler rows get row 0
             batch["row_ids"] = np.zeros(self.local_batch_size, np.int32)
             batch["row_ids"][:num_real] = indices
             batch["epoch"] = np.full(self.local_batch_size, self.epoch if epoch is None else epoch, np.int32)
         return batch
+
+
+def gather_rows(rows: PackedRows | ShardedRows, indices: np.ndarray, batch_size: int, *, emits_mask: bool,
+                segment_separator: int | None = None) -> dict[str, np.ndarray]:
+    """`{"input_ids": int32 [batch_size, L]}` of `rows[indices]`, filled past `len(indices)` with all-padding rows;
+    with `"attention_mask"` (`emits_mask`), `"nsp_labels"` (pair rows; `NO_LABEL` on filler rows) and
+    `"segment_ids"` (with `segment_separator`), as `BatchIterator` documents them."""
+    num_real = len(indices)
+    length = rows.max_seq_length
+    input_ids = np.full((batch_size, length), rows.pad_id, np.int32)
+    input_ids[:num_real] = rows.take(indices)
+    batch = {"input_ids": input_ids}
+    if emits_mask:
+        lengths = np.zeros(batch_size, np.int32)
+        lengths[:num_real] = rows.row_lengths(indices)
+        batch["attention_mask"] = (np.arange(length) < lengths[:, None]).astype(np.int32)
+    if getattr(rows, "nsp_labels", None) is not None:
+        batch["nsp_labels"] = np.full(batch_size, NO_LABEL, np.int32)
+        batch["nsp_labels"][:num_real] = rows.nsp_labels[indices]
+    if segment_separator is not None:
+        batch["segment_ids"] = segment_ids(input_ids, segment_separator)
+    return batch
 
 
 def to_global(

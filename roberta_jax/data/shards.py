@@ -8,6 +8,14 @@
     DIR/train/shard-00000.json   that shard's piece of text and its counts (written after the .npy)
     DIR/eval/...                 the same for `data.eval_files`
 
+A mixture of named sources (`data.sources`) is prepared into one directory per source, each of the layout above,
+and a top manifest that lists them (`write_mixture_manifest`, `mixture_directories`):
+
+    DIR/mixture.json             format version, tokenizer fingerprint, max_seq_length, and per source its
+                                 directory, weight and the rows and tokens of each split
+    DIR/tokenizer/               the tokenizer of every source (also copied into each DIR/<name>/tokenizer)
+    DIR/<name>/manifest.json ... source <name>, prepared as a single source
+
 Every file is written whole or not at all (`storage.write_bytes`: locally under a temporary name and renamed,
 on `gs://` one object), and the manifest is written last: a directory without `manifest.json` is unfinished
 and is never read (`prepare` completes it). Paths are local or `gs://` (`roberta_jax.storage`).
@@ -36,6 +44,7 @@ from roberta_jax import storage
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MIXTURE_MANIFEST = "mixture.json"
 TOKENIZER = "tokenizer"
 SPLITS = ("train", "eval")
 JSON_FORMAT = {"indent": 1, "sort_keys": True}  # `json.dumps` options of the manifest and the shard records
@@ -56,6 +65,10 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     path = storage.join(os.fspath(directory), MANIFEST)
     if not storage.exists(path):
         storage.check_access(path)
+        if storage.exists(storage.join(os.fspath(directory), MIXTURE_MANIFEST)):
+            names = ", ".join(mixture_directories(directory))
+            raise ValueError(f"{directory} is a mixture of the sources {names}, each prepared in its own directory: "
+                             "train from it with data.sources naming them (configs/mixture.py).")
         raise FileNotFoundError(
             f"{directory}: no {MANIFEST}; not a prepared directory, or its prepare did not finish (run it again)."
         )
@@ -72,6 +85,30 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
             f"{path}: format_version {manifest.get('format_version')}, this code reads {FORMAT_VERSION}; prepare again."
         )
     return manifest
+
+
+def write_mixture_manifest(directory: str, manifests: dict[str, dict[str, Any]], weights: dict[str, float]) -> dict:
+    """Writes DIR/mixture.json for the sources prepared in DIR/<name> (`manifests`: each one's manifest), the rows
+    and tokens of each of their splits, and returns it. Written last, like a source's manifest."""
+    first = next(iter(manifests.values()))
+    mixture = {"format_version": FORMAT_VERSION, "tokenizer": first["tokenizer"],
+               "max_seq_length": first["max_seq_length"], "sources": {}}
+    for name, manifest in manifests.items():
+        splits = {split: {k: manifest["splits"][split][k] for k in ("documents", "rows", "tokens")}
+                  for split in manifest["splits"]}
+        mixture["sources"][name] = {"directory": name, "weight": weights[name], "splits": splits}
+    storage.write_json(storage.join(directory, MIXTURE_MANIFEST), mixture, **JSON_FORMAT)
+    return mixture
+
+
+def mixture_directories(directory: str | os.PathLike) -> dict[str, str]:
+    """{source name: its prepared directory} of the mixture prepared in `directory` (its mixture.json)."""
+    directory = os.fspath(directory)
+    mixture = storage.read_json(storage.join(directory, MIXTURE_MANIFEST))
+    if mixture is None:
+        raise FileNotFoundError(f"{directory}: no {MIXTURE_MANIFEST}; not a prepared mixture, or its prepare did not "
+                                "finish (run it again).")
+    return {name: storage.join(directory, entry["directory"]) for name, entry in mixture["sources"].items()}
 
 
 def check_shards(directory: str | os.PathLike, manifest: dict[str, Any], split: str) -> None:

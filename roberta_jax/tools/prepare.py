@@ -13,6 +13,11 @@ address of a running Dask cluster. The tokenizer is kept in OUT/tokenizer; train
 `tokenizer.path` is empty; a rerun whose `tokenizer.kind`, `vocab_size` or `min_frequency` is not what the one
 there was trained with stops, naming them. Rerunning completes an interrupted prepare and gives identical files.
 OUT, the training files and `tokenizer.path` may each be local or on `gs://`.
+
+A config with `data.sources` (configs/mixture.py) prepares each source into OUT/<name>/, a prepared directory of
+its own (its tokenizer copied in), and then writes OUT/mixture.json with every source's rows and tokens
+(`shards.write_mixture_manifest`); train.py reads it with `--config.data.prepared=OUT`. One tokenizer serves
+every source: `tokenizer.path`, else one trained on all their training files.
 """
 
 import json
@@ -26,7 +31,7 @@ from roberta_jax import storage
 from roberta_jax.data import prepare, shards
 from roberta_jax.data.fast_tokenizer import FastTokenizer
 from roberta_jax.data.tokenizer import is_tokenizer_dir
-from roberta_jax.train import cli, pretrain
+from roberta_jax.train import cli, pretrain, validate
 from roberta_jax.train import workdir as workdir_files
 
 # The `tokenizer.*` fields a tokenizer trained into OUT/tokenizer is trained with, kept in its TRAINED_WITH_FILE.
@@ -46,18 +51,42 @@ def main(argv):
     del argv
     config = _CONFIG.value
     pretrain.check_prepared_config(config)
+    if config.data.sources:
+        validate.sources(config)
     tokenizer = _tokenizer(config, _OUT.value)
-    d = config.data
-    manifest = prepare.prepare(
-        pretrain.split_list(d.train_files), tokenizer, _OUT.value,
+    if not config.data.sources:
+        print(json.dumps(prepare_source(config, config.data, tokenizer, _OUT.value)["stats"]))
+        return
+    manifests = {}
+    for name in sorted(config.data.sources):
+        directory = storage.join(_OUT.value, name)
+        try:
+            if config.data.sources[name].prepared:
+                raise ValueError(f"already prepared in {config.data.sources[name].prepared}; name its train_files "
+                                 "to prepare it here")
+            manifests[name] = prepare_source(config, config.data.sources[name], tokenizer, directory)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"data.sources.{name}: {err}") from err
+        if not is_tokenizer_dir(storage.join(directory, shards.TOKENIZER)):
+            with storage.staged_dir(storage.join(directory, shards.TOKENIZER)) as staging:
+                tokenizer.save(staging)
+    weights = {name: config.data.sources[name].weight for name in manifests}
+    mixture = shards.write_mixture_manifest(_OUT.value, manifests, weights)
+    print(json.dumps({name: entry["splits"] for name, entry in mixture["sources"].items()}))
+
+
+def prepare_source(config, source, tokenizer: FastTokenizer, out: str) -> dict:
+    """Prepares one source into `out` (`prepare.prepare`) and returns its manifest: `source` holds the
+    `data` fields of its text (the single-source `config.data`, or an entry of `data.sources`)."""
+    return prepare.prepare(
+        pretrain.split_list(source.train_files), tokenizer, out,
         vocab_size=pretrain.model_config(config, tokenizer).vocab_size,
-        eval_sources=pretrain.split_list(d.eval_files) or None, max_seq_length=d.max_seq_length,
-        doc_split=d.doc_split, doc_separator=d.doc_separator, format=d.format, text_field=d.text_field,
-        hub_config=_HUB_CONFIG.value, hub_split=_HUB_SPLIT.value,
+        eval_sources=pretrain.split_list(source.eval_files) or None, max_seq_length=config.data.max_seq_length,
+        doc_split=source.doc_split, doc_separator=source.doc_separator, format=source.format,
+        text_field=source.text_field, hub_config=_HUB_CONFIG.value, hub_split=_HUB_SPLIT.value,
         piece_bytes=round(_PIECE_MB.value * 2**20),
         num_workers=_NUM_WORKERS.value, scheduler=_SCHEDULER.value or None, progress=config.progress,
     )
-    print(json.dumps(manifest["stats"]))
 
 
 def _tokenizer(config, out: str) -> FastTokenizer:

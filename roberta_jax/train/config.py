@@ -56,6 +56,9 @@ def default_config() -> ml_collections.ConfigDict:
             # instead of tokenizing train_files/eval_files in every process
             prepared="",
             read_ahead=4,  # prepared data: batches gathered ahead in background threads
+            # A weighted mixture of named corpora (`add_source`; fields SOURCE_FIELDS): each batch slot draws
+            # its source by weight, each source walks its own rows (`data.mixture`). Empty: the fields above.
+            sources=ml_collections.ConfigDict(),
         )
     )
     # Which tokens: single tokens (default), whole_word (every piece of a word together) or span (SpanBERT:
@@ -84,6 +87,34 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_batches = 50  # at most this many eval batches (of batch_size / grad_accum_steps rows) per evaluation
     c.export_hf = True  # write WORKDIR/hf (model.safetensors, config.json, tokenizer) at the end
     return add_runtime_fields(c, checkpoint_keep=3)
+
+
+# The fields of one `data.sources` entry: where its text is and how it splits into documents, as the single-source
+# `data` fields of the same names, plus its `weight` (relative; the weights need not sum to 1).
+SOURCE_FIELDS = dict(
+    train_files="",  # comma-separated files, directories or globs
+    eval_files="",  # this source's held-out text, evaluated and logged as eval/<name>/...
+    prepared="",  # a prepared directory of this source alone (`tools.prepare`), instead of train_files/eval_files
+    format="auto", text_field="text", doc_split="blank_line", doc_separator="",
+    weight=1.0,
+)
+
+
+def add_source(c: ml_collections.ConfigDict, name: str, **fields) -> ml_collections.ConfigDict:
+    """Adds source `name` to `c.data.sources`: `SOURCE_FIELDS` with `fields` set; an unknown field is an error
+    naming the nearest one. Returns `c`."""
+    for key in fields:
+        if key not in SOURCE_FIELDS:
+            raise ValueError(f"data.sources.{name}: unknown field {key!r}{did_you_mean(key, SOURCE_FIELDS)}")
+    c.data.sources[name] = ml_collections.ConfigDict({**SOURCE_FIELDS, **fields})
+    return c
+
+
+def prepared_directory(c: ml_collections.ConfigDict) -> str:
+    """The prepared directory whose tokenizer the run uses: `data.prepared` (one source's, or a mixture's), else
+    the first source (by name) with a `prepared` directory of its own; "" when the data is not prepared."""
+    named = [c.data.sources[name].prepared for name in sorted(c.data.sources) if c.data.sources[name].prepared]
+    return c.data.prepared or (named[0] if named else "")
 
 
 def add_runtime_fields(c: ml_collections.ConfigDict, checkpoint_keep: int) -> ml_collections.ConfigDict:

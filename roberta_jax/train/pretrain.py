@@ -8,8 +8,10 @@ code runs on a TPU pod, a GPU node or a laptop; the mesh shape, batch and model 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -19,12 +21,15 @@ from roberta_jax.data import shards
 from roberta_jax.data.batches import PAIR_FORMATS, BatchIterator, PretrainingData, build_pretraining_data
 from roberta_jax.data.encoders import resolve_tokenizer
 from roberta_jax.data.fast_tokenizer import FastTokenizer
+from roberta_jax.data.mixture import MixtureBatches
 from roberta_jax.data.sources import document_texts
 from roberta_jax.data.tokenizer import is_tokenizer_dir, load_tokenizer, train_tokenizer
 from roberta_jax.model.config import MODEL_TYPES, RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
+from roberta_jax.suggest import did_you_mean
 from roberta_jax.train import masking, metrics, objectives, optimizer, runtime, steps, validate, word_masking
 from roberta_jax.train import workdir as workdir_files
+from roberta_jax.train.config import prepared_directory
 
 log = logging.getLogger("absl")  # absl sets up the handlers
 
@@ -34,8 +39,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     with runtime.Runtime(config, workdir, workdir_files.TRAIN_CONFIG, check_config=validate.pretraining,
                          contract=workdir_files.pretraining_contract(config)) as rt:
         tokenizer = load_or_train_tokenizer(config, rt.workdir)
-        data = pretraining_data(config, tokenizer, rt.workdir)
-        train_batches = train_batch_iterator(config, tokenizer, data)
+        train_batches, eval_sets = training_input(config, tokenizer, rt.workdir)
 
         arch = model_config(config, tokenizer)
         model = pretraining_model(config, arch, **rt.model_kwargs())
@@ -47,35 +51,70 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         train_step, eval_step = rt.compile(*mlm_steps(config, model, tokenizer, tx, schedule), state_shardings)
         state, _ = rt.resume(state, train_batches)
 
-        def evaluate(state, _step) -> dict[str, float]:
-            # Microbatch-sized: an accumulated batch in one forward pass would hold grad_accum_steps
-            # times the rows a train step ever holds at once.
-            eval_batches = BatchIterator(data.eval, config.batch_size // config.grad_accum_steps, shuffle=False,
-                                         num_epochs=1, drop_remainder=False,
-                                         segment_separator=segment_separator(config, tokenizer))
-            sums, _ = rt.evaluate(eval_step, state.params, eval_batches, config.eval_batches)
-            if not sums["count"]:  # no token was masked: there is no score, not a perfect one
-                log.warning("step %d: the evaluation masked no token (%d held-out rows); no eval metrics. Hold out "
-                            "more data (data.eval_fraction, data.eval_files)", _step, data.eval.num_rows)
-                return {}
-            # With next-sentence prediction, eval/loss stays MLM's (comparable across input formats); NSP's apart.
-            ratios = steps.ratio_metrics(sums, "eval")
-            loss = ratios.pop("eval/mlm_loss", sums["loss_sum"] / sums["count"])
-            return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss)),
-                    "eval/accuracy": sums["correct"] / sums["count"], **ratios}
-
         tokens_per_step = config.batch_size * config.data.max_seq_length
         flops_per_step = metrics.flops_per_token(arch, config.data.max_seq_length) * tokens_per_step
         try:
             result = rt.train(state, train_step, train_batches,
                               rt.loop_config(config.total_steps, tokens_per_step, flops_per_step),
-                              evaluate if data.eval is not None else None)
+                              make_evaluate(config, rt, eval_step, tokenizer, eval_sets))
         finally:
             train_batches.close()
         if config.export_hf:
             runtime.export_hf(storage.join(rt.workdir, workdir_files.HF_EXPORT), model, result.state.params,
                               tokenizer)
     return result.last_metrics
+
+
+def training_input(config, tokenizer: FastTokenizer, workdir: str) -> tuple[BatchIterator | MixtureBatches, dict]:
+    """The training batches and the held-out rows by source name ("" for the single source; none without eval
+    data): of `data.sources` when the config names any (`MixtureBatches`), else of the single-source fields."""
+    if not config.data.sources:
+        data = pretraining_data(config, tokenizer, workdir)
+        return train_batch_iterator(config, tokenizer, data), ({"": data.eval} if data.eval is not None else {})
+    if prepared_directory(config):
+        check_prepared_config(config)
+    data = source_data(config, tokenizer, workdir)
+    batches = MixtureBatches({name: d.train for name, d in data.items()},
+                             {name: config.data.sources[name].weight for name in data}, config.batch_size,
+                             seed=config.seed, segment_separator=segment_separator(config, tokenizer),
+                             read_ahead=config.data.read_ahead if prepared_directory(config) else 0)
+    return batches, {name: d.eval for name, d in data.items() if d.eval is not None}
+
+
+def make_evaluate(config, rt: runtime.Runtime, eval_step, tokenizer: FastTokenizer,
+                  eval_sets: dict) -> Callable[[object, int], dict[str, float]] | None:
+    """The evaluation of the held-out rows `eval_sets` ({source name: rows}), each in batches of one microbatch
+    (an accumulated batch in one forward pass would hold grad_accum_steps times the rows a train step holds):
+    eval/loss, eval/perplexity, eval/accuracy over all of them, and the same under eval/<name>/ per named source.
+    None without held-out rows."""
+    if not eval_sets:
+        return None
+
+    def evaluate(state, step: int) -> dict[str, float]:
+        named, total = {}, {}
+        for name, rows in eval_sets.items():
+            batches = BatchIterator(rows, config.batch_size // config.grad_accum_steps, shuffle=False, num_epochs=1,
+                                    drop_remainder=False, segment_separator=segment_separator(config, tokenizer))
+            sums, _ = rt.evaluate(eval_step, state.params, batches, config.eval_batches)
+            total = {k: total.get(k, 0.0) + v for k, v in sums.items()}
+            if name:
+                named.update(eval_metrics(sums, f"eval/{name}", step, rows.num_rows))
+        return {**eval_metrics(total, "eval", step, sum(rows.num_rows for rows in eval_sets.values())), **named}
+
+    return evaluate
+
+
+def eval_metrics(sums: dict[str, float], prefix: str, step: int, num_rows: int) -> dict[str, float]:
+    """{prefix/loss, prefix/perplexity, prefix/accuracy, prefix/<ratio>...} of an evaluation's summed `sums`."""
+    if not sums["count"]:  # no token was masked: there is no score, not a perfect one
+        log.warning("step %d: the evaluation masked no token (%d held-out rows); no %s metrics. Hold out "
+                    "more data (data.eval_fraction, data.eval_files)", step, num_rows, prefix)
+        return {}
+    # With next-sentence prediction, eval/loss stays MLM's (comparable across input formats); NSP's apart.
+    ratios = steps.ratio_metrics(sums, prefix)
+    loss = ratios.pop(f"{prefix}/mlm_loss", sums["loss_sum"] / sums["count"])
+    return {f"{prefix}/loss": loss, f"{prefix}/perplexity": float(np.exp(loss)),
+            f"{prefix}/accuracy": sums["correct"] / sums["count"], **ratios}
 
 
 def pretraining_model(config, arch: RobertaConfig, **kwargs) -> RobertaForMaskedLM:
@@ -139,7 +178,7 @@ def load_or_train_tokenizer(config, workdir: str) -> FastTokenizer:
     of `tokenizer.kind` trained now on the training files. A loaded tokenizer must be of `tokenizer.kind`."""
     kind = config.tokenizer.kind
     saved = storage.join(workdir, workdir_files.TOKENIZER)
-    prepared = storage.join(config.data.prepared, shards.TOKENIZER) if config.data.prepared else ""
+    prepared = storage.join(prepared_directory(config), shards.TOKENIZER) if prepared_directory(config) else ""
     path = config.tokenizer.path or prepared or (saved if is_tokenizer_dir(saved) else "")
     if path:
         tok = load_tokenizer(path)
@@ -148,17 +187,30 @@ def load_or_train_tokenizer(config, workdir: str) -> FastTokenizer:
                              f"--config.tokenizer.kind={tok.kind} (a workdir keeps the tokenizer of its first run).")
         return tok
     # Training is deterministic, so every host trains the same tokenizer; process 0 keeps it. The documents
-    # are read as the corpus reads them: the same formats, text field and document split.
-    d = config.data
-    texts = document_texts(split_list(d.train_files), format=d.format, text_field=d.text_field,
-                           doc_split=d.doc_split, doc_separator=d.doc_separator,
-                           cache_dir=data_cache_dir(config, workdir))
+    # are read as the corpus reads them: the same formats, text field and document split (each source's own).
+    cache_dir = data_cache_dir(config, workdir)
+    texts = itertools.chain.from_iterable(
+        named_errors(name, document_texts(split_list(s["train_files"]), format=s["format"], text_field=s["text_field"],
+                                          doc_split=s["doc_split"], doc_separator=s["doc_separator"],
+                                          cache_dir=cache_dir))
+        for name, s in ({n: config.data.sources[n] for n in sorted(config.data.sources)} or {"": config.data}).items())
     tok = train_tokenizer(texts, kind, config.tokenizer.vocab_size, config.tokenizer.min_frequency)
     if jax.process_index() == 0:
         # Written aside and swapped in, so another host (or a rerun) never reads a half-written tokenizer.
         with storage.staged_dir(saved) as staging:
             tok.save(staging)
     return tok
+
+
+def named_errors(name: str, texts):
+    """`texts`, with a bad-input error raised while reading them prefixed by `data.sources.<name>: ` (for a source of
+    a mixture; `name` "" is the single source, whose errors name their file already)."""
+    try:
+        yield from texts
+    except (ValueError, OSError) as err:
+        if not name:
+            raise
+        raise ValueError(f"data.sources.{name}: {err}") from err
 
 
 def data_cache_dir(config, workdir: str) -> str:
@@ -172,7 +224,8 @@ def pretraining_data(config, tokenizer: FastTokenizer, workdir: str) -> Pretrain
     shards of `data.prepared`, checked against the tokenizer and row length before any step."""
     d = config.data
     if d.prepared:
-        return prepared_data(config, tokenizer)
+        check_prepared_config(config)
+        return prepared_data(d.prepared, tokenizer, d.max_seq_length)
     data = build_pretraining_data(
         split_list(d.train_files), tokenizer,
         eval_sources=split_list(d.eval_files) or None, eval_fraction=d.eval_fraction, split_seed=config.seed,
@@ -184,16 +237,56 @@ def pretraining_data(config, tokenizer: FastTokenizer, workdir: str) -> Pretrain
     return data
 
 
-def prepared_data(config, tokenizer: FastTokenizer) -> PretrainingData:
-    """The train (and eval) splits of the prepared directory `data.prepared`, each host reading only its share."""
-    d = config.data
-    check_prepared_config(config)
-    manifest = shards.read_manifest(d.prepared)
-    shards.check_manifest(manifest, d.prepared, resolve_tokenizer(tokenizer).fingerprint, d.max_seq_length)
-    train = shards.ShardedRows(d.prepared, "train", manifest)
-    eval_rows = shards.ShardedRows(d.prepared, "eval", manifest) if "eval" in manifest["splits"] else None
-    log.info("data: %s prepared in %s", manifest["stats"], d.prepared)
+def prepared_data(directory: str, tokenizer: FastTokenizer, max_seq_length: int) -> PretrainingData:
+    """The train (and eval) splits of the prepared `directory`, each host reading only its share."""
+    manifest = shards.read_manifest(directory)
+    shards.check_manifest(manifest, directory, resolve_tokenizer(tokenizer).fingerprint, max_seq_length)
+    train = shards.ShardedRows(directory, "train", manifest)
+    eval_rows = shards.ShardedRows(directory, "eval", manifest) if "eval" in manifest["splits"] else None
+    log.info("data: %s prepared in %s", manifest["stats"], directory)
     return PretrainingData(train, eval_rows, manifest["stats"])
+
+
+def mixture_sources(config) -> dict[str, dict]:
+    """{name: its `config.SOURCE_FIELDS`} of `data.sources`, by name; a source without files or a directory of its
+    own reads its directory of the mixture prepared in `data.prepared` (`shards.mixture_directories`)."""
+    sources, prepared = {}, None
+    for name in sorted(config.data.sources):
+        source = dict(config.data.sources[name])
+        if not (source["train_files"].strip() or source["prepared"]):
+            if prepared is None:  # read only when a source needs it
+                prepared = shards.mixture_directories(config.data.prepared) if config.data.prepared else {}
+            if name not in prepared:
+                raise ValueError(f"data.sources.{name}: the mixture in data.prepared={config.data.prepared} has no "
+                                 f"source {name!r}{did_you_mean(name, prepared)}; it has {', '.join(prepared)}")
+            source["prepared"] = prepared[name]
+        sources[name] = source
+    return sources
+
+
+def source_data(config, tokenizer: FastTokenizer, workdir: str) -> dict[str, PretrainingData]:
+    """{name: its train (and eval) rows} of each source of `data.sources`: its prepared directory, or its files
+    tokenized and packed (cached); held out from its `eval_files`, else `data.eval_fraction` of its documents.
+    An error names the source."""
+    d = config.data
+    data = {}
+    for name, s in mixture_sources(config).items():
+        try:
+            if s["prepared"]:
+                data[name] = prepared_data(s["prepared"], tokenizer, d.max_seq_length)
+                continue
+            eval_files = split_list(s["eval_files"])
+            data[name] = build_pretraining_data(
+                split_list(s["train_files"]), tokenizer, eval_sources=eval_files or None,
+                eval_fraction=0.0 if eval_files else d.eval_fraction, split_seed=config.seed,
+                max_seq_length=d.max_seq_length, cache_dir=data_cache_dir(config, workdir), num_proc=d.num_proc,
+                input_format=d.input_format, format=s["format"], text_field=s["text_field"],
+                doc_split=s["doc_split"], doc_separator=s["doc_separator"],
+            )
+        except (ValueError, OSError) as err:
+            raise ValueError(f"data.sources.{name}: {err}") from err
+        log.info("data of source %s: %s", name, data[name].stats)
+    return data
 
 
 def check_prepared_config(config) -> None:

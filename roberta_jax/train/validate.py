@@ -13,6 +13,7 @@ import numpy as np
 from roberta_jax.data.batches import INPUT_FORMATS, PAIR_FORMATS
 from roberta_jax.suggest import nearest
 from roberta_jax.train import sharding
+from roberta_jax.train.config import SOURCE_FIELDS
 
 
 class ConfigError(ValueError):
@@ -58,8 +59,12 @@ def pretraining(config, num_devices: int, num_hosts: int) -> None:
     """`runtime`, then the fields of `train.config.default_config`: data, row length, steps."""
     runtime(config, num_devices, num_hosts)
     d = config.data
-    _require(bool(d.train_files.strip() or d.prepared), "data.train_files", d.train_files, "no training data",
-             "name files, directories or globs (comma-separated), or a prepared directory (data.prepared)")
+    if d.sources:
+        sources(config)
+    _require(bool(d.train_files.strip() or d.prepared or d.sources), "data.train_files", d.train_files,
+             "no training data",
+             "name files, directories or globs (comma-separated), a prepared directory (data.prepared), or sources "
+             "(data.sources)")
     limit = config.model.max_position_embeddings - 2  # RoBERTa's positions start after pad_token_id
     _require(2 < d.max_seq_length <= limit, "data.max_seq_length", d.max_seq_length,
              f"rows must fit the position table (model.max_position_embeddings - 2 = {limit})",
@@ -82,11 +87,42 @@ def input_format(d) -> None:
     guess = nearest(fmt, INPUT_FORMATS)
     _require(fmt in INPUT_FORMATS, "data.input_format", fmt, f"not one of {', '.join(INPUT_FORMATS)}",
              f"did you mean {guess!r}?" if guess else "choose one of them")
-    _require(fmt == "full_sentences" or not d.prepared, "data.input_format", fmt,
-             f"prepared data ({d.prepared}) holds FULL-SENTENCES rows", "train on data.train_files for this format")
+    prepared = d.prepared or next((s.prepared for s in d.sources.values() if s.prepared), "")
+    _require(fmt == "full_sentences" or not prepared, "data.input_format", fmt,
+             f"prepared data ({prepared}) holds FULL-SENTENCES rows", "train on data.train_files for this format")
     if fmt in PAIR_FORMATS:
         _require(d.cross_document_attention, "data.cross_document_attention", d.cross_document_attention,
                  f"a {fmt} row is one pair whose A and B must see each other",
                  "leave it True (a pair row never spans documents that could be kept apart)")
         _require(d.max_seq_length >= 6, "data.max_seq_length", d.max_seq_length,
                  "a pair row <s> A </s></s> B </s> needs at least 6 tokens", "raise it")
+
+
+def sources(config) -> None:
+    """`data.sources`: each entry has only `SOURCE_FIELDS`, a positive weight and training text of its own (files or a
+    prepared directory; or `data.prepared`, a mixture directory); the single-source data fields are left empty."""
+    d = config.data
+    _require(not d.train_files.strip(), "data.train_files", d.train_files,
+             f"data.sources ({', '.join(d.sources)}) already names the training data",
+             "set it to '' and give each source its train_files")
+    _require(not d.eval_files.strip(), "data.eval_files", d.eval_files, "a mixture evaluates each source apart",
+             "set it to '' and give each source its eval_files")
+    _require(config.masking.static_copies == 0, "masking.static_copies", config.masking.static_copies,
+             "static masks are keyed by row, and a mixture's rows come from several sources", "use 0 with data.sources")
+    for name, source in d.sources.items():
+        key = f"data.sources.{name}"
+        for field in source:
+            guess = nearest(field, SOURCE_FIELDS)
+            _require(field in SOURCE_FIELDS, f"{key}.{field}", source[field], "not a source field",
+                     f"did you mean {guess!r}?" if guess else f"use one of {', '.join(SOURCE_FIELDS)}")
+        weight = source.get("weight", 0)
+        _require(isinstance(weight, int | float) and np.isfinite(weight) and weight > 0, f"{key}.weight", weight,
+                 "a source's weight must be a positive number", "e.g. 1.0 (weights are relative)")
+        files, prepared = source.get("train_files", "").strip(), source.get("prepared", "")
+        _require(not (files and prepared), f"{key}.prepared", prepared,
+                 f"the source also names train_files ({files!r})", "keep one of the two")
+        _require(bool(files or prepared or d.prepared), f"{key}.train_files", files, "the source has no training text",
+                 "name its files, or its prepared directory (prepared)")
+        _require(not (source.get("eval_files", "").strip() and d.eval_fraction), "data.eval_fraction",
+                 d.eval_fraction, f"{key}.eval_files already holds that source's evaluation text",
+                 "set --config.data.eval_fraction=0")

@@ -39,6 +39,7 @@ import uuid
 from roberta_jax import storage
 from roberta_jax.data.batches import PAIR_FORMATS
 from roberta_jax.data.tokenizer import is_tokenizer_dir
+from roberta_jax.train.config import prepared_directory
 
 TRAIN_CONFIG = "train_config.json"
 FINETUNE_CONFIG = "finetune_config.json"
@@ -197,8 +198,8 @@ def pretraining_contract(config) -> dict:
         contract["next_sentence_head"] = True
     if config.tokenizer.path:  # its files, wherever they are
         contract["tokenizer.fingerprint"] = tokenizer_fingerprint(config.tokenizer.path)
-    elif config.data.prepared:  # the tokenizer the shards were made with
-        contract["tokenizer.fingerprint"] = tokenizer_fingerprint(storage.join(config.data.prepared, TOKENIZER))
+    elif prepared_directory(config):  # the tokenizer the shards were made with
+        contract["tokenizer.fingerprint"] = tokenizer_fingerprint(storage.join(prepared_directory(config), TOKENIZER))
     else:
         contract["tokenizer.vocab_size"] = config.tokenizer.vocab_size
         contract["tokenizer.min_frequency"] = config.tokenizer.min_frequency
