@@ -140,6 +140,7 @@ def run(
                     _evaluate(callback.fn, state, step, writer, report.last)
                 if due:  # what a probe logged is on disk even if the run dies before the next checkpoint
                     writer.flush()
+                    report.clock = time.perf_counter()  # the next step's time is its own, not the probe's
                 if saving:
                     _save_if_finite(step, state, batches, checkpointer, writer, report.last, force=last or stopping)
                 if evaluating:
