@@ -13,14 +13,16 @@ import optax
 import pytest
 
 from roberta_jax.finetune import probe
+from roberta_jax.finetune import run as finetune_run
 from roberta_jax.train import loop, pretrain, validate
 from roberta_jax.train import workdir as workdir_files
-from roberta_jax.train.config import default_config, probe_task
+from roberta_jax.train.config import PROBE_FIELDS, default_config, probe_task
 from tests.test_layering import REPO, package_imports
 from tests.train_runs import losses, run_train
 
 PROBES_CONFIG = "configs/tiny_probes.py"
 SST2 = str(REPO / "tests" / "data" / "tasks" / "sst2.tsv")  # 6 sentences: 3 positive, 3 negative
+PROBE = dict(train_file=SST2, eval_file=SST2, steps=4, batch_size=4, max_seq_length=32, lr=5e-4)
 DOWNSTREAM = ["downstream/sst2/accuracy", "downstream/sst2/f1", "downstream/sst2/loss",
               "downstream/sst2/matthews_correlation", "perf/probe_seconds/sst2"]
 
@@ -45,9 +47,7 @@ def probe_args(tmp_path):
 
 
 def sst2_probe_args():
-    return ["--config.probes.every_steps=10",
-            *(f"--config.probes.tasks.sst2.{k}={v}" for k, v in
-              (("train_file", SST2), ("eval_file", SST2), ("steps", 4), ("batch_size", 4), ("max_seq_length", 32)))]
+    return ["--config.probes.every_steps=10", *(f"--config.probes.tasks.sst2.{k}={v}" for k, v in PROBE.items())]
 
 
 def records(workdir):
@@ -83,6 +83,14 @@ def test_probes_leave_the_losses_alone_and_are_logged_once_across_a_kill(tmp_pat
     assert [r["step"] for r in after] == [10, 20]  # the dropped record of step 10 logged again, once
     # The probe's own seed fixes its head, dropout and batches: step 10 probed again gives the same scores.
     assert {k: after[0][k] for k in DOWNSTREAM[:-1]} == {k: before[k] for k in DOWNSTREAM[:-1]}
+    # A probe is fine-tuning: finetune.py's run from the checkpoint of step 20, with the probe's settings, scores
+    # exactly what the probe of step 20 logged.
+    spec = ml_collections.ConfigDict({**PROBE_FIELDS, **PROBE})
+    config = probe.probe_finetune_config(spec)
+    config.update(init_from=str(probed), dtype="float32", progress=False, compilation_cache_dir="none")
+    final = finetune_run.finetune_and_evaluate(config, str(tmp_path / "finetuned"))["final"]
+    assert {f"downstream/sst2/{k.removeprefix('eval/')}": v for k, v in final.items() if "best" not in k} == {
+        k: after[1][k] for k in DOWNSTREAM[:-1]}
     for record in after:  # 6 dev sentences, 3 of each label
         assert record["downstream/sst2/accuracy"] * 6 == pytest.approx(round(record["downstream/sst2/accuracy"] * 6))
         assert 0 < record["perf/probe_seconds/sst2"] < 120
