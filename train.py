@@ -9,6 +9,7 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
+from roberta_jax.finetune.probe import probe_callbacks
 from roberta_jax.train import cli, pretrain
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "training config file", lock_config=True)
@@ -18,8 +19,10 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/tiny", "where checkpoints, logs 
 def main(argv):
     del argv
     cli.quiet_libraries()
-    final = pretrain.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    print(json.dumps({k: round(v, 4) for k, v in final.items() if k.startswith(("train/loss", "eval/"))}))
+    # The downstream probes (`config.probes`) fine-tune with finetune's tasks, a layer above pretraining.
+    final = pretrain.train_and_evaluate(_CONFIG.value, _WORKDIR.value, make_callbacks=probe_callbacks)
+    shown = ("train/loss", "eval/", "downstream/")
+    print(json.dumps({k: round(v, 4) for k, v in final.items() if k.startswith(shown)}))
 
 
 if __name__ == "__main__":

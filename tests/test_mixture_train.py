@@ -34,7 +34,7 @@ def sources(corpus, tmp_path_factory):
 
 def mixture_run(workdir, sources, *more, **kwargs):
     cache = f"--config.compilation_cache_dir={os.path.dirname(workdir)}/cache"  # a rerun does not compile again
-    return run_train(workdir, "", *STEPS, cache, *more, config=f"mixture.py:{sources}", **kwargs)
+    return run_train(workdir, "", *STEPS, cache, *more, config=f"configs/mixture.py:{sources}", **kwargs)
 
 
 def eval_metrics(workdir):

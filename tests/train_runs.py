@@ -20,14 +20,14 @@ TINY_OVERRIDES = [
 
 
 def run_train(workdir, corpus, *overrides, devices=1, background=False, succeeds=True, wrapper=(), env=None,
-              config="tiny.py"):
-    """train.py on `corpus` with the tiny overrides and `overrides`: its Popen with `background`, else
+              config="configs/tiny.py"):
+    """train.py of `config` on `corpus` with the tiny overrides and `overrides`: its Popen with `background`, else
     its completed process, asserted to exit 0 (`succeeds`) or not. `wrapper`: a script that runs train.py
     (its path first in its arguments); `env`: more environment variables; `config`: the file in configs/ (with
     its `:arg`)."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
                PYTHONPATH=REPO, **(env or {}))
-    cmd = [sys.executable, *wrapper, os.path.join(REPO, "train.py"), f"--config={REPO}/configs/{config}",
+    cmd = [sys.executable, *wrapper, os.path.join(REPO, "train.py"), f"--config={REPO}/{config}",
            f"--workdir={workdir}", f"--config.data.train_files={corpus}", *TINY_OVERRIDES, *overrides]
     if background:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -86,6 +86,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 5000
     c.eval_batches = 50  # at most this many eval batches (of batch_size / grad_accum_steps rows) per evaluation
     c.export_hf = True  # write WORKDIR/hf (model.safetensors, config.json, tokenizer) at the end
+    # Downstream probes: every `every_steps` steps (and at the last), each task of `tasks` (added with
+    # `probe_task`) is fine-tuned from a copy of the current params and scored on its dev file, logged as
+    # downstream/<name>/<metric>; the pretraining run itself is unchanged. 0 = no probes.
+    c.probes = ml_collections.ConfigDict(dict(every_steps=0, tasks=ml_collections.ConfigDict()))
     return add_runtime_fields(c, checkpoint_keep=3)
 
 
@@ -115,6 +119,25 @@ def prepared_directory(c: ml_collections.ConfigDict) -> str:
     the first source (by name) with a `prepared` directory of its own; "" when the data is not prepared."""
     named = [c.data.sources[name].prepared for name in sorted(c.data.sources) if c.data.sources[name].prepared]
     return c.data.prepared or (named[0] if named else "")
+
+
+# The fields of one probe (`probe_task`) and their defaults. mode: finetune (the whole model) | linear (the
+# task head on frozen features). seed: the head's init, the probe's data order and dropout.
+PROBE_FIELDS = dict(task="classification", train_file="", eval_file="", steps=100, mode="finetune", lr=1e-4,
+                    batch_size=32, max_seq_length=128, seed=0)
+PROBE_MODES = ("finetune", "linear")
+
+
+def probe_task(c: ml_collections.ConfigDict, name: str, **fields) -> ml_collections.ConfigDict:
+    """Adds the probe `name` to `c.probes.tasks`: `PROBE_FIELDS` with `fields` in place of their defaults, e.g.
+    `probe_task(c, "sst2", train_file=..., eval_file=..., steps=200, mode="linear", lr=1e-3)`. An unknown field is
+    an error naming the nearest valid one."""
+    for key in fields:
+        if key not in PROBE_FIELDS:
+            hint = did_you_mean(key, PROBE_FIELDS) or f"; the fields are {', '.join(PROBE_FIELDS)}"
+            raise ValueError(f"probe_task({name!r}): unknown field {key!r}{hint}")
+    c.probes.tasks[name] = ml_collections.ConfigDict({**PROBE_FIELDS, **fields})
+    return c
 
 
 def add_runtime_fields(c: ml_collections.ConfigDict, checkpoint_keep: int) -> ml_collections.ConfigDict:

@@ -1,8 +1,8 @@
 """The training loop shared by pretraining (`train.py`) and fine-tuning (`finetune.py`).
 
-Per step: next host batch -> global array -> compiled step -> checkpoint on the interval ->
-evaluation on the interval. Metrics of step N are fetched after step N + 1 is dispatched, so
-the host never idles the device waiting for a scalar. SIGTERM/SIGINT finish the step in
+Per step: next host batch -> global array -> compiled step -> the callbacks due (`IntervalCallback`) ->
+checkpoint on the interval -> evaluation on the interval. Metrics of step N are fetched after step N + 1 is
+dispatched, so the host never idles the device waiting for a scalar. SIGTERM/SIGINT finish the step in
 flight, save a checkpoint and return (`preemption.polled`): one process ends within one step and
 one checkpoint save of the signal; a multi-host run, signalled on any host, stops on every host
 after the same step, at most `preemption.LAG` steps later, and saves it together. A second signal
@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -43,6 +43,23 @@ class LoopConfig:
     eval_every_steps: int = 1000
     max_nonfinite_steps: int = 10
     progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class IntervalCallback:
+    """`fn(state, step) -> {name: value}` run between steps every `every_steps` steps and at the last step
+    (downstream probes, `finetune.probe`); its scalars are logged at `step` under their own names.
+
+    It runs after the step and before that step's checkpoint is saved, so a resumed run neither skips it (the
+    checkpoint it precedes was never saved: the resumed run does the step and the callback again, the logs of
+    the steps past the resumed checkpoint dropped) nor runs it twice. `fn` must leave `state` as it found it:
+    read its params, never donate them."""
+
+    every_steps: int
+    fn: Callable[[Any, int], dict[str, float]]
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return step % self.every_steps == 0 or step == total_steps
 
 
 @dataclasses.dataclass
@@ -91,12 +108,14 @@ def run(
     checkpointer: ckpt.Checkpointer,
     writer: metrics.MetricWriter,
     evaluate: Callable[[Any, int], dict[str, float]] | None = None,
+    callbacks: Sequence[IntervalCallback] = (),
 ) -> LoopResult:
     """Trains from `state.step + 1` to `cfg.total_steps`.
 
     `batches` yields host-local batches, which `put` makes global arrays, and must have `get_state()`
     (saved with every checkpoint). `evaluate(state, step)` returns scalars written under their own
-    names; it runs every `eval_every_steps` and at the end. A step is logged before its checkpoint
+    names; it runs every `eval_every_steps` and at the end. The `callbacks` due at a step run before its
+    checkpoint (`IntervalCallback`), their logs flushed with it. A step is logged before its checkpoint
     is taken, and the logs are flushed with it, so a checkpoint never covers a step the logs lack.
     """
     report = _Reporter(cfg, writer)
@@ -113,9 +132,15 @@ def run(
                 last, stopping = step == cfg.total_steps, stop.after(step)
                 evaluating = evaluate is not None and (step % cfg.eval_every_steps == 0 or last)
                 saving = checkpointer.due(step) or last or stopping
-                if saving or evaluating:
+                due = [c for c in callbacks if c.due(step, cfg.total_steps)]
+                if saving or evaluating or due:
                     report(*pending)
                     pending = None
+                for callback in due:
+                    _evaluate(callback.fn, state, step, writer, report.last)
+                if due:  # what a probe logged is on disk even if the run dies before the next checkpoint
+                    writer.flush()
+                    report.clock = time.perf_counter()  # the next step's time is its own, not the probe's
                 if saving:
                     _save_if_finite(step, state, batches, checkpointer, writer, report.last, force=last or stopping)
                 if evaluating:

@@ -1,7 +1,8 @@
 """RoBERTa pretraining: `train_and_evaluate(config, workdir)`, the function behind `train.py`.
 
 Reads top to bottom: the runtime (distributed setup, workdir, mesh), tokenizer, data, model and
-optimizer, sharded state, compiled MLM steps, checkpoint restore, the loop, the HF export. The same
+optimizer, sharded state, compiled MLM steps, checkpoint restore, the downstream probes' callbacks,
+the loop, the HF export. The same
 code runs on a TPU pod, a GPU node or a laptop; the mesh shape, batch and model come from the config.
 """
 
@@ -11,7 +12,7 @@ import functools
 import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -27,15 +28,26 @@ from roberta_jax.data.tokenizer import is_tokenizer_dir, load_tokenizer, train_t
 from roberta_jax.model.config import MODEL_TYPES, RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
 from roberta_jax.suggest import did_you_mean
-from roberta_jax.train import masking, metrics, objectives, optimizer, runtime, steps, validate, word_masking
+from roberta_jax.train import loop, masking, metrics, objectives, optimizer, runtime, steps, validate, word_masking
 from roberta_jax.train import workdir as workdir_files
 from roberta_jax.train.config import prepared_directory
 
 log = logging.getLogger("absl")  # absl sets up the handlers
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-    """Runs (or resumes) pretraining in `workdir`; returns the last logged metrics."""
+# `make_callbacks(config, rt, tokenizer, arch) -> callbacks`: the loop's interval callbacks of a run (its
+# downstream probes), given its config, `runtime.Runtime`, tokenizer and architecture (`model_config`).
+CallbacksFactory = Callable[..., Sequence[loop.IntervalCallback]]
+
+
+def train_and_evaluate(config, workdir: str, make_callbacks: CallbacksFactory | None = None) -> dict[str, float]:
+    """Runs (or resumes) pretraining in `workdir`; returns the last logged metrics. `make_callbacks` builds the
+    downstream probes of `config.probes` (`train.py` passes `finetune.probe.probe_callbacks`: this layer does not
+    know the fine-tuning tasks)."""
+    if config.probes.every_steps and make_callbacks is None:
+        raise ValueError(f"probes.every_steps={config.probes.every_steps}, but nothing builds the probes: call "
+                         "train_and_evaluate(..., make_callbacks=roberta_jax.finetune.probe.probe_callbacks) "
+                         "(train.py does), or set --config.probes.every_steps=0")
     with runtime.Runtime(config, workdir, workdir_files.TRAIN_CONFIG, check_config=validate.pretraining,
                          contract=workdir_files.pretraining_contract(config)) as rt:
         tokenizer = load_or_train_tokenizer(config, rt.workdir)
@@ -50,13 +62,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         state, state_shardings = rt.create_state(model, tx)
         train_step, eval_step = rt.compile(*mlm_steps(config, model, tokenizer, tx, schedule), state_shardings)
         state, _ = rt.resume(state, train_batches)
+        callbacks = make_callbacks(config, rt, tokenizer, arch) if config.probes.every_steps else ()
 
         tokens_per_step = config.batch_size * config.data.max_seq_length
         flops_per_step = metrics.flops_per_token(arch, config.data.max_seq_length) * tokens_per_step
         try:
             result = rt.train(state, train_step, train_batches,
                               rt.loop_config(config.total_steps, tokens_per_step, flops_per_step),
-                              make_evaluate(config, rt, eval_step, tokenizer, eval_sets))
+                              make_evaluate(config, rt, eval_step, tokenizer, eval_sets), callbacks)
         finally:
             train_batches.close()
         if config.export_hf:

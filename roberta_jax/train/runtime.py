@@ -23,7 +23,7 @@ import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -225,8 +225,10 @@ class Runtime:
         )
 
     def train(self, state: Any, train_step: Callable, batches, loop_config: loop.LoopConfig,
-              evaluate: Callable[[Any, int], dict[str, float]] | None) -> loop.LoopResult:
-        """The loop (`loop.run`) from `state.step + 1`, checkpointing into the workdir (`resume` first).
+              evaluate: Callable[[Any, int], dict[str, float]] | None,
+              callbacks: Sequence[loop.IntervalCallback] = ()) -> loop.LoopResult:
+        """The loop (`loop.run`) from `state.step + 1`, checkpointing into the workdir (`resume` first), with
+        the `callbacks` (downstream probes) between steps.
         The workdir is fixed to the contract and the config recorded as the first step starts; a run
         stopped by a signal raises `loop.Interrupted` once its checkpoint is saved."""
         if self.checkpointer is None:
@@ -236,7 +238,7 @@ class Runtime:
                 workdir_files.write_contract(self.workdir, self.contract)
             write_record(self.workdir, self.config, self.record)
         result = loop.run(state, train_step, batches, self.put, loop_config, self.checkpointer, self.writer,
-                          evaluate)
+                          evaluate, callbacks)
         if result.stopped_by_signal:
             raise loop.Interrupted(f"interrupted at step {int(result.state.step)}, checkpoint saved in "
                                    f"{self.checkpointer.directory}; run the same command to resume")

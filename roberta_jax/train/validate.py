@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from roberta_jax import storage
 from roberta_jax.data.batches import INPUT_FORMATS, PAIR_FORMATS
 from roberta_jax.suggest import nearest
 from roberta_jax.train import sharding
-from roberta_jax.train.config import SOURCE_FIELDS
+from roberta_jax.train.config import PROBE_FIELDS, PROBE_MODES, SOURCE_FIELDS
 
 
 class ConfigError(ValueError):
@@ -79,6 +80,7 @@ def pretraining(config, num_devices: int, num_hosts: int) -> None:
     _require(config.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", config.optimizer.warmup_steps,
              "must not be negative", "use 0 for no warmup")
     input_format(d)
+    probes(config, num_devices)
 
 
 def input_format(d) -> None:
@@ -126,3 +128,40 @@ def sources(config) -> None:
         _require(not (source.get("eval_files", "").strip() and d.eval_fraction), "data.eval_fraction",
                  d.eval_fraction, f"{key}.eval_files already holds that source's evaluation text",
                  "set --config.data.eval_fraction=0")
+
+
+def probes(config, num_devices: int) -> None:
+    """`probes`: an interval with tasks, each task's fields known (`config.PROBE_FIELDS`), its files there, its
+    rows within the position table and its batch split over the mesh's batch shards. The task names are
+    checked where the tasks are known (`finetune.probe`)."""
+    p = config.probes
+    _require(p.every_steps >= 0, "probes.every_steps", p.every_steps, "must not be negative", "use 0 for no probes")
+    if not p.every_steps:
+        return
+    _require(bool(p.tasks), "probes.tasks", dict(p.tasks), f"probes.every_steps={p.every_steps} has nothing to run",
+             "add a task with train.config.probe_task(config, name, ...) or set probes.every_steps=0")
+    sizes = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(dict(config.mesh), num_devices)))
+    split = sharding.batch_shards(sizes, sharding.axis_rules(config.logical_axis_rules))
+    limit = config.model.max_position_embeddings - 2
+    for name, t in p.tasks.items():
+        key = f"probes.tasks.{name}"
+        for field in t.keys():
+            guess = nearest(field, PROBE_FIELDS)
+            _require(field in PROBE_FIELDS, f"{key}.{field}", t[field], "not a probe field",
+                     f"did you mean {guess!r}?" if guess else f"the fields are {', '.join(PROBE_FIELDS)}")
+        t = {**PROBE_FIELDS, **dict(t)}
+        guess = nearest(t["mode"], PROBE_MODES)
+        _require(t["mode"] in PROBE_MODES, f"{key}.mode", t["mode"], f"not one of {', '.join(PROBE_MODES)}",
+                 f"did you mean {guess!r}?" if guess else "choose one of them")
+        for field in ("train_file", "eval_file"):
+            _require(bool(t[field]) and storage.exists(t[field]), f"{key}.{field}", t[field], "no such file",
+                     "name the task's labelled file (local or gs://)")
+        for field in ("steps", "batch_size"):
+            _require(t[field] > 0, f"{key}.{field}", t[field], "must be positive", "set at least 1")
+        _require(t["lr"] > 0 and np.isfinite(t["lr"]), f"{key}.lr", t["lr"], "the learning rate must be a positive "
+                 "number", "e.g. 1e-4 (finetune) or 1e-3 (linear)")
+        _require(2 < t["max_seq_length"] <= limit, f"{key}.max_seq_length", t["max_seq_length"],
+                 f"rows must fit the position table (model.max_position_embeddings - 2 = {limit})",
+                 f"lower it to at most {limit}")
+        _require(t["batch_size"] % split == 0, f"{key}.batch_size", t["batch_size"],
+                 f"does not split over the {split} batch shards of mesh {sizes}", f"use a multiple of {split}")
