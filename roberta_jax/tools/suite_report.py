@@ -130,6 +130,19 @@ def csv_text(tasks: dict[str, dict]) -> str:
     return out.getvalue()
 
 
+def headline_medians(workdir: str) -> dict[str, float]:
+    """{"task metric": median at the selected grid point} of a suite's results.json ({} where there is none):
+    the first headline metric of each task, the columns a sweep's comparison adds."""
+    results = storage.read_json(storage.join(workdir, "results.json"))
+    if results is None:
+        return {}
+    out = {}
+    for row in results["table"]:
+        if row["metric"] == results["tasks"][row["task"]]["headline"][0] and row["median"] is not None:
+            out[f"{row['task']} {row['metric']}"] = row["median"]
+    return out
+
+
 def write_report(workdir: str) -> str:
     """Writes WORKDIR/results.md, results.csv and results.json of the finished runs; returns the markdown."""
     suite, records = collect(workdir)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The CPU downstream table of the README: a tiny RoBERTa pretrained on WikiText-2 (test split, 1.3 MB) for a
+# fixed number of steps, then configs/suites/tiny_cpu.py (SST-2 and CoNLL-2003 subsets, 3 seeds) fine-tuned
+# from it and from a random init of the same architecture and tokenizer. Run from the repository root with
+# ../shared/data beside it (or DATA=/path/to/shared/data): bash bench/downstream_cpu.sh [STEPS]
+set -euo pipefail
+STEPS=${1:-600}
+PY=${PYTHON:-python}
+DATA=${DATA:-../shared/data}
+SUITE_DATA=(--data "sst2=$DATA/sst2" --data "conll=$DATA/conll2003")
+nice -n 10 $PY train.py --config configs/tiny.py --workdir runs/wt2_tiny \
+    --config.data.train_files="$DATA/corpus/wikitext2-test.raw" --config.total_steps="$STEPS" \
+    --config.optimizer.warmup_steps=$((STEPS / 10)) --config.eval_every_steps=$((STEPS / 2)) \
+    --config.checkpoint.every_steps=$((STEPS / 2)) --config.progress=False --config.data.doc_split=line
+nice -n 10 $PY -m roberta_jax.tools.suite run --config configs/suites/tiny_cpu.py --workdir runs/suite_wt2 \
+    --model runs/wt2_tiny "${SUITE_DATA[@]}"
+nice -n 10 $PY -m roberta_jax.tools.suite run --config configs/suites/tiny_cpu.py --workdir runs/suite_wt2_random \
+    --model random:runs/wt2_tiny "${SUITE_DATA[@]}"
