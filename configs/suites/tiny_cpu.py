@@ -7,7 +7,8 @@ ranking tiny pretraining runs (configs/tiny.py sizes) against each other and aga
 
 Data: `../shared/data/sst2` (GLUE SST-2: 4,000 training sentences, the whole 872-sentence dev set) and
 `../shared/data/conll2003` (2,000 training sentences, the first 1,000 of valid.txt), rows of 64 tokens,
-batch 32, 250 steps (2 and 4 passes), lr 1e-4 (a tiny model wants more than roberta-base's 1e-5 to 5e-5).
+batch 16, 200 steps (0.8 and 1.6 passes), lr 1e-4 (a tiny model wants more than roberta-base's 1e-5 to
+5e-5). bench/downstream_cpu.sh runs it (with fewer steps where the CPU is shared).
 """
 
 import ml_collections
@@ -20,8 +21,8 @@ def get_config():
     c.tasks = "sst2,conll"
     c.seeds = "1,2,3"
     c.grid = []
-    c.set = ["total_steps=250", "batch_size=32", "data.max_length=64", "optimizer.peak_lr=1e-4",
-             "eval_every_steps=250", "checkpoint.every_steps=250", "log_every_steps=50"]
+    c.set = ["total_steps=200", "batch_size=16", "data.max_length=64", "optimizer.peak_lr=1e-4",
+             "eval_every_steps=200", "checkpoint.every_steps=200", "log_every_steps=50", "eval_batch_size=64"]
     c.task_set = {"sst2": ["data.max_train_examples=4000"],
                   "conll": ["data.max_train_examples=2000", "data.max_eval_examples=1000"]}
     c.data_root = shared_data()
