@@ -247,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_plan(runs)
             return 0
         check_suite_file(args.workdir, plan)
+        cli.quiet_libraries()
         ran, failed = run_suite(plan, runs)
         print(suite_report.write_report(args.workdir))
         print(f"{ran} runs fine-tuned, {failed} failed, {len(runs) - ran - failed} already done", file=sys.stderr)

@@ -33,11 +33,11 @@ def collect(workdir: str) -> tuple[dict, list[dict]]:
         raise FileNotFoundError(f"{workdir} has no {SUITE_FILE}: not a suite's workdir (python -m "
                                 "roberta_jax.tools.suite run ... writes it)")
     records, root = [], storage.join(workdir, "runs")
-    for task in sorted(storage.listdir(root)) if storage.isdir(root) else []:
+    for task in _names(root) if storage.isdir(root) else []:
         scale = benchmarks.get_benchmark(task).scale
-        for point in sorted(storage.listdir(storage.join(root, task))):
-            for seed_dir in storage.listdir(storage.join(root, task, point)):
-                match = _SEED.match(seed_dir.rstrip("/"))
+        for point in _names(storage.join(root, task)):
+            for seed_dir in _names(storage.join(root, task, point)):
+                match = _SEED.match(seed_dir)
                 results = storage.read_json(storage.join(root, task, point, seed_dir, workdir_files.RESULTS))
                 if match is None or results is None:
                     continue
@@ -46,6 +46,11 @@ def collect(workdir: str) -> tuple[dict, list[dict]]:
                           if not k.startswith("eval/best_") and not k.endswith("loss")}
                 records.append({"task": task, "point": point, "seed": int(match.group(1)), "scores": scores})
     return suite, records
+
+
+def _names(directory: str) -> list[str]:
+    """The entries of `directory`, sorted, without the "/" a bucket listing ends folders with."""
+    return sorted(name.rstrip("/") for name in storage.listdir(directory))
 
 
 def summarize(records: list[dict]) -> dict[str, dict]:
