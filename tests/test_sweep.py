@@ -157,12 +157,13 @@ def test_an_interrupted_run_stops_the_sweep(tmp_path, capsys):
 def test_suite_step_commands_and_downstream_columns_in_compare(tmp_path, capsys):
     suite_config = os.path.join(REPO, "configs", "suites", "tiny_cpu.py")
     code = sweep.main(["run", "--config", CONFIG, "--workdir", str(tmp_path), "--print-only", "--grid", "seed=0,1",
-                       "--suite", suite_config, "--suite-data", "sst2=/data/sst2"])
+                       "--suite", suite_config, "--suite-data", "sst2=/data/sst2", "--suite-set", "total_steps=9"])
     assert code == 0
     lines = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
     assert [line[1] for line in lines] == ["train.py", "-m", "train.py", "-m"]
     assert lines[3] == ["python", "-m", "roberta_jax.tools.suite", "run", f"--config={suite_config}",
-                        f"--workdir={tmp_path}/seed=1/suite", f"--model={tmp_path}/seed=1", "--data=sst2=/data/sst2"]
+                        f"--workdir={tmp_path}/seed=1/suite", f"--model={tmp_path}/seed=1", "--data=sst2=/data/sst2",
+                        "--set=total_steps=9"]
     # Run seed=0 has a finished suite (SST-2 medians of 3 seeds: 0.8; CoNLL: 0.5); seed=1 none yet.
     suite_dir = tmp_path / "seed=0" / "suite"
     (suite_dir).mkdir(parents=True)

@@ -16,9 +16,12 @@ import ml_collections
 from configs.common import shared_data
 
 
-def get_config():
+def get_config(arg: str = ""):
+    """`tiny_cpu.py:sst2` (or `:conll`) keeps one of the two tasks."""
     c = ml_collections.ConfigDict()
-    c.tasks = "sst2,conll"
+    if arg not in ("", "sst2", "conll"):
+        raise ValueError(f"tiny_cpu.py: unknown variant {arg!r}; use '', 'sst2' or 'conll'")
+    c.tasks = arg or "sst2,conll"
     c.seeds = "1,2,3"
     c.grid = []
     c.set = ["total_steps=200", "batch_size=16", "data.max_length=64", "optimizer.peak_lr=1e-4",

@@ -19,9 +19,9 @@ train.py writes its resolved `train_config.json`. Runs go one after another, eac
 launcher, run with this interpreter. Running a sweep again resumes each run from its newest checkpoint.
 `WORKDIR/sweep.json` lists the runs and their overrides for `compare`.
 
-With `--suite SUITE.py` (and `--suite-data TASK=DIR`), each run that trains is then fine-tuned downstream:
-`python -m roberta_jax.tools.suite run --config SUITE.py --workdir RUN/suite --model RUN`, logged in the
-same train.log; `compare` adds each task's median headline score (RUN/suite/results.json) as a column.
+With `--suite SUITE.py` (and the suite's `--suite-data TASK=DIR`, `--suite-set KEY=VALUE`), each run that
+trains is then fine-tuned downstream: `python -m roberta_jax.tools.suite run --config SUITE.py --workdir
+RUN/suite --model RUN`, logged in the same train.log; `compare` adds each task's median headline score (RUN/suite/results.json) as a column.
 
 `compare` reads each run's scalars (TensorBoard events, else metrics.jsonl), prints a table
 (run, overrides, final train loss, best and final value of the metric, steps) best run first,
@@ -193,11 +193,13 @@ def train_command(config_spec: str, run: Run, common: dict[str, str], config: ml
     return [python, train_py, f"--config={config_spec}", f"--workdir={run.workdir}", *flags]
 
 
-def suite_command(suite_spec: str, run: Run, data: Sequence[str], python: str = "python") -> list[str]:
-    """The downstream suite's command line for one run: fine-tuned from its workdir, into RUN/suite."""
+def suite_command(suite_spec: str, run: Run, data: Sequence[str], sets: Sequence[str] = (),
+                  python: str = "python") -> list[str]:
+    """The downstream suite's command line for one run: fine-tuned from its workdir, into RUN/suite, with the
+    suite's `--data` and `--set` flags."""
     return [python, "-m", "roberta_jax.tools.suite", "run", f"--config={suite_spec}",
             f"--workdir={storage.join(run.workdir, SUITE_DIR)}", f"--model={run.workdir}",
-            *(f"--data={d}" for d in data)]
+            *(f"--data={d}" for d in data), *(f"--set={s}" for s in sets)]
 
 
 def _flag_value(value: Any) -> str:
@@ -358,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--print-only", action="store_true", help="print one launch command per run, run nothing")
     run.add_argument("--suite", metavar="SUITE.py", help="after each run, fine-tune it on this downstream suite")
     run.add_argument("--suite-data", action="append", default=[], metavar="TASK=DIR", help="the suite's --data")
+    run.add_argument("--suite-set", action="append", default=[], metavar="KEY=VALUE", help="the suite's --set")
     compare = cli.add_verbose(sub.add_parser("compare", help="tabulate (and plot) the runs of a sweep"))
     compare.add_argument("--workdir", required=True)
     compare.add_argument("--metric", default="eval/loss")
@@ -378,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for r in runs:
                     print(shlex.join(train_command(args.config, r, common, config)))
                     if args.suite:
-                        print(shlex.join(suite_command(args.suite, r, args.suite_data)))
+                        print(shlex.join(suite_command(args.suite, r, args.suite_data, args.suite_set)))
                 return 0
             train_py = os.path.join(REPO, "train.py")
             if not os.path.isfile(train_py):
@@ -387,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             commands = [(r, train_command(args.config, r, common, config, sys.executable, train_py)) for r in runs]
             if args.suite:
                 commands = [c for r, cmd in commands for c in ((r, cmd), (r, suite_command(
-                    args.suite, r, args.suite_data, sys.executable)))]
+                    args.suite, r, args.suite_data, args.suite_set, sys.executable)))]
             failed = run_all(commands)
             if failed:
                 print(f"{failed} of {len(runs)} runs failed", file=sys.stderr)
