@@ -21,7 +21,8 @@ launcher, run with this interpreter. Running a sweep again resumes each run from
 
 With `--suite SUITE.py` (and the suite's `--suite-data TASK=DIR`, `--suite-set KEY=VALUE`), each run that
 trains is then fine-tuned downstream: `python -m roberta_jax.tools.suite run --config SUITE.py --workdir
-RUN/suite --model RUN`, logged in the same train.log; `compare` adds each task's median headline score (RUN/suite/results.json) as a column.
+RUN/suite --model RUN`, logged in the same train.log; `compare` adds each task's median headline score
+(RUN/suite/results.json) as a column.
 
 `compare` reads each run's scalars (TensorBoard events, else metrics.jsonl), prints a table
 (run, overrides, final train loss, best and final value of the metric, steps) best run first,
