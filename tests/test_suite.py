@@ -144,7 +144,7 @@ def test_suite_file_refuses_another_model_or_plan(tmp_path):
     config = cli.load_config(GLUE)
     suite.check_suite_file(str(tmp_path), suite.make_plan(config, str(tmp_path), "m", "rte", "1,2"))
     suite.check_suite_file(str(tmp_path), suite.make_plan(config, str(tmp_path), "m", "rte", "1,2"))  # same: fine
-    with pytest.raises(ValueError, match=r"suite.json: this suite was run with model='m', not 'other'"):
+    with pytest.raises(ValueError, match=r"suite.json: this suite was run with model='/.*/m', not '/.*/other'"):
         suite.check_suite_file(str(tmp_path), suite.make_plan(config, str(tmp_path), "other", "rte", "1,2"))
     with pytest.raises(ValueError, match=r"run with seeds=\[1, 2\], not \[1, 2, 3\]"):
         suite.check_suite_file(str(tmp_path), suite.make_plan(config, str(tmp_path), "m", "rte", "1,2,3"))

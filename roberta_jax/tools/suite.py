@@ -138,6 +138,8 @@ def make_plan(suite: ml_collections.ConfigDict, workdir: str, model: str, tasks:
             name = "default" if point.name == "run" else point.name
             runs += [SuiteRun(task, name, seed, storage.join(workdir, "runs", task, name, f"seed{seed}"),
                               point.overrides) for seed in seed_list]
+    init_from, init_random = model_init(model)  # recorded resolved: runs/x and ./runs/x are one model
+    model = RANDOM_PREFIX + init_from if init_random else init_from
     results = suite.get("results", "best")
     if results not in ("best", "final"):
         raise ValueError(f"suite config: results={results!r}; expected 'best' or 'final'")
