@@ -77,6 +77,10 @@ def test_plan_and_shards_partition_the_runs(tmp_path):
     assert [r.point for r in narrowed.runs] == ["peak_lr=5e-5,batch_size=16", "peak_lr=5e-5,batch_size=32"]
     with pytest.raises(ValueError, match="unknown config key 'optimizer.peak_learning_rate'.*optimizer.peak_lr"):
         suite.make_plan(cli.load_config(GLUE), str(tmp_path), "m", "rte", "1", ["optimizer.peak_learning_rate=1"])
+    tiny = suite.make_plan(cli.load_config(TINY_CPU), str(tmp_path), "m", sets=["data.max_train_examples=10"])
+    assert suite.run_config(tiny, tiny.runs[0]).data.max_train_examples == 10  # over the config's task_set
+    with pytest.raises(ValueError, match="seeds '1,x': expected comma-separated integers"):
+        suite.make_plan(cli.load_config(GLUE), str(tmp_path), "m", seeds="1,x")
     config = suite.run_config(narrowed, narrowed.runs[1])
     assert (config.batch_size, config.optimizer.peak_lr, config.seed, config.num_epochs) == (32, 5e-5, 1, 10.0)
     assert config.init_from == os.path.abspath("m") and not config.init_random

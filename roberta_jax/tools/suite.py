@@ -122,12 +122,18 @@ def make_plan(suite: ml_collections.ConfigDict, workdir: str, model: str, tasks:
     task_names = _csv(tasks or suite.tasks)
     for task in task_names:
         benchmarks.get_benchmark(task)
-    seed_list = [int(s) for s in _csv(seeds or suite.seeds)]
+    seed_text = _csv(seeds or suite.seeds)
+    if not all(s.lstrip("-").isdigit() for s in seed_text):
+        raise ValueError(f"seeds {','.join(seed_text)!r}: expected comma-separated integers")
+    seed_list = [int(s) for s in seed_text]
     if not task_names or not seed_list or len(set(seed_list)) != len(seed_list):
         raise ValueError(f"a suite needs tasks and distinct seeds; got tasks={task_names} seeds={seed_list}")
     grid_list = merge_grid(list(suite.get("grid", [])), grid)
     set_list = [*suite.get("set", []), *sets]
-    task_sets = {t: list(v) for t, v in dict(suite.get("task_set", {})).items() if t in task_names}
+    # A --set wins over the config's, its task_set's too: the command line has the last word.
+    given = {text.partition("=")[0].strip() for text in sets}
+    task_sets = {t: [kv for kv in v if kv.partition("=")[0].strip() not in given]
+                 for t, v in dict(suite.get("task_set", {})).items() if t in task_names}
     dirs = data_dirs(suite, task_names, data)
     runs = []
     for task in task_names:
