@@ -373,3 +373,15 @@ def test_labels_come_from_the_training_file_and_an_unseen_eval_label_is_an_error
                   max_length=32)
     with pytest.raises(ValueError, match=r"conll.txt:23: label 'B-MISC' is not one of the labels of the training file"):
         load_task_data(c, tok, tasks.get_task("ner"))
+
+
+def test_extra_eval_files_are_scored_beside_the_eval_file(tmp_path, hf_dir):
+    """The same file as an extra eval set scores exactly as the eval file, under eval/<name>/."""
+    config = tiny_config("sst2", hf_dir, total_steps=2, eval_every_steps=2)
+    config.data.extra_eval_files = f"again={os.path.join(TASK_DATA, 'sst2.tsv')}"
+    results = run.finetune_and_evaluate(config, str(tmp_path))
+    final = results["final"]
+    assert {k for k in final if k.startswith("eval/again/")} == {
+        "eval/again/accuracy", "eval/again/f1", "eval/again/matthews_correlation", "eval/again/loss"}
+    for name in ("accuracy", "f1", "matthews_correlation", "loss"):
+        assert final[f"eval/again/{name}"] == final[f"eval/{name}"]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from roberta_jax.tools import sweep
+from roberta_jax.tools import suite_report, sweep
 from roberta_jax.train import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,3 +152,30 @@ def test_an_interrupted_run_stops_the_sweep(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "b: interrupted after" in err and "run the sweep again to resume" in err
     assert not os.path.exists(tmp_path / "c")
+
+
+def test_suite_step_commands_and_downstream_columns_in_compare(tmp_path, capsys):
+    suite_config = os.path.join(REPO, "configs", "suites", "tiny_cpu.py")
+    code = sweep.main(["run", "--config", CONFIG, "--workdir", str(tmp_path), "--print-only", "--grid", "seed=0,1",
+                       "--suite", suite_config, "--suite-data", "sst2=/data/sst2", "--suite-set", "total_steps=9"])
+    assert code == 0
+    lines = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line[1] for line in lines] == ["train.py", "-m", "train.py", "-m"]
+    assert lines[3] == ["python", "-m", "roberta_jax.tools.suite", "run", f"--config={suite_config}",
+                        f"--workdir={tmp_path}/seed=1/suite", f"--model={tmp_path}/seed=1", "--data=sst2=/data/sst2",
+                        "--set=total_steps=9"]
+    # Run seed=0 has a finished suite (SST-2 medians of 3 seeds: 0.8; CoNLL: 0.5); seed=1 none yet.
+    suite_dir = tmp_path / "seed=0" / "suite"
+    (suite_dir).mkdir(parents=True)
+    (suite_dir / "suite.json").write_text(json.dumps({"model": "m", "results": "final"}))
+    for task, metric, values in (("sst2", "accuracy", (0.7, 0.8, 0.9)), ("conll", "f1", (0.5, 0.1, 0.6))):
+        for seed, value in enumerate(values, start=1):
+            run_dir = suite_dir / "runs" / task / "default" / f"seed{seed}"
+            run_dir.mkdir(parents=True)
+            (run_dir / "eval_results.json").write_text(json.dumps({"final": {f"eval/{metric}": value}}))
+    suite_report.write_report(str(suite_dir))
+    assert sweep.main(["compare", "--workdir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-5:] == ["steps", "conll", "f1", "sst2", "accuracy"]
+    assert {line.split()[0]: line.split()[-2:] for line in lines[1:]} == {"seed=0": ["50.0", "80.0"],
+                                                                          "seed=1": ["-", "-"]}

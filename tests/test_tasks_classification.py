@@ -165,3 +165,25 @@ def test_a_training_file_without_a_label_column_is_named_with_its_columns(tmp_pa
     with pytest.raises(ValueError, match=rf"^{dev} has no label column \(columns: text_a, label\); .*'gold'"):
         load_task_data(classification_config(dev, dev, label_column="gold"), tok, tasks.get_task("classification"))
     assert classification.load_examples(train)[0] == classification.Example("a warm film")  # a test split
+
+
+def test_headerless_cola_columns_and_extra_eval_files(tmp_path, tok):
+    """CoLA's TSV has no header: `data.columns` names its columns and its first line is a row; every
+    `data.extra_eval_files` set is read and featurized with the training labels, a bad label named."""
+    train, dev, other = tmp_path / "train.tsv", tmp_path / "dev.tsv", tmp_path / "other.tsv"
+    train.write_text("gj04\t1\t\tOur friends won't buy this analysis.\ngj04\t0\t*\tThey drank the pub.\n")
+    dev.write_text("bc01\t1\t\tThe sailors rode the breeze clear of the rocks.\n")
+    other.write_text("x\t0\t*\tThe more we study verbs.\nx\t0\t*\tSo much.\n")
+    config = classification_config(train, dev, columns="source,label,original,sentence", text_a="sentence",
+                                   extra_eval_files=f"mm={other}")
+    data = load_task_data(config, tok, tasks.get_task("classification"))
+    assert [e.text_a for e in data.train_examples] == ["Our friends won't buy this analysis.", "They drank the pub."]
+    assert [e.line for e in data.train_examples] == [1, 2] and data.labels == ["0", "1"]
+    assert [(prefix, len(examples), features["labels"].tolist()) for prefix, examples, features in data.eval_sets()] \
+        == [("", 1, [1]), ("mm/", 2, [0, 0])]
+    other.write_text("x\t2\t*\tThe more we study verbs.\n")
+    with pytest.raises(ValueError, match=rf"^{other}:1: label '2' is not one of the labels"):
+        load_task_data(config, tok, tasks.get_task("classification"))
+    config.data.extra_eval_files = f"m/m={other}"
+    with pytest.raises(ValueError, match="extra_eval_files: 'm/m=.*' is not NAME=PATH"):
+        load_task_data(config, tok, tasks.get_task("classification"))

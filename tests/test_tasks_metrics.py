@@ -1,9 +1,11 @@
 """Task metrics against their references: scikit-learn, scipy, seqeval and the official SQuAD v1.1 script."""
 
+import json
 import re
 import string
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +213,47 @@ def test_entity_scores_exact_values():
     assert scores == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "accuracy": 4 / 6})
     with pytest.raises(ValueError, match="differ"):
         task_metrics.entity_scores(gold, predicted[:1])
+
+
+def _v2_dataset():
+    path = Path(__file__).parent / "data" / "tasks" / "squad_v2.json"
+    return json.loads(path.read_text())["data"]
+
+
+def test_squad_v2_scores_match_official_evaluate_v2():
+    sys.path.insert(0, str(Path(__file__).parent / "data"))
+    try:
+        import squad_v2_official as official
+    finally:
+        sys.path.pop(0)
+    dataset = _v2_dataset()
+    questions = [(qa, p["context"]) for a in dataset for p in a["paragraphs"] for qa in p["qas"]]
+    answers = {qa["id"]: [a["text"] for a in qa["answers"]] for qa, _ in questions}
+    assert sum(not a for a in answers.values()) == 3
+    rng = np.random.default_rng(5)
+    for trial in range(30):
+        # Each question answered "", with its gold (or plausible) text, or with a random slice of its context.
+        predictions = {}
+        for qa, context in questions:
+            gold = [a["text"] for a in qa["answers"] + qa.get("plausible_answers", [])] or ["seals"]
+            start = int(rng.integers(0, len(context) - 20))
+            predictions[qa["id"]] = [" ", gold[0], context[start:start + int(rng.integers(1, 20))]][rng.integers(3)]
+        na_probs = {qid: float(rng.choice([rng.normal(), 0.5])) for qid in answers}  # ties in the ranking too
+        thresh = [1.0, 0.0, 0.5][trial % 3]
+        ours = task_metrics.squad_v2_scores(predictions, answers, na_probs, na_prob_thresh=thresh)
+        reference = official.evaluate(dataset, predictions, na_probs, na_prob_thresh=thresh)
+        assert ours == pytest.approx(dict(reference)), trial
+        without = official.evaluate(dataset, predictions)
+        assert task_metrics.squad_v2_scores(predictions, answers) == pytest.approx(dict(without))
+
+
+def test_squad_v2_scores_exact_values():
+    answers = {"a": ["Denver Broncos"], "b": [], "c": ["1871", "in 1871"]}
+    predictions = {"a": "the Broncos", "b": "", "c": "in 1871"}
+    scores = task_metrics.squad_v2_scores(predictions, answers, {"a": 0.2, "b": 0.9, "c": -1.0})
+    assert scores["exact"] == pytest.approx(200 / 3) and scores["f1"] == pytest.approx(100 * (2 / 3 + 2) / 3)
+    assert scores["HasAns_exact"] == 50.0 and scores["NoAns_exact"] == 100.0 and scores["NoAns_total"] == 1.0
+    # The best threshold answers "a" (diff 0.2, F1 2/3); "b" above it, already "", adds nothing: it stays 0.2.
+    assert scores["best_f1"] == pytest.approx(scores["f1"]) and scores["best_f1_thresh"] == 0.2
+    with pytest.raises(ValueError, match="no prediction for 1 questions"):
+        task_metrics.squad_v2_scores({"a": ""}, {"a": [], "b": []})

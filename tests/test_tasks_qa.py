@@ -184,3 +184,41 @@ def test_shared_squad_gold_spans_find_the_answers(tok):
             # Spans are whole tokens: a gold answer that is part of a word ("8" of "18") is found as the word.
             assert e.answers[0] in predictions[e.id] and e.answers[0] != predictions[e.id]
     assert qa.compute_metrics(_gold_logits(features), features, examples)["exact_match"] > 97
+
+
+def test_postprocess_v2_null_against_best_span(tok):
+    examples = qa.load_examples(DATA / "tasks" / "squad_v2.json")
+    assert [e.answers for e in examples if not e.answers] == [(), (), ()]
+    features = qa.featurize(examples, tok, max_length=MAX_LENGTH, doc_stride=STRIDE)
+    assert (features["start_positions"][[not examples[i].answers for i in features["example_index"]]] == 0).all()
+    start, end = _gold_logits(features)  # answerable: span 10 + 10; unanswerable: <s> 10 + 10
+    null = start[:, 0] + end[:, 0]
+    assert set(null) == {0.0, 20.0}
+    unanswerable = np.array([not examples[i].answers for i in features["example_index"]])
+    first_context = (features["offset_mapping"][:, :, 0] >= 0).argmax(axis=1)
+    rows = np.flatnonzero(unanswerable)
+    start[rows, first_context[rows]], end[rows, first_context[rows]] = 5.0, 5.0  # a weaker span: 5 + 5
+    answers, diffs = qa.postprocess_v2(start, end, features, examples)
+    assert answers == {e.id: e.answers[0] if e.answers else "" for e in examples}
+    # An answerable question's null score is its lowest over windows (0 where <s> is not its label): 0 - 20.
+    assert {diffs[e.id] for e in examples if e.answers} == {-20.0}
+    assert {diffs[e.id] for e in examples if not e.answers} == {10.0}  # <s> 20 - span 10
+    # Null only where the diff exceeds the threshold: at 10 the unanswerable ones answer with their span, the
+    # context's first token ("The", and "G" of "Gull").
+    below, _ = qa.postprocess_v2(start, end, features, examples, null_score_diff_threshold=9.9)
+    assert below == answers
+    at, _ = qa.postprocess_v2(start, end, features, examples, null_score_diff_threshold=10.0)
+    assert {at[e.id] for e in examples if not e.answers} == {"The", "G"}
+    assert {k: v for k, v in at.items() if v not in ("The", "G")} == {e.id: e.answers[0] for e in examples if e.answers}
+    scores = task_metrics.squad_v2_scores(answers, {e.id: e.answers for e in examples}, diffs)
+    assert scores["exact"] == 100.0 and scores["NoAns_total"] == 3.0 and scores["best_exact"] == 100.0
+
+
+def test_v2_task_score_names(tok):
+    from ml_collections import ConfigDict
+    examples = qa.load_examples(DATA / "tasks" / "squad_v2.json")
+    features = qa.featurize(examples, tok, max_length=MAX_LENGTH, doc_stride=STRIDE)
+    config = ConfigDict(dict(data=dict(version_2_with_negative=True), n_best=20, max_answer_length=30,
+                             null_score_diff_threshold=0.0))
+    scores = qa.score(config, _gold_logits(features), features, examples, None)
+    assert tuple(scores) == qa.metric_names(config) and scores["no_ans_exact"] == 100.0

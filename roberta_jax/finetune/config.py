@@ -19,6 +19,8 @@ def default_config() -> ml_collections.ConfigDict:
     # Initial weights: an HF-format directory (config.json + model.safetensors, e.g. roberta-base or a
     # pretraining run's WORKDIR/hf) or a pretraining workdir (its newest Orbax checkpoint).
     c.init_from = ""
+    # True: the weights of `init_from` are not loaded, only its architecture and tokenizer (a random-init baseline).
+    c.init_random = False
     c.tokenizer_path = ""  # "" = the tokenizer beside the weights (init_from, or WORKDIR/tokenizer of a workdir)
     c.seed = 42  # head init, shuffling and dropout
 
@@ -26,6 +28,9 @@ def default_config() -> ml_collections.ConfigDict:
         dict(
             train_file="",  # the task's file format (`roberta_jax.finetune.tasks`); relative to the working dir
             eval_file="",  # evaluated every eval_every_steps and at the end; must hold labels too
+            # More labelled eval files, "name=path,name=path": each scored like eval_file, as eval/<name>/<metric>
+            # (MNLI's dev_mismatched beside dev_matched). The best export follows eval_file alone.
+            extra_eval_files="",
             max_train_examples=0,  # 0 = all; else a random subset of this size (chosen by `seed`)
             max_eval_examples=0,  # 0 = all; else the first this many
             max_length=128,  # tokens per row; longer inputs are truncated (QA: cut into windows)
@@ -35,6 +40,8 @@ def default_config() -> ml_collections.ConfigDict:
             text_a="",  # classification: text columns ("" = the first of GLUE's names found)
             text_b="",
             label_column="label",
+            columns="",  # classification: comma-separated column names of a file without a header line (CoLA)
+            version_2_with_negative=False,  # qa: SQuAD v2.0, unanswerable questions predicted as ""
         )
     )
     # Dropout of the fine-tuned model, replacing the checkpoint's (RoBERTa fine-tunes with 0.1).
@@ -58,6 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.best_metric = "accuracy"  # a key of the task's compute_metrics; the best export keeps its highest value
     c.n_best = 20  # qa: start/end candidates per window
     c.max_answer_length = 30  # qa: longest answer, in tokens
+    # qa v2: predict "" where the null score (start+end logit of <s>) beats the best span's by more than this.
+    c.null_score_diff_threshold = 0.0
 
     c.log_every_steps = 50  # TensorBoard interval; metrics.jsonl gets every step
     return add_runtime_fields(c, checkpoint_keep=1)

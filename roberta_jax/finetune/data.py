@@ -30,10 +30,28 @@ class TaskData:
     eval_features: dict[str, np.ndarray]
     labels: list[str] | None  # the label names (classification, ner); None for regression, qa, multiple choice
     model_arrays: tuple[str, ...]  # the feature keys a step reads
+    # `data.extra_eval_files`: name -> (examples, features), scored beside the eval file.
+    extra_evals: dict[str, tuple[list, dict[str, np.ndarray]]] = dataclasses.field(default_factory=dict)
 
     def arrays(self, split: str) -> dict[str, np.ndarray]:
         features = self.train_features if split == "train" else self.eval_features
         return {k: features[k] for k in self.model_arrays}
+
+    def eval_sets(self) -> list[tuple[str, list, dict[str, np.ndarray]]]:
+        """(metric prefix, examples, features) of every eval set: the eval file's ("") then each extra's ("name/")."""
+        extra = [(f"{name}/", examples, features) for name, (examples, features) in self.extra_evals.items()]
+        return [("", self.eval_examples, self.eval_features), *extra]
+
+
+def extra_eval_files(config) -> dict[str, str]:
+    """`config.data.extra_eval_files` ("name=path,name=path") as {name: path}; a malformed entry is a ValueError."""
+    files = {}
+    for entry in filter(None, (e.strip() for e in config.data.extra_eval_files.split(","))):
+        name, sep, path = entry.partition("=")
+        if not sep or not name.strip() or not path.strip() or "/" in name:
+            raise ValueError(f"data.extra_eval_files: {entry!r} is not NAME=PATH (a name without '/')")
+        files[name.strip()] = path.strip()
+    return files
 
 
 def check_labels(config, task: Task, examples: Sequence, labels: list[str] | None) -> None:
@@ -66,11 +84,27 @@ def load_task_data(config, tokenizer, task: Task) -> TaskData:
     check_labels(config, task, dev, labels)
     train_features, dev_features = (task.make_features(config, e, tokenizer, labels) for e in (train, dev))
     arrays = ("input_ids", "attention_mask", *task.TARGETS)
-    for name, features in (("train", train_features), ("eval", dev_features)):
+    extra = {}
+    for name, path in extra_eval_files(config).items():
+        examples = task.read_split(config, path)
+        if not examples:
+            raise ValueError(f"{path} (data.extra_eval_files {name}) holds no examples")
+        check_labels(_with_eval_file(config, path), task, examples, labels)
+        extra[name] = (examples, task.make_features(config, examples, tokenizer, labels))
+    named = [("train", d.train_file, train_features), ("eval", d.eval_file, dev_features)]
+    for name, path, features in named + [(n, p, extra[n][1]) for n, p in extra_eval_files(config).items()]:
         missing = [k for k in arrays if k not in features]
         if missing:
-            raise ValueError(f"the {name} file has no labels ({missing}); fine-tuning needs labelled files")
-    return TaskData(train, train_features, dev, dev_features, labels, arrays)
+            raise ValueError(f"{path} ({name}) has no labels ({missing}); fine-tuning needs labelled files")
+    return TaskData(train, train_features, dev, dev_features, labels, arrays, extra)
+
+
+def _with_eval_file(config, path: str):
+    """`config` with `data.eval_file` = `path`, so that `check_labels` names the file it checks."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.eval_file = path
+    return config
 
 
 class FeatureBatches(RowBatches):

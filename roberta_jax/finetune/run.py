@@ -48,7 +48,10 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
         model = ARCHITECTURES[task.ARCHITECTURE](arch, **rt.model_kwargs())
         tx, lr_schedule = optimizer.make_optimizer(opt_config)
         state, state_shardings = rt.create_state(model, tx)
-        state = with_initial_weights(config.init_from, state, state_shardings, task.ARCHITECTURE)
+        if config.init_random:  # the baseline: init_from's architecture and tokenizer, fresh weights
+            log.info("%s: random init of %s's architecture (init_random)", task.ARCHITECTURE, config.init_from)
+        else:
+            state = with_initial_weights(config.init_from, state, state_shardings, task.ARCHITECTURE)
         train_step, eval_step = rt.compile(*task_steps(config, task, model, tx, lr_schedule), state_shardings)
         state, step = rt.resume(state, train_batches)
 
@@ -165,15 +168,18 @@ def task_steps(config, task: tasks.Task, model, tx, lr_schedule):
 
 
 def evaluate_task(rt: runtime.Runtime, eval_step, params, config, task: tasks.Task, data: TaskData) -> dict:
-    """The eval loss and the task's metrics over all eval features, as `eval/<name>` floats."""
-    eval_arrays = data.arrays("eval")
-    batches = FeatureBatches(eval_arrays, config.eval_batch_size or config.batch_size, shuffle=False, num_epochs=1,
-                             drop_remainder=False)
-    sums, outputs = rt.evaluate(eval_step, params, batches)
-    outputs = gather_rows(outputs, len(eval_arrays["input_ids"]))
-    scores = task.score(config, outputs, data.eval_features, data.eval_examples, data.labels)
-    results = {f"eval/{k}": float(v) for k, v in scores.items()}
-    results["eval/loss"] = sums["loss_sum"] / max(sums["count"], 1.0)
+    """The eval loss and the task's metrics over all eval features, as `eval/<name>` floats; those of each
+    `data.extra_eval_files` set as `eval/<set>/<name>`."""
+    results = {}
+    for prefix, examples, features in data.eval_sets():
+        eval_arrays = {k: features[k] for k in data.model_arrays}
+        batches = FeatureBatches(eval_arrays, config.eval_batch_size or config.batch_size, shuffle=False,
+                                 num_epochs=1, drop_remainder=False)
+        sums, outputs = rt.evaluate(eval_step, params, batches)
+        outputs = gather_rows(outputs, len(eval_arrays["input_ids"]))
+        scores = task.score(config, outputs, features, examples, data.labels)
+        results.update({f"eval/{prefix}{k}": float(v) for k, v in scores.items()})
+        results[f"eval/{prefix}loss"] = sums["loss_sum"] / max(sums["count"], 1.0)
     return results
 
 

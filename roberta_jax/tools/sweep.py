@@ -7,6 +7,7 @@
 
     python -m roberta_jax.tools.sweep run --config configs/tiny.py --workdir runs/ablations \\
         --runs configs/sweeps/roberta_ablations.py                # named runs: {name: overrides}
+    python -m roberta_jax.tools.sweep run ... --suite configs/suites/tiny_cpu.py   # + downstream, per run
 
 `run` expands the cartesian product of the `--grid` values (each run also gets every `--set`),
 or takes the named runs of a `--runs` file's `get_runs()` (for sweeps that are not a product),
@@ -17,6 +18,11 @@ train.py writes its resolved `train_config.json`. Runs go one after another, eac
 `train.py` process with its output in `train.log`: the command `--print-only` prints for a cluster
 launcher, run with this interpreter. Running a sweep again resumes each run from its newest checkpoint.
 `WORKDIR/sweep.json` lists the runs and their overrides for `compare`.
+
+With `--suite SUITE.py` (and the suite's `--suite-data TASK=DIR`, `--suite-set KEY=VALUE`), each run that
+trains is then fine-tuned downstream: `python -m roberta_jax.tools.suite run --config SUITE.py --workdir
+RUN/suite --model RUN`, logged in the same train.log; `compare` adds each task's median headline score
+(RUN/suite/results.json) as a column.
 
 `compare` reads each run's scalars (TensorBoard events, else metrics.jsonl), prints a table
 (run, overrides, final train loss, best and final value of the metric, steps) best run first,
@@ -47,12 +53,13 @@ import ml_collections
 
 from roberta_jax import storage
 from roberta_jax.suggest import did_you_mean
-from roberta_jax.tools import events
+from roberta_jax.tools import events, suite_report
 from roberta_jax.train import cli
 
 # The checkout root (roberta_jax/tools/sweep.py is three levels down), where train.py lives.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SWEEP_FILE = "sweep.json"
+SUITE_DIR = "suite"  # a run's downstream suite workdir, under the run's
 _TRUE, _FALSE = ("true", "t", "yes", "1"), ("false", "f", "no", "0")
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number"}
 
@@ -187,6 +194,15 @@ def train_command(config_spec: str, run: Run, common: dict[str, str], config: ml
     return [python, train_py, f"--config={config_spec}", f"--workdir={run.workdir}", *flags]
 
 
+def suite_command(suite_spec: str, run: Run, data: Sequence[str], sets: Sequence[str] = (),
+                  python: str = "python") -> list[str]:
+    """The downstream suite's command line for one run: fine-tuned from its workdir, into RUN/suite, with the
+    suite's `--data` and `--set` flags."""
+    return [python, "-m", "roberta_jax.tools.suite", "run", f"--config={suite_spec}",
+            f"--workdir={storage.join(run.workdir, SUITE_DIR)}", f"--model={run.workdir}",
+            *(f"--data={d}" for d in data), *(f"--set={s}" for s in sets)]
+
+
 def _flag_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
@@ -263,6 +279,7 @@ class Summary:
     final: float
     steps: int
     curve: tuple[Any, Any] | None  # (steps, values) of the metric
+    downstream: dict[str, float] = dataclasses.field(default_factory=dict)  # "task metric" -> suite median
 
 
 def summarize(workdir: str, metric: str = "eval/loss", mode: str = "min") -> list[Summary]:
@@ -277,8 +294,9 @@ def summarize(workdir: str, metric: str = "eval/loss", mode: str = "min") -> lis
     rows = []
     for name, overrides in runs:
         run_dir = storage.join(workdir, name)
+        downstream = suite_report.headline_medians(storage.join(run_dir, SUITE_DIR))
         if not events.has_logs(run_dir):
-            rows.append(Summary(name, overrides, nan, nan, nan, 0, None))
+            rows.append(Summary(name, overrides, nan, nan, nan, 0, None, downstream))
             continue
         scalars = events.read_scalars(run_dir)
         train = scalars.get("train/loss")
@@ -289,7 +307,7 @@ def summarize(workdir: str, metric: str = "eval/loss", mode: str = "min") -> lis
             final_train_loss=float(train[1][-1]) if train is not None else nan,
             best=float(best), final=float(curve[1][-1]) if curve is not None else nan,
             steps=max(int(s[-1]) for s, _ in scalars.values()) if scalars else 0,
-            curve=curve,
+            curve=curve, downstream=downstream,
         ))
     sign = 1.0 if mode == "min" else -1.0
     return sorted(rows, key=lambda r: (math.isnan(r.best), sign * r.best if not math.isnan(r.best) else 0.0))
@@ -297,10 +315,12 @@ def summarize(workdir: str, metric: str = "eval/loss", mode: str = "min") -> lis
 
 def format_table(rows: list[Summary], metric: str) -> str:
     """A plain-text table, one line per run."""
-    header = ["run", "overrides", "final train/loss", f"best {metric}", f"final {metric}", "steps"]
+    columns = list(dict.fromkeys(c for r in rows for c in r.downstream))  # downstream medians, in suite order
+    header = ["run", "overrides", "final train/loss", f"best {metric}", f"final {metric}", "steps", *columns]
     lines = [header] + [
         [r.name, " ".join(f"{k}={v}" for k, v in r.overrides.items()) or "-",
-         _number(r.final_train_loss), _number(r.best), _number(r.final), str(r.steps)]
+         _number(r.final_train_loss), _number(r.best), _number(r.final), str(r.steps),
+         *(f"{r.downstream[c]:.1f}" if c in r.downstream else "-" for c in columns)]
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -339,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a field fixed for every run")
     run.add_argument("--runs", metavar="FILE.py[:ARG]", help="named runs instead of a grid: FILE's get_runs([ARG])")
     run.add_argument("--print-only", action="store_true", help="print one launch command per run, run nothing")
+    run.add_argument("--suite", metavar="SUITE.py", help="after each run, fine-tune it on this downstream suite")
+    run.add_argument("--suite-data", action="append", default=[], metavar="TASK=DIR", help="the suite's --data")
+    run.add_argument("--suite-set", action="append", default=[], metavar="KEY=VALUE", help="the suite's --set")
     compare = cli.add_verbose(sub.add_parser("compare", help="tabulate (and plot) the runs of a sweep"))
     compare.add_argument("--workdir", required=True)
     compare.add_argument("--metric", default="eval/loss")
@@ -358,12 +381,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.print_only:
                 for r in runs:
                     print(shlex.join(train_command(args.config, r, common, config)))
+                    if args.suite:
+                        print(shlex.join(suite_command(args.suite, r, args.suite_data, args.suite_set)))
                 return 0
             train_py = os.path.join(REPO, "train.py")
             if not os.path.isfile(train_py):
                 raise FileNotFoundError(f"{train_py} not found: run sweeps from a checkout of the repository, "
                                         "or launch the commands of --print-only yourself")
             commands = [(r, train_command(args.config, r, common, config, sys.executable, train_py)) for r in runs]
+            if args.suite:
+                commands = [c for r, cmd in commands for c in ((r, cmd), (r, suite_command(
+                    args.suite, r, args.suite_data, args.suite_set, sys.executable)))]
             failed = run_all(commands)
             if failed:
                 print(f"{failed} of {len(runs)} runs failed", file=sys.stderr)

@@ -48,13 +48,16 @@ class Example:
     line: int | None = dataclasses.field(default=None, compare=False)  # where it starts in its file (not .json)
 
 
-def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_rows(path: str | os.PathLike, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Rows of a table with named columns, by file suffix: `.tsv` (header line, tab-separated, no quoting,
-    as GLUE's files), `.csv` (header line, quoted fields), `.jsonl` or `.json` (JSON Lines, or one list)."""
-    return [row for _, row in read_numbered_rows(path)]
+    as GLUE's files), `.csv` (header line, quoted fields), `.jsonl` or `.json` (JSON Lines, or one list).
+    `columns` names the columns of a .tsv/.csv without a header line (GLUE's CoLA): its first line is a row."""
+    return [row for _, row in read_numbered_rows(path, columns)]
 
 
-def read_numbered_rows(path: str | os.PathLike) -> list[tuple[int | None, dict[str, Any]]]:
+def read_numbered_rows(
+    path: str | os.PathLike, columns: Sequence[str] | None = None
+) -> list[tuple[int | None, dict[str, Any]]]:
     """`read_rows` with the line of the file each row starts on (None for the rows of a JSON list); `path` is
     local or on `gs://`."""
     path = os.fspath(path)
@@ -65,7 +68,7 @@ def read_numbered_rows(path: str | os.PathLike) -> list[tuple[int | None, dict[s
         if suffix in (".tsv", ".csv"):
             quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
             reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",", quoting=quoting)
-            header = next(reader, None)
+            header = list(columns) if columns else next(reader, None)
             if header is None:
                 raise ValueError(f"{path}: empty, expected a header line of column names")
             rows, line_number = [], reader.line_num + 1
@@ -98,15 +101,16 @@ def _text_columns(columns: Sequence[str], path: str) -> tuple[str, str | None]:
 
 def load_examples(
     path: str | os.PathLike, text_a: str | None = None, text_b: str | None = None, label: str = "label",
-    require_label: bool = False,
+    require_label: bool = False, columns: Sequence[str] | None = None,
 ) -> list[Example]:
     """Examples from a .tsv/.csv/.jsonl/.json table (see `read_rows`). `text_a`/`text_b` name the text
     columns (default: the first of `KNOWN_TEXT_COLUMNS` present); without a `label` column (a test split)
     the examples have no labels, or, with `require_label`, it is a ValueError naming the file and its columns.
+    `columns` names the columns of a file without a header line (see `read_rows`).
     Labels are stripped of surrounding whitespace (`"1 "` is `"1"`), as GLUE's readers do. SST-2's
     `label<TAB>text_a` header and GLUE's own columns work as they are."""
     path = os.fspath(path)
-    numbered = read_numbered_rows(path)
+    numbered = read_numbered_rows(path, columns)
     if not numbered:
         return []
     columns = list(numbered[0][1])
@@ -219,8 +223,9 @@ TARGETS = ("labels",)
 def read_split(config, path: str) -> list[Example]:
     """The examples of a fine-tuning file: labelled, both the training and the eval file."""
     d = config.data
+    columns = [c.strip() for c in d.columns.split(",")] if d.columns else None
     return load_examples(path, text_a=d.text_a or None, text_b=d.text_b or None, label=d.label_column,
-                         require_label=True)
+                         require_label=True, columns=columns)
 
 
 def config_labels(config) -> list[str]:

@@ -1,4 +1,4 @@
-"""Extractive question answering (SQuAD v1.1): files -> features -> answer spans -> EM / F1.
+"""Extractive question answering (SQuAD v1.1 and v2.0): files -> features -> answer spans -> EM / F1.
 
     examples = load_examples("squad/dev-v1.1.json")
     features = featurize(examples, tokenizer, max_length=384, doc_stride=128)   # one row per context window
@@ -8,7 +8,8 @@
 A question and its context encode as `<s> question </s></s> context </s>`; a context too long for one row is
 cut into windows that share `doc_stride` tokens, each a feature of its own (HF `run_qa.py`'s scheme). A
 window that does not hold the whole answer is labelled with index 0 (`<s>`). `postprocess` picks each
-example's best span over all its windows.
+example's best span over all its windows; `postprocess_v2` (SQuAD v2.0, `data.version_2_with_negative`)
+answers "" where `<s>`'s null score beats that span by more than `null_score_diff_threshold`.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ class Example:
 
 
 def load_examples(path: str | os.PathLike) -> list[Example]:
-    """The questions of a SQuAD v1.1 JSON file (`{"data": [{"paragraphs": [{"context", "qas"}]}]}`), local or
-    on `gs://`."""
+    """The questions of a SQuAD v1.1 or v2.0 JSON file (`{"data": [{"paragraphs": [{"context", "qas"}]}]}`),
+    local or on `gs://`; an unanswerable v2.0 question has no answers."""
     path = os.fspath(path)
     with storage.naming_missing(path):
         data = json.loads(storage.read_text(path))
@@ -133,6 +134,46 @@ def postprocess(
     """Each example's answer text (id -> text): of the spans pairing one of the `n_best` highest start and
     end logits [F, L] of a window, inside the context, end >= start and at most `max_answer_length` tokens,
     the one with the highest start + end logit over all of the example's windows ("" if there is none)."""
+    best = _best_spans(start_logits, end_logits, features, n_best, max_answer_length)
+    answers = {}
+    for i, example in enumerate(examples):
+        _, first, end = best.get(i, (0.0, 0, 0))
+        answers[example.id] = example.context[first:end]
+    return answers
+
+
+def postprocess_v2(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    features: dict[str, np.ndarray],
+    examples: Sequence[Example],
+    n_best: int = 20,
+    max_answer_length: int = 30,
+    null_score_diff_threshold: float = 0.0,
+) -> tuple[dict[str, str], dict[str, float]]:
+    """SQuAD v2.0 answers: (id -> text, id -> null score diff). The null score of an example is the lowest
+    start + end logit of `<s>` (index 0) over its windows; the diff is that minus the best span's score
+    (`postprocess`'s), and the answer is "" (no answer) where the diff exceeds `null_score_diff_threshold`,
+    as HF's `run_qa.py` and the original BERT scripts decide. The diffs are the `na_probs` of
+    `task_metrics.squad_v2_scores`, which finds the threshold that would have been best."""
+    start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
+    best = _best_spans(start_logits, end_logits, features, n_best, max_answer_length)
+    null = start_logits[:, 0] + end_logits[:, 0]
+    answers, diffs = {}, {}
+    for i, example in enumerate(examples):
+        null_score = float(null[features["example_index"] == i].min())
+        if i not in best:  # no valid span in any window: the null answer, whatever the threshold
+            answers[example.id], diffs[example.id] = "", float("inf")
+            continue
+        score, first, end = best[i]
+        diffs[example.id] = null_score - score
+        answers[example.id] = "" if diffs[example.id] > null_score_diff_threshold else example.context[first:end]
+    return answers, diffs
+
+
+def _best_spans(start_logits, end_logits, features, n_best: int, max_answer_length: int):
+    """{example index: (score, first char, end char)} of each example's best valid span (see `postprocess`);
+    an example without one is absent."""
     start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
     offsets, example_index = features["offset_mapping"], features["example_index"]
     if start_logits.shape != offsets.shape[:2] or end_logits.shape != offsets.shape[:2]:
@@ -154,11 +195,7 @@ def postprocess(
         s, e = np.unravel_index(np.argmax(scores), scores.shape)
         if int(i) not in best or scores[s, e] > best[int(i)][0]:
             best[int(i)] = (float(scores[s, e]), int(offsets[f, starts[s], 0]), int(offsets[f, ends[e], 1]))
-    answers = {}
-    for i, example in enumerate(examples):
-        _, first, end = best.get(i, (0.0, 0, 0))
-        answers[example.id] = example.context[first:end]
-    return answers
+    return best
 
 
 def compute_metrics(
@@ -217,13 +254,24 @@ def metric_outputs(config, outputs):
     return outputs
 
 
+# SQuAD v2.0's scores (`task_metrics.squad_v2_scores`) under this task's metric names.
+V2_METRICS = {"exact": "exact_match", "f1": "f1", "HasAns_exact": "has_ans_exact", "HasAns_f1": "has_ans_f1",
+              "NoAns_exact": "no_ans_exact", "NoAns_f1": "no_ans_f1", "best_exact": "best_exact",
+              "best_f1": "best_f1", "best_f1_thresh": "best_f1_thresh"}
+
+
 def score(config, outputs, features, examples, labels) -> dict[str, float]:
-    return compute_metrics(outputs, features, examples, n_best=config.n_best,
-                           max_answer_length=config.max_answer_length)
+    if not config.data.version_2_with_negative:
+        return compute_metrics(outputs, features, examples, n_best=config.n_best,
+                               max_answer_length=config.max_answer_length)
+    answers, diffs = postprocess_v2(*outputs, features, examples, config.n_best, config.max_answer_length,
+                                    config.null_score_diff_threshold)
+    scores = task_metrics.squad_v2_scores(answers, {e.id: e.answers for e in examples}, diffs)
+    return {name: scores.get(key, 0.0) for key, name in V2_METRICS.items()}
 
 
 def metric_names(config) -> tuple[str, ...]:
-    return ("exact_match", "f1")
+    return tuple(V2_METRICS.values()) if config.data.version_2_with_negative else ("exact_match", "f1")
 
 
 def accuracy_name(config) -> str:

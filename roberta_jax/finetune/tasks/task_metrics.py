@@ -4,7 +4,8 @@
   (binary: positive class 1; more classes: macro over the classes seen in labels or predictions) and
   `matthews_corrcoef`; regression: Pearson and Spearman (average ranks for ties) as scipy's.
 - NER: entity-level micro precision/recall/F1 as `seqeval`'s default (conlleval-style) mode, plus tag accuracy.
-- QA: exact match and token F1 as the official SQuAD v1.1 `evaluate-v1.1.py`, in percent as it reports them.
+- QA: exact match and token F1 as the official SQuAD v1.1 `evaluate-v1.1.py`, in percent as it reports them;
+  SQuAD v2.0 (no-answer questions, best thresholds) as the official `evaluate-v2.0.py`.
 """
 
 from __future__ import annotations
@@ -186,3 +187,62 @@ def squad_scores(predictions: dict[str, str], answers: dict[str, Sequence[str]])
             em += max(squad_exact_match(predictions[qid], t) for t in truths)
             f1_sum += max(squad_f1(predictions[qid], t) for t in truths)
     return {"exact_match": 100.0 * em / len(answers), "f1": 100.0 * f1_sum / len(answers)}
+
+
+# SQuAD v2.0: unanswerable questions, whose only right answer is "".
+
+
+def _squad_v2_f1(prediction: str, truth: str) -> float:
+    """`squad_f1`, except that an empty answer on either side scores 1 if both are empty, else 0."""
+    pred_words, true_words = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    if not pred_words or not true_words:
+        return float(pred_words == true_words)
+    return squad_f1(prediction, truth)
+
+
+def _best_threshold(predictions, scores, na_probs, has_answer) -> tuple[float, float]:
+    """The score in percent and the threshold on `na_probs` that maximize it when every question above the
+    threshold is answered "" (the official script's `find_best_thresh`): questions in rising `na_probs`."""
+    current = best = sum(not has for has in has_answer.values())
+    threshold = 0.0
+    for qid in sorted(na_probs, key=lambda k: na_probs[k]):
+        if qid not in scores:
+            continue
+        current += scores[qid] if has_answer[qid] else (-1 if predictions[qid] else 0)
+        if current > best:
+            best, threshold = current, na_probs[qid]
+    return 100.0 * best / len(scores), float(threshold)
+
+
+def squad_v2_scores(
+    predictions: dict[str, str], answers: dict[str, Sequence[str]], na_probs: dict[str, float] | None = None,
+    na_prob_thresh: float = 1.0,
+) -> dict[str, float]:
+    """SQuAD v2.0 scores as the official `evaluate-v2.0.py`: `exact`, `f1` (percent) and `total`, the same over
+    the answerable (`HasAns_*`) and unanswerable (`NoAns_*`, gold answer "") questions, each prediction
+    counted as "" where its `na_probs` exceeds `na_prob_thresh`; with `na_probs` (e.g. `qa.postprocess_v2`'s
+    null score diffs) also `best_exact`, `best_f1` and their thresholds. Every question of `answers`
+    (id -> gold texts, none for an unanswerable one) needs a prediction."""
+    missing = sorted(set(answers) - set(predictions))
+    if missing:
+        raise ValueError(f"no prediction for {len(missing)} questions, e.g. {missing[:3]}")
+    has_answer = {qid: bool(truths) for qid, truths in answers.items()}
+    exact, f1_raw = {}, {}
+    for qid, truths in answers.items():
+        golds = [t for t in truths if normalize_answer(t)] or [""]
+        exact[qid] = max(squad_exact_match(predictions[qid], t) for t in golds)
+        f1_raw[qid] = max(_squad_v2_f1(predictions[qid], t) for t in golds)
+    probs = na_probs if na_probs is not None else dict.fromkeys(answers, 0.0)
+    out: dict[str, float] = {}
+    for prefix, qids in (("", list(answers)), ("HasAns_", [q for q in answers if has_answer[q]]),
+                         ("NoAns_", [q for q in answers if not has_answer[q]])):
+        if not qids:
+            continue
+        null = {q: probs[q] > na_prob_thresh for q in qids}
+        out[f"{prefix}exact"] = 100.0 * sum(float(not has_answer[q]) if null[q] else exact[q] for q in qids) / len(qids)
+        out[f"{prefix}f1"] = 100.0 * sum(float(not has_answer[q]) if null[q] else f1_raw[q] for q in qids) / len(qids)
+        out[f"{prefix}total"] = float(len(qids))
+    if na_probs is not None:
+        out["best_exact"], out["best_exact_thresh"] = _best_threshold(predictions, exact, na_probs, has_answer)
+        out["best_f1"], out["best_f1_thresh"] = _best_threshold(predictions, f1_raw, na_probs, has_answer)
+    return out
