@@ -197,6 +197,8 @@ def test_a_linear_probe_trains_a_copy_of_the_head_only(tmp_path, tok):
             # The encoder starts from the pretraining params and stays there; the head moves from its init.
             assert not differs(trained["roberta"], before["roberta"])
             assert differs(trained["classifier"], jax.device_get(probed.fresh.params["classifier"]))
+        # Compiled once: the second call reused the first one's programs.
+        assert probed.train_step._cache_size() == probed.start._cache_size() == 1
         # The pretraining params are still there, as they were: the probe trained copies and gave none away.
         assert not differs(jax.device_get(state.params), before)
 
