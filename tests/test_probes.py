@@ -14,7 +14,9 @@ import pytest
 
 from roberta_jax.finetune import probe
 from roberta_jax.finetune import run as finetune_run
-from roberta_jax.train import loop, pretrain, validate
+from roberta_jax.model.config import RobertaConfig
+from roberta_jax.model.heads import RobertaForMaskedLM
+from roberta_jax.train import loop, pretrain, runtime, validate
 from roberta_jax.train import workdir as workdir_files
 from roberta_jax.train.config import PROBE_FIELDS, default_config, probe_task
 from tests.test_layering import REPO, package_imports
@@ -83,8 +85,8 @@ def test_probes_leave_the_losses_alone_and_are_logged_once_across_a_kill(tmp_pat
     assert [r["step"] for r in after] == [10, 20]  # the dropped record of step 10 logged again, once
     # The probe's own seed fixes its head, dropout and batches: step 10 probed again gives the same scores.
     assert {k: after[0][k] for k in DOWNSTREAM[:-1]} == {k: before[k] for k in DOWNSTREAM[:-1]}
-    # A probe is fine-tuning: finetune.py's run from the checkpoint of step 20, with the probe's settings, scores
-    # exactly what the probe of step 20 logged.
+    # A probe is fine-tuning: fine-tuning's own run (`finetune_and_evaluate`, finetune.py's) from the checkpoint of
+    # step 20 with the probe's settings scores exactly what the probe of step 20 logged.
     spec = ml_collections.ConfigDict({**PROBE_FIELDS, **PROBE})
     config = probe.probe_finetune_config(spec)
     config.update(init_from=str(probed), dtype="float32", progress=False, compilation_cache_dir="none")
@@ -177,3 +179,30 @@ def test_a_linear_probe_moves_the_head_only():
     assert float(jnp.abs(updates["roberta"]["kernel"]).sum()) == 0.0
     # Adam's first step is lr * sign(g) = 0.1, plus the decay 0.1 * 0.5 * 1.
     assert updates["classifier"]["kernel"].ravel().tolist() == pytest.approx([-0.15] * 4, rel=1e-5)
+
+
+def test_a_linear_probe_trains_a_copy_of_the_head_only(tmp_path, tok):
+    config = default_config()
+    config.update(dtype="float32", compilation_cache_dir="none")
+    probe_task(config, "sst2", train_file=SST2, eval_file=SST2, steps=3, batch_size=2, max_seq_length=16, lr=1e-2,
+               mode="linear")
+    arch = RobertaConfig(vocab_size=50265, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=34)
+    with runtime.Runtime(config, str(tmp_path), workdir_files.TRAIN_CONFIG) as rt:
+        state, _ = rt.create_state(RobertaForMaskedLM(arch, **rt.model_kwargs()), optax.adamw(1e-3))
+        before = jax.device_get(state.params)
+        probed = probe.Probe("sst2", config.probes.tasks.sst2, rt, tok, arch)
+        for _ in range(2):  # the fresh state the probe starts from is there again for its next call
+            trained = jax.device_get(probed.train(state.params).params)
+            # The encoder starts from the pretraining params and stays there; the head moves from its init.
+            assert not differs(trained["roberta"], before["roberta"])
+            assert differs(trained["classifier"], jax.device_get(probed.fresh.params["classifier"]))
+        # Compiled once: the second call reused the first one's programs.
+        assert probed.train_step._cache_size() == probed.start._cache_size() == 1
+        # The pretraining params are still there, as they were: the probe trained copies and gave none away.
+        assert not differs(jax.device_get(state.params), before)
+
+
+def differs(a, b) -> bool:
+    """Whether any leaf of the trees `a` and `b` differs."""
+    return any(jax.tree.leaves(jax.tree.map(lambda x, y: bool((x != y).any()), a, b)))

@@ -87,14 +87,21 @@ class Probe:
 
     def __call__(self, state, step: int) -> dict[str, float]:
         clock = time.perf_counter()
-        probe_state = self.start(self.fresh, state.params[ENCODER])
-        batches = FeatureBatches(self.data.arrays("train"), self.config.batch_size, seed=self.config.seed)
-        for _ in range(self.steps):
-            probe_state, _ = self.train_step(probe_state, self.rt.put(next(batches)))
-        results = run.evaluate_task(self.rt, self.eval_step, probe_state.params, self.config, self.task, self.data)
+        params = self.train(state.params).params
+        results = run.evaluate_task(self.rt, self.eval_step, params, self.config, self.task, self.data)
         out = {f"downstream/{self.name}/{k.removeprefix('eval/')}": v for k, v in results.items()}
         out[f"perf/probe_seconds/{self.name}"] = time.perf_counter() - clock
         return out
+
+
+    def train(self, params) -> steps.TrainState:
+        """The probe's state after its `steps` steps from the encoder of `params` (the pretraining params, left
+        as they are), its batches in the same order at every call."""
+        state = self.start(self.fresh, params[ENCODER])
+        batches = FeatureBatches(self.data.arrays("train"), self.config.batch_size, seed=self.config.seed)
+        for _ in range(self.steps):
+            state, _ = self.train_step(state, self.rt.put(next(batches)))
+        return state
 
 
 def start_state(fresh: steps.TrainState, encoder: Any) -> steps.TrainState:
