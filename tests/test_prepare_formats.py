@@ -119,6 +119,17 @@ def test_prepare_gives_the_documents_training_reads(corpora, bpe, one_worker, na
     assert len(manifest["splits"]["train"]["shards"]) == pieces
 
 
+@pytest.mark.parametrize("name, reference_name", [
+    ("corpus.txt.gz", "corpus.txt"), ("docs.jsonl.zst", "docs.jsonl"), ("gz", "docs.jsonl"),
+])
+def test_training_reads_compressed_files_as_their_plain_copies(corpora, bpe, name, reference_name):
+    compressed = tokenize_corpus(str(corpora / name), bpe)
+    plain = tokenize_corpus(str(corpora / reference_name), bpe)
+    np.testing.assert_array_equal(compressed.doc_offsets, plain.doc_offsets)
+    np.testing.assert_array_equal(compressed.tokens, plain.tokens)
+    assert compressed.num_empty_documents == plain.num_empty_documents
+
+
 @pytest.mark.parametrize("name", ["gz", "docs.parquet"])
 def test_four_workers_write_the_bytes_one_writes(corpora, bpe, one_worker, tmp_path, name):
     out, one = one_worker(name)

@@ -25,8 +25,12 @@ them into its own arrow copy anyway), so each remote file is downloaded once int
 by its path, size and generation, and reused while the object is unchanged. The cache itself is
 memory-mapped, so `cache_dir` must be local (a workdir on `gs://` gets a local one from the training side).
 
+Compressed text and JSON lines files (`.gz .bz2 .xz .zst`) are streamed as `prepare` streams them
+(`readers`): the same documents, whether a run tokenizes them here or reads them prepared.
+
 Errors. A text or JSON file that is empty, whitespace-only or not valid UTF-8, and an empty
-Parquet file, raise ValueError naming the path, before `datasets` reads anything.
+Parquet file, raise ValueError naming the path, before `datasets` reads anything (a compressed file as
+it is read).
 
 Tokenizing is `Dataset.map(batched=True, num_proc=...)`, ids without special tokens. With
 `cache_dir`, the result is stored as `tokens.npy` (int32, documents back to back) and
@@ -125,7 +129,8 @@ def tokenize_corpus(
         return _load_cached(final_dir, fingerprint)
 
     for path in files:
-        text_files.check_file(path, kind)
+        if not text_files.compression(path):  # a compressed file is checked as it streams (`readers`)
+            text_files.check_file(path, kind)
     with _scratch_dir(cache_dir) as work_dir:
         docs = _documents(kind, files, sources, text_field, (doc_split, doc_separator), hub_config, hub_split,
                           work_dir, source_fp)
@@ -159,16 +164,15 @@ def document_texts(
     (`readers`), so a tokenizer can be trained for a compressed corpus that is then prepared."""
     _check_local(cache_dir)
     files, kind, _ = _resolve_sources(sources, format, hub_config, hub_split)
-    if any(map(text_files.compression, files)):
-        reading = readers.Reading(kind, text_field, doc_split, doc_separator)
-        for piece in readers.plan_pieces(files, reading, piece_bytes=1 << 62):
-            yield from (text for text in readers.piece_documents(piece) if text.strip())
-        return
     for path in files:
-        text_files.check_file(path, kind)
-    if kind == "text":
-        for texts in text_files.text_documents(files, doc_split, doc_separator):
-            yield from texts
+        if not text_files.compression(path):  # a compressed file is checked as it streams (`readers`)
+            text_files.check_file(path, kind)
+    compressed = any(map(text_files.compression, files))
+    if kind == "text" or compressed:
+        for texts in _text_batches(kind, files, text_field, (doc_split, doc_separator)):
+            # plain text as it always was read (a blank line in "line" mode included); compressed JSON lines
+            # as the other JSON lines: non-blank texts only
+            yield from (text for text in texts if text.strip()) if compressed else texts
         return
     with _scratch_dir(cache_dir) as work_dir:
         docs = _documents(kind, files, sources, text_field, (doc_split, doc_separator), hub_config, hub_split,
@@ -247,7 +251,7 @@ def _documents(kind, files, sources, text_field, split, hub_config, hub_split, w
     import datasets
 
     hf_dir = os.path.join(work_dir, "hf")
-    if kind == "text":
+    if kind == "text" or any(map(text_files.compression, files)):
         # Written as arrow record batches directly: `Dataset.from_generator` costs ~80 us a row.
         path = os.path.join(hf_dir, f"documents-{source_fp}.arrow")
         if not os.path.exists(path):
@@ -255,7 +259,7 @@ def _documents(kind, files, sources, text_field, split, hub_config, hub_split, w
             schema = pa.schema({"text": pa.string()})
             tmp_path = f"{path}.tmp-{uuid.uuid4().hex}"
             with pa.OSFile(tmp_path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-                for texts in text_files.text_documents(files, *split):
+                for texts in _text_batches(kind, files, text_field, split):
                     writer.write_batch(pa.record_batch([pa.array(texts, pa.string())], schema=schema))
             os.replace(tmp_path, path)
         return datasets.Dataset.from_file(path)
@@ -271,6 +275,25 @@ def _documents(kind, files, sources, text_field, split, hub_config, hub_split, w
         raise ValueError(f"{sources!r} has no field {text_field!r}; its fields are {ds.column_names}. Set text_field.")
     ds = ds.select_columns([text_field])
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
+
+
+def _text_batches(kind, files, text_field, split) -> Iterator[list[str]]:
+    """Lists of document texts, empty ones included: plain text files by `text_files`' rules; a corpus with
+    compressed files (text or JSON lines) streamed piece by piece as `prepare` reads it (`readers`), so a
+    `.jsonl.gz` trains as it prepares."""
+    if not any(map(text_files.compression, files)):
+        yield from text_files.text_documents(files, *split)
+        return
+    reading = readers.Reading(kind, text_field, *split)
+    for piece in readers.plan_pieces(files, reading, piece_bytes=1 << 62):
+        batch = []
+        for text in readers.piece_documents(piece):
+            batch.append(text)
+            if len(batch) == 1000:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
 
 def _unreadable(files: Sequence[str], err: Exception) -> ValueError:
