@@ -7,7 +7,9 @@ Each batch slot draws its source by weight and each source walks its own shuffle
 stories' 7 rows of 128 tokens come round more than once per step (about 10 of the 32 slots), as an over-weighted
 small corpus would, while Shakespeare takes about 140 steps per epoch and the wiki about 370. 20% of each source's
 documents are held out (one of the five stories); the log has eval/loss over all of them and eval/<name>/loss,
-perplexity and accuracy per source.
+perplexity and accuracy per source. Measured (one run of the 300 steps on a loaded 2-core CPU, stopped at step
+266 and resumed): train/loss 5.25; eval/loss 6.56, eval/shakespeare/loss 6.25, eval/stories/loss 6.26,
+eval/wiki/loss 6.87 (accuracy 10.2%, 8.7%, 5.7%).
 Prepared once instead (eval_fraction must be 0 there; give the sources eval_files to evaluate):
 
     python -m roberta_jax.tools.prepare --config configs/mixture.py --out /tmp/mixture --config.data.eval_fraction=0
