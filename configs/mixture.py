@@ -4,9 +4,12 @@ TinyStories sample and the WikiText-2 test set from ../shared/data/corpus, weigh
     python train.py --config configs/mixture.py --workdir runs/mixture
 
 Each batch slot draws its source by weight and each source walks its own shuffled epochs (`data.mixture`): the
-six stories (a handful of rows) are read again every step or two, as an over-weighted small corpus would be,
-while the other two take a few hundred steps per epoch. 20% of each source's documents are held out (one story
-of six); the log has eval/loss over all of them and eval/<name>/loss, perplexity and accuracy per source.
+stories' 7 rows of 128 tokens come round more than once per step (about 10 of the 32 slots), as an over-weighted
+small corpus would, while Shakespeare takes about 140 steps per epoch and the wiki about 370. 20% of each source's
+documents are held out (one of the five stories); the log has eval/loss over all of them and eval/<name>/loss,
+perplexity and accuracy per source. Measured (one run of the 300 steps on a loaded 2-core CPU, stopped at step
+266 and resumed): train/loss 5.25; eval/loss 6.56, eval/shakespeare/loss 6.25, eval/stories/loss 6.26,
+eval/wiki/loss 6.87 (accuracy 10.2%, 8.7%, 5.7%).
 Prepared once instead (eval_fraction must be 0 there; give the sources eval_files to evaluate):
 
     python -m roberta_jax.tools.prepare --config configs/mixture.py --out /tmp/mixture --config.data.eval_fraction=0
@@ -26,7 +29,7 @@ from roberta_jax.train.config import add_source
 # name: (the file under ../shared/data/corpus, its fields: weight and how it splits into documents)
 SOURCES = {
     "shakespeare": ("tinyshakespeare.txt", dict(weight=0.5, doc_split="blank_line")),
-    "stories": ("tinystories-sample.txt", dict(weight=0.3, doc_separator="<|endoftext|>")),  # six stories
+    "stories": ("tinystories-sample.txt", dict(weight=0.3, doc_separator="<|endoftext|>")),  # five stories
     "wiki": ("wikitext2-test.raw", dict(weight=0.2, doc_split="line")),  # a paragraph per line
 }
 
@@ -34,7 +37,7 @@ SOURCES = {
 def get_config(arg=None):
     c = tiny.get_config()
     c.data.train_files = ""
-    c.data.eval_fraction = 0.2  # of each source's documents: one of the six stories
+    c.data.eval_fraction = 0.2  # of each source's documents: one of the five stories
     for name, (file, fields) in SOURCES.items():
         if not arg:
             add_source(c, name, train_files=shared_data("corpus", file), **fields)
