@@ -60,13 +60,11 @@ def main(argv):
     manifests = {}
     for name in sorted(config.data.sources):
         directory = storage.join(_OUT.value, name)
-        try:
+        with pretrain.source_errors(name):
             if config.data.sources[name].prepared:
                 raise ValueError(f"already prepared in {config.data.sources[name].prepared}; name its train_files "
                                  "to prepare it here")
             manifests[name] = prepare_source(config, config.data.sources[name], tokenizer, directory)
-        except (ValueError, OSError) as err:
-            raise ValueError(f"data.sources.{name}: {err}") from err
         if not is_tokenizer_dir(storage.join(directory, shards.TOKENIZER)):
             with storage.staged_dir(storage.join(directory, shards.TOKENIZER)) as staging:
                 tokenizer.save(staging)

@@ -8,6 +8,7 @@ code runs on a TPU pod, a GPU node or a laptop; the mesh shape, batch and model 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -216,10 +217,17 @@ def load_or_train_tokenizer(config, workdir: str) -> FastTokenizer:
 
 
 def named_errors(name: str, texts):
-    """`texts`, with a bad-input error raised while reading them prefixed by `data.sources.<name>: ` (for a source of
-    a mixture; `name` "" is the single source, whose errors name their file already)."""
-    try:
+    """`texts`, with a bad-input error raised while reading them named by its source (`source_errors`)."""
+    with source_errors(name):
         yield from texts
+
+
+@contextlib.contextmanager
+def source_errors(name: str):
+    """A bad-input error (ValueError, OSError) raised inside, prefixed by `data.sources.<name>: ` for a source of
+    a mixture; `name` "" is the single source, whose errors name their file already."""
+    try:
+        yield
     except (ValueError, OSError) as err:
         if not name:
             raise
@@ -284,7 +292,7 @@ def source_data(config, tokenizer: FastTokenizer, workdir: str) -> dict[str, Pre
     d = config.data
     data = {}
     for name, s in mixture_sources(config).items():
-        try:
+        with source_errors(name):
             if s["prepared"]:
                 data[name] = prepared_data(s["prepared"], tokenizer, d.max_seq_length)
                 continue
@@ -296,8 +304,6 @@ def source_data(config, tokenizer: FastTokenizer, workdir: str) -> dict[str, Pre
                 input_format=d.input_format, format=s["format"], text_field=s["text_field"],
                 doc_split=s["doc_split"], doc_separator=s["doc_separator"],
             )
-        except (ValueError, OSError) as err:
-            raise ValueError(f"data.sources.{name}: {err}") from err
         log.info("data of source %s: %s", name, data[name].stats)
     return data
 
