@@ -7,7 +7,9 @@ For each planned slice (a config's `PLANS`: chips and rows of 512 per chip per m
 the exact train step train.py would run there (`aot.compile_steps` through libtpu's topology
 description; no TPU is used) and prints one markdown row: per chip, parameters + optimizer state,
 temporaries against the activations the backward pass needs (`aot.activation_bytes`), the program's
-total against the chip's HBM, the attention that ran, and the roofline bound on tokens/s and MFU.
+total against the chip's HBM, the attention that ran, the HBM traffic of one microbatch and the update
+(read from the optimized HLO) against what it must move (`aot.traffic_bytes`), per token and per FLOP,
+and the roofline bound on tokens/s and MFU.
 Needs libtpu (`pip install -e '.[tpu]'`). roberta-large compiles in minutes on a small CPU.
 """
 
@@ -24,8 +26,9 @@ sys.path.insert(0, REPO)
 from roberta_jax.train import aot, chips, cli  # noqa: E402
 
 HEADER = ("| config | slice | chips x rows x accumulation | attention | params + opt. state | temporaries "
-          "(x activations) | per chip / HBM | fits | roofline tokens/s per chip | MFU bound | compile |\n"
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "(x activations) | per chip / HBM | fits | HBM traffic per microbatch (x accounting) | HBM bytes per token "
+          "| FLOP per HBM byte | roofline tokens/s per chip | MFU bound | compile |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
 def plan_row(config_path: str, target: str) -> str:
@@ -38,12 +41,16 @@ def plan_row(config_path: str, target: str) -> str:
     chip = chips.chip_for(compiled.mesh.devices.flat[0].device_kind)
     n = compiled.mesh.devices.size
     bound = compiled.train_roofline(report, chip)
+    account = compiled.traffic()
+    tokens = compiled.rows_per_device * compiled.length
     gib = 2**30
     return (f"| {os.path.basename(config_path)} | {target} | {n} x {compiled.rows_per_device} x "
             f"{config.grad_accum_steps} | {report.attention} | {compiled.state_bytes / gib:.2f} GiB | "
             f"{report.temp_bytes / gib:.2f} GiB ({report.temp_bytes / compiled.activation_bytes(report):.2f}x) | "
             f"{report.total_bytes / gib:.1f} / {chip.hbm_bytes / gib:.0f} GiB | "
             f"{'yes' if report.total_bytes <= aot.HEADROOM * chip.hbm_bytes else 'NO'} | "
+            f"{report.hbm_bytes / 1e9:.1f} GB ({report.hbm_bytes / account.total:.2f}x) | "
+            f"{report.hbm_bytes / tokens / 1e3:.0f} kB | {report.flops / report.hbm_bytes:.0f} | "
             f"{bound.tokens_per_second_per_chip:,.0f} | {bound.mfu:.0%} | {seconds / 60:.1f} min |")
 
 

@@ -125,6 +125,12 @@ def test_compiles_for_a_tpu_slice_and_names_the_peak_buffers(tmp_path):
     assert 0 < report.peak_live_bytes <= report.temp_bytes
     text = format_report("v5p-8", c, compiled, [report])
     assert f"({_gib(report.peak_live_bytes)} live at the schedule's peak" in text
+    # XLA's bytes accessed count what the TPU keeps in VMEM too; the HBM traffic is read from the HLO.
+    assert 0 < report.hbm_bytes < report.bytes_accessed
+    assert report.traffic.on_chip_bytes > 0
+    account = compiled.traffic()
+    assert f"compiled: {report.hbm_bytes / account.total:.2f}x that" in text
+    assert "operations moving the most HBM bytes" in text and "layer_*" in text
 
 
 def activation_config(attention_dropout: float, heads: int, batch_size: int, mesh: dict, dtype: str):
@@ -195,6 +201,26 @@ def test_activation_accounting_is_korthikantis_formula():
     assert aot.activation_bytes(no_dropout, 8, 512, scores_written=True) == 12 * 512 * 8 * (34 * 768 + 4 * 12 * 512)
 
 
+def test_traffic_accounting_counts_each_part():
+    config = preset("base")  # roberta-base, 8 rows of 512, 80 predictions a row, on 4 chips of FSDP
+    h, f, v, p = 768, 3072, 50265, 124_697_433
+    account = aot.traffic_bytes(config, 8, 512, 80, p, param_shards=4, state_shards=4)
+    # per token and layer: forward 10h + 8h + 2f elements, backward 18h + 16h + 5f, and the log-sum-exp
+    assert account.layers == 12 * 8 * 512 * (2 * (52 * h + 7 * f) + 12 * 12)
+    assert account.embeddings == 8 * 512 * 18 * h
+    assert account.lm_head == 8 * 80 * (14 * v + 20 * h)
+    assert account.weights == 2 * 3 * p + 4 * p / 4 + 8 * p + 4 * p / 4
+    assert account.update == 28 * p / 4
+    assert account.total == pytest.approx(sum(account.parts().values()))
+    # Tensor parallelism splits q, k, v, the attention output, the FFN and the vocabulary, not the
+    # residual stream; accumulation adds the accumulator's read and write.
+    split = aot.traffic_bytes(config, 8, 512, 80, p, param_shards=4, state_shards=4, tensor=2, accumulating=True)
+    assert split.layers == 12 * 8 * 512 * (2 * (28 * h + 12 * h + 3.5 * f) + 6 * 12)
+    assert split.weights == 2 * 3 * p / 2 + 4 * p / 4 + 8 * p / 2 + 4 * p / 4 + 8 * p / 4
+    # Per token, roberta-base's layers move about 1.5 MB: 12 x 123 kB.
+    assert 12 * (2 * (52 * h + 7 * f) + 144) == pytest.approx(1.476e6, rel=1e-3)
+
+
 @pytest.mark.parametrize("config_path", ["configs/base.py", "configs/large.py"])
 def test_the_configs_plans_shard_over_every_chip_and_accumulate_the_batch(config_path):
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), config_path)
@@ -221,3 +247,8 @@ def test_the_report_sets_temporaries_against_the_accounting(host_compiled):
     assert needed == aot.activation_bytes(compiled.model.config, 8, 64, scores_written=True)
     assert f"temporaries are {reports[0].temp_bytes / needed:.2f}x that" in text
     assert text.count("attention: xla (scores [B, N, L, L] written out)") == 2  # the CPU runs XLA's
+    # On the CPU everything is in main memory: the HLO's traffic against the accounting, and its top operations.
+    account = compiled.traffic()
+    assert f"{reports[0].hbm_bytes / 1e9:.2f} GB of HBM traffic per chip per step" in text
+    assert f"HBM traffic a step must move (aot.traffic_bytes): {account.total / 1e9:.2f} GB" in text
+    assert text.count("operations moving the most HBM bytes") == 2

@@ -10,7 +10,9 @@ Takes the same config file and `--config.*` overrides as train.py. TPU targets n
 (`pip install -e '.[tpu]'`); no TPU is used, only its compiler. The report: per chip, parameters +
 optimizer state, the program's arguments, outputs, temporaries and code against the chip's HBM (fits
 with 10% headroom or not), the largest buffers live at the peak with the operations that wrote them;
-FLOPs and bytes accessed per step and the roofline bound on step time, tokens/s and MFU.
+FLOPs and HBM traffic per step (read from the optimized HLO: XLA's own "bytes accessed" counts the traffic
+through on-chip memory too), the traffic against what the step must move (`aot.traffic_bytes`), the
+operations moving the most HBM bytes, and the roofline bound on step time, tokens/s and MFU.
 
 XLA's TPU compiler spends the HBM it has: on a chip that is mostly free, the temporaries include
 all-gathers started early and loose packing. `--hbm_gib` compiles as if each chip had that much HBM, and
@@ -33,9 +35,11 @@ _TARGET = flags.DEFINE_string("target", "host", "v5p-32 | v5e:4x4 | ... | host")
 _DUMP = flags.DEFINE_string("dump_hlo", "", "directory (local or gs://) for the optimized HLO and buffer assignment")
 _BUFFERS = flags.DEFINE_integer("buffers", 8, "largest live buffers to list per step")
 _HBM = flags.DEFINE_float("hbm_gib", None, "compile as if each chip had this much HBM (TPU targets)")
+_TOP = flags.DEFINE_integer("top", 10, "operations moving the most HBM bytes to list per step")
 
 
-def format_report(target: str, config, compiled: aot.CompiledSteps, reports: list[aot.StepReport]) -> str:
+def format_report(target: str, config, compiled: aot.CompiledSteps, reports: list[aot.StepReport],
+                  top: int = 10) -> str:
     """The report as text: one section per step."""
     device = compiled.mesh.devices.flat[0]
     chip = chips.chip_for(device.device_kind)
@@ -45,11 +49,11 @@ def format_report(target: str, config, compiled: aot.CompiledSteps, reports: lis
              f"remat {config.remat or 'none'}, dtype {config.dtype}",
              f"  params + optimizer state per chip: {_gib(compiled.state_bytes)}"]
     for report in reports:
-        lines += _step_lines(report, chip, compiled, config, n)
+        lines += _step_lines(report, chip, compiled, config, n, top)
     return "\n".join(lines)
 
 
-def _step_lines(report: aot.StepReport, chip, compiled, config, n: int) -> list[str]:
+def _step_lines(report: aot.StepReport, chip, compiled, config, n: int, top: int) -> list[str]:
     hbm = ""
     if compiled.hbm_bytes:
         hbm = (f" compiled for {_gib(compiled.hbm_bytes)} of HBM (--hbm_gib; the chip has "
@@ -59,8 +63,11 @@ def _step_lines(report: aot.StepReport, chip, compiled, config, n: int) -> list[
     lines = [f"  {report.name}: {_gib(report.total_bytes)} per chip{hbm}",
              f"    arguments {_gib(report.argument_bytes)}, outputs {_gib(report.output_bytes)}, "
              f"temporaries {_gib(report.temp_bytes)}{_live(report)}, code {_gib(report.code_bytes)}",
-             f"    {report.flops / 1e12:.3f} TFLOP and {report.bytes_accessed / 1e9:.2f} GB accessed per chip per step",
+             f"    {report.flops / 1e12:.3f} TFLOP and {report.hbm_bytes / 1e9:.2f} GB of HBM traffic per chip per step "
+             f"(XLA's bytes accessed, on-chip memory included: {report.bytes_accessed / 1e9:.2f} GB)",
              f"    attention: {ATTENTION[report.attention]}"]
+    if report.name == "train_step":
+        lines += _traffic_lines(report, compiled.traffic(), chip)
     if chip and report.name == "train_step":
         bound = compiled.train_roofline(report, chip)
         per = "step" if compiled.grad_accum_steps == 1 else f"microbatch (1 of {compiled.grad_accum_steps})"
@@ -70,10 +77,23 @@ def _step_lines(report: aot.StepReport, chip, compiled, config, n: int) -> list[
         needed = compiled.activation_bytes(report)
         lines.append(f"    activations a backward pass keeps ({compiled.rows_per_device} rows per chip; Korthikanti "
                      f"et al. 2022): {_gib(needed)}; temporaries are {report.temp_bytes / needed:.2f}x that")
+    if report.traffic is not None and top:
+        lines.append("    operations moving the most HBM bytes (instructions of every layer together):")
+        lines += [f"    {total / 1e9:>7.2f} GB {count:>5} x {operation[:110]}"
+                  for operation, count, total in report.traffic.top(top)]
     for buffer in report.peak_buffers:
         lines.append(f"    {_gib(buffer.bytes):>10}  {buffer.shapes[:100]}")
         lines += [f"                {op}" for op in buffer.ops]
     return lines
+
+
+def _traffic_lines(report: aot.StepReport, account: aot.TrafficAccount, chip) -> list[str]:
+    """The step's HBM traffic against `aot.traffic_bytes`, part by part, and its FLOPs per HBM byte."""
+    parts = ", ".join(f"{name.replace('_', ' ')} {size / 1e9:.2f}" for name, size in account.parts().items())
+    balance = f" (the chip's balance: {chip.peak_flops / chip.hbm_bandwidth:.0f})" if chip else ""
+    return [f"    HBM traffic a step must move (aot.traffic_bytes): {account.total / 1e9:.2f} GB ({parts}); "
+            f"compiled: {report.hbm_bytes / account.total:.2f}x that",
+            f"    {report.flops / report.hbm_bytes:.0f} FLOP per HBM byte{balance}"]
 
 
 ATTENTION = {"splash": "splash (Pallas TPU flash-attention kernel)", "cudnn": "cudnn (fused flash attention)",
@@ -105,7 +125,7 @@ def main(argv):
         compiled = aot.compile_steps(config, aot.target_devices(target), dump_dir=dump, hbm_bytes=hbm)
         reports = [aot.step_report(name, step, dump, _BUFFERS.value)
                    for name, step in (("train_step", compiled.train), ("eval_step", compiled.eval))]
-    print(format_report(target, config, compiled, reports))
+    print(format_report(target, config, compiled, reports, _TOP.value))
     if _DUMP.value:
         print(f"optimized HLO and buffer assignment in {_DUMP.value}")
 

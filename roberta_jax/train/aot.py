@@ -14,7 +14,6 @@ device; the largest buffers live at the peak come from XLA's buffer assignment, 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import re
 from typing import Any
@@ -25,7 +24,8 @@ import numpy as np
 
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
-from roberta_jax.train import chips, masking, metrics, optimizer, pretrain, runtime, sharding, steps
+from roberta_jax.train import (chips, hlo_traffic, masking, metrics, optimizer, pretrain, runtime, sharding, steps,
+                               xla_dump)
 
 # Cloud TPU accelerator types (`v5p-128`) as chips in a slice's standard shape. v4 and v5p count
 # TensorCores (two per chip) and are 3-D tori; v5e and v6e count chips and are 2-D.
@@ -98,6 +98,16 @@ class CompiledSteps:
     grad_accum_steps: int
     predictions_per_row: int  # the MLM head's masked slots per row
     hbm_bytes: int | None = None  # the HBM per chip compiled for (`hbm_options`); None: the chip's own
+    param_count: int = 0  # the model's parameters
+    param_shards: float = 1.0  # the ways the parameters are split over the chips (FSDP, tensor), on average
+    state_shards: float = 1.0  # the same for the optimizer state
+    tensor_shards: int = 1  # the mesh's `tensor` axis
+
+    def traffic(self) -> TrafficAccount:
+        """`traffic_bytes` of this step on one chip: one microbatch and the update."""
+        return traffic_bytes(self.model.config, self.rows_per_device, self.length, self.predictions_per_row,
+                             self.param_count, self.param_shards, self.state_shards, self.tensor_shards,
+                             width=jnp.dtype(self.model.dtype).itemsize, accumulating=self.grad_accum_steps > 1)
 
     def train_roofline(self, report: StepReport, chip: chips.Chip) -> Roofline:
         """The train step's `roofline` per microbatch: XLA's cost analysis counts the accumulation loop's
@@ -150,9 +160,12 @@ def compile_steps(config, devices: list, dump_dir: str | None = None, eval_step:
         micro = batch(config.batch_size // config.grad_accum_steps, "input_ids", "attention_mask")
         evaluation = runtime.jit_eval_step(eval_fn, shardings, mesh, rules).lower(state.params, micro, 0)
         evaluation = _compile(evaluation, options, "eval step", devices, hbm_bytes)
+    params, opt_state = jax.tree.leaves(state.params), jax.tree.leaves(state.opt_state)
     return CompiledSteps(
         train=_compile(train, options, "train step", devices, hbm_bytes), eval=evaluation, model=model, mesh=mesh,
         state_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state)),
+        param_count=sum(x.size for x in params),
+        param_shards=_shards(params), state_shards=_shards(opt_state), tensor_shards=mesh.shape.get("tensor", 1),
         tokens_per_step=config.batch_size * config.data.max_seq_length,
         rows_per_device=config.batch_size // config.grad_accum_steps // sharding.batch_shards(mesh.shape, rules),
         length=config.data.max_seq_length, grad_accum_steps=config.grad_accum_steps,
@@ -209,20 +222,17 @@ def _shard_bytes(x: jax.ShapeDtypeStruct) -> int:
     return int(np.prod(x.sharding.shard_shape(x.shape))) * jnp.dtype(x.dtype).itemsize
 
 
-@dataclasses.dataclass
-class Buffer:
-    """One buffer live at the peak: its bytes, the shapes of the values that share it, and the JAX
-    operations (`op_name` metadata) that wrote the largest of them."""
-
-    bytes: int
-    shapes: str
-    ops: list[str]
+def _shards(leaves: list) -> float:
+    """How many ways `leaves` are split: their bytes over the bytes one device holds."""
+    whole = sum(x.size * jnp.dtype(x.dtype).itemsize for x in leaves)
+    return whole / max(sum(_shard_bytes(x) for x in leaves), 1)
 
 
 @dataclasses.dataclass
 class StepReport:
     """Per device: bytes of the compiled program's arguments, outputs (less those aliased to donated
-    arguments), temporaries and generated code; FLOPs and bytes accessed per step."""
+    arguments), temporaries and generated code; FLOPs and bytes accessed per step (XLA's cost analysis, which
+    counts on-chip memory too) and the HBM traffic read from the optimized HLO (`hlo_traffic`)."""
 
     name: str
     argument_bytes: int
@@ -231,13 +241,19 @@ class StepReport:
     code_bytes: int
     flops: float
     bytes_accessed: float
-    peak_buffers: list[Buffer]
+    peak_buffers: list[xla_dump.Buffer]
     attention: str = ""  # the attention that ran (`attention_kernel`)
     peak_live_bytes: int | None = None  # temporaries live at the schedule's peak (`peak_live_bytes`)
+    traffic: hlo_traffic.Traffic | None = None  # per instruction, from the optimized HLO
 
     @property
     def total_bytes(self) -> int:
         return self.argument_bytes + self.output_bytes + self.temp_bytes + self.code_bytes
+
+    @property
+    def hbm_bytes(self) -> float:
+        """Bytes read and written in HBM per step (XLA's bytes accessed where the HLO was not read)."""
+        return self.bytes_accessed if self.traffic is None else self.traffic.hbm_bytes
 
 
 def step_report(name: str, compiled, dump_dir: str | None = None, num_buffers: int = 8) -> StepReport:
@@ -245,14 +261,16 @@ def step_report(name: str, compiled, dump_dir: str | None = None, num_buffers: i
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
+    hlo = compiled.as_text()
     return StepReport(
         name=name, argument_bytes=memory.argument_size_in_bytes,
         output_bytes=memory.output_size_in_bytes - memory.alias_size_in_bytes,
         temp_bytes=memory.temp_size_in_bytes, code_bytes=memory.generated_code_size_in_bytes,
         flops=float(cost.get("flops", 0.0)), bytes_accessed=float(cost.get("bytes accessed", 0.0)),
-        peak_buffers=peak_buffers(dump_dir, f"jit_{name}", num_buffers) if dump_dir else [],
-        attention=attention_kernel(compiled.as_text()),
-        peak_live_bytes=peak_live_bytes(dump_dir, f"jit_{name}") if dump_dir else None,
+        peak_buffers=xla_dump.peak_buffers(dump_dir, f"jit_{name}", num_buffers) if dump_dir else [],
+        attention=attention_kernel(hlo),
+        peak_live_bytes=xla_dump.peak_live_bytes(dump_dir, f"jit_{name}") if dump_dir else None,
+        traffic=hlo_traffic.program_traffic(hlo),
     )
 
 
@@ -266,76 +284,9 @@ def attention_kernel(hlo: str) -> str:
     return "xla"
 
 
-def peak_buffers(dump_dir: str, module: str, n: int) -> list[Buffer]:
-    """The `n` largest buffers of XLA's memory-usage report for `module` (e.g. "jit_train_step"), each
-    with the operations that wrote the values living in it. Empty when the backend wrote no report."""
-    prefix = _dump_prefix(dump_dir, module, "-memory-usage-report.txt")
-    if prefix is None:
-        return []
-    assignment, hlo = _read(f"{prefix}-buffer-assignment.txt"), _read(f"{prefix}.txt")
-    buffers = []
-    for size, offset, shapes in _report_rows(f"{prefix}-memory-usage-report.txt")[:n]:
-        values = re.findall(rf"<\d+ ([\w.-]+)(?:\{{[\d,]*\}})? @\d+> \(size=(\d+),offset={offset}\)", assignment)
-        largest = sorted(values, key=lambda v: -int(v[1]))[:2]
-        buffers.append(Buffer(size, shapes, [_op_name(hlo, name) for name, _ in largest]))
-    return buffers
-
-
-def peak_live_bytes(dump_dir: str, module: str) -> int | None:
-    """The bytes of the values live at the peak of `module`'s schedule, less the entry computation's
-    parameters, from XLA's live-range dump (TPU); None when the backend wrote none.
-
-    The temporaries' allocation is at least this: what it holds above it is what the allocator could not
-    pack into the gaps between buffers of different lifetimes."""
-    prefix = _dump_prefix(dump_dir, module, "-live-range.txt")
-    if prefix is None:
-        return None
-    live, hlo = _read(f"{prefix}-live-range.txt"), _read(f"{prefix}.txt")
-    params = set(re.findall(r"%([\w.\-]+) = \S+ parameter\(\d+\)", hlo[hlo.find("\nENTRY "):]))
-    peak = live[live.find("(peak):"):live.find("Stack trace breakdown")]
-    rows = re.findall(r"^\s+([\w.\-]+)\{[\d,]*\}: (\d+) bytes", peak, re.M)
-    return sum(int(size) for name, size in rows if name not in params) if rows else None
-
-
-def _dump_prefix(dump_dir: str, module: str, suffix: str) -> str | None:
-    """The path, less `suffix`, of the newest optimized-module file of `module` in `dump_dir` that ends
-    with `suffix` (e.g. "-live-range.txt"); None when XLA wrote no such file."""
-    found = sorted(glob.glob(os.path.join(dump_dir, f"*{module}*after_optimizations{suffix}")))
-    return found[-1].removesuffix(suffix) if found else None
-
-
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
-def _report_rows(path: str) -> list[tuple[int, int, str]]:
-    """(bytes, offset, shapes) of the rows of the default memory space's table, largest first."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if rows and not line.strip():
-                break  # the default memory space's table ends at the first blank line
-            found = re.match(r"\s*[\d.]+\w+\(\s*\d+%\);\s*([\d.]+)(\w+);\s*(\d+);\s*\d+;\s*(.*)$", line)
-            if found:
-                rows.append((_bytes(found.group(1), found.group(2)), int(found.group(3)), found.group(4)))
-    return sorted(rows, key=lambda r: -r[0])
-
-
-def _bytes(number: str, unit: str) -> int:
-    scale = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[unit]
-    return int(float(number) * scale)
-
-
-def _op_name(hlo: str, instruction: str) -> str:
-    """The JAX operation behind an HLO instruction (its `op_name` metadata), or the instruction's name."""
-    found = re.search(rf"%{re.escape(instruction)} = .*?op_name=\"([^\"]+)\"", hlo)
-    return found.group(1) if found else instruction
-
-
 @dataclasses.dataclass
 class Roofline:
-    """The step-time lower bound of one device: its FLOPs at peak or its bytes at HBM bandwidth,
+    """The step-time lower bound of one device: its FLOPs at peak or its HBM bytes at HBM bandwidth,
     whichever is slower, and the tokens/s and MFU that bound allows."""
 
     step_seconds: float
@@ -346,7 +297,7 @@ class Roofline:
 
 def roofline(report: StepReport, chip: chips.Chip, tokens_per_step: int, num_devices: int,
              model_flops_per_step: float) -> Roofline:
-    compute, memory = report.flops / chip.peak_flops, report.bytes_accessed / chip.hbm_bandwidth
+    compute, memory = report.flops / chip.peak_flops, report.hbm_bytes / chip.hbm_bandwidth
     seconds = max(compute, memory)
     return Roofline(
         step_seconds=seconds, bound="compute" if compute >= memory else "memory",
@@ -369,6 +320,77 @@ def activation_bytes(c: RobertaConfig, rows: int, length: int, scores_written: b
         per_score = 5 if c.attention_probs_dropout_prob > 0 else 4
         per_layer += per_score * heads * length * length * rows
     return layers * per_layer
+
+
+@dataclasses.dataclass
+class TrafficAccount:
+    """`traffic_bytes`: what one chip must move through HBM for a microbatch of the train step and the update."""
+
+    layers: float
+    embeddings: float
+    lm_head: float
+    weights: float
+    update: float
+
+    @property
+    def total(self) -> float:
+        return self.layers + self.embeddings + self.lm_head + self.weights + self.update
+
+    def parts(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def traffic_bytes(c: RobertaConfig, rows: int, length: int, predictions_per_row: int, param_count: int,
+                  param_shards: float = 1.0, state_shards: float = 1.0, tensor: int = 1, width: int = 2,
+                  accumulating: bool = False) -> TrafficAccount:
+    """The bytes a train step must read and write in HBM on one chip: one microbatch of `rows` rows of
+    `length`, forward and backward, and the optimizer update, when every activation is written once by
+    its producer and read once by each consumer, and everything elementwise (bias, GELU, dropout with
+    its mask drawn where it is used, residual adds) happens inside the matmul or normalisation that
+    produces or consumes it. What a compiled step moves above this is what its fusions did not keep on
+    chip.
+
+    Per token and layer, in elements of `width` bytes (bfloat16: 2), h hidden, f FFN, t = `tensor`
+    shards (q, k, v, the attention output and the FFN's [f] split over them):
+
+      forward   QKV: read x (h), write q, k, v (3h/t); attention: read q, k, v, write o (4h/t); output
+                projection: read o (h/t) and the residual x (h), write y (h); LayerNorm: read y, write x1
+                (2h); FFN in: read x1 (h), write u (f/t); FFN out: read u (f/t) and x1 (h), write y2
+                (h); LayerNorm: read y2, write x2 (2h).                       10h + 8h/t + 2f/t
+      backward  each LayerNorm reads its input and output gradient and writes one (3h each); each
+                matmul reads its output gradient twice (input and weight gradients), reads its saved
+                input and writes its input gradient; the FFN's gradient through GELU reads u again;
+                the attention kernel reads q, k, v, o, do and writes dq, dk, dv (8h/t); the residual
+                branches add their gradients (2h).                           18h + 16h/t + 5f/t
+
+    plus the attention kernel's float32 log-sum-exp per head (4 bytes, written once, read by the two
+    backward kernels). The backward pass moves about twice the forward's bytes, as it does twice its FLOPs.
+
+    Embeddings, per token: the word row read from the float32 table (4h bytes), the sum written and
+    read back with its gradient (3h elements), and the float32 gradient added into the table's (8h bytes).
+    MLM head, per prediction (`predictions_per_row`, its masked slots): the float32 logits [V/t]
+    written and read by the loss (8V/t bytes), their gradient written in `width` and read by the
+    decoder's two backward matmuls (3V/t elements); its dense layer and LayerNorm as a layer's (10h).
+    Weights, per microbatch, P = `param_count` split `param_shards` ways: the `width` copy the matmuls
+    read written once (gathered under FSDP, cast otherwise) and read forward and backward (3P/t
+    elements), the float32 shard read for it (4P/s bytes), the float32 gradient written whole and
+    reduced (8P/t, then 4P/s), and with `accumulating`, added into the accumulator (8P/s).
+    Update, once per step: AdamW reads parameter, gradient and both moments and writes parameter and
+    moments, float32 (12P/s for the parameters and gradient, 16P/`state_shards` for the moments).
+    """
+    h, f, t, v = c.hidden_size, c.intermediate_size, tensor, c.vocab_size
+    tokens, predictions = rows * length, rows * predictions_per_row
+    per_layer = width * ((10 + 18) * h + (8 + 16) * h / t + (2 + 5) * f / t) + 12 * c.num_attention_heads / t
+    head = 8 * v / t + width * (3 * v / t + 10 * h)
+    p, s = param_count, param_shards
+    weights = width * 3 * p / t + 4 * p / s + 8 * p / t + 4 * p / s + (8 * p / s if accumulating else 0)
+    return TrafficAccount(
+        layers=c.num_hidden_layers * per_layer * tokens,
+        embeddings=(4 + 3 * width + 8) * h * tokens,
+        lm_head=head * predictions,
+        weights=weights,
+        update=12 * p / s + 16 * p / state_shards,
+    )
 
 
 def model_flops_per_step(compiled: CompiledSteps, length: int) -> float:
