@@ -63,8 +63,8 @@ def _step_lines(report: aot.StepReport, chip, compiled, config, n: int, top: int
     lines = [f"  {report.name}: {_gib(report.total_bytes)} per chip{hbm}",
              f"    arguments {_gib(report.argument_bytes)}, outputs {_gib(report.output_bytes)}, "
              f"temporaries {_gib(report.temp_bytes)}{_live(report)}, code {_gib(report.code_bytes)}",
-             f"    {report.flops / 1e12:.3f} TFLOP and {report.hbm_bytes / 1e9:.2f} GB of HBM traffic per chip per step "
-             f"(XLA's bytes accessed, on-chip memory included: {report.bytes_accessed / 1e9:.2f} GB)",
+             f"    {report.flops / 1e12:.3f} TFLOP and {report.hbm_bytes / 1e9:.2f} GB of HBM traffic per chip per "
+             f"step (XLA's bytes accessed, on-chip memory included: {report.bytes_accessed / 1e9:.2f} GB)",
              f"    attention: {ATTENTION[report.attention]}"]
     if report.name == "train_step":
         lines += _traffic_lines(report, compiled.traffic(), chip)
