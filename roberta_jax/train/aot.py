@@ -24,8 +24,18 @@ import numpy as np
 
 from roberta_jax.model.config import RobertaConfig
 from roberta_jax.model.heads import RobertaForMaskedLM
-from roberta_jax.train import (chips, hlo_traffic, masking, metrics, optimizer, pretrain, runtime, sharding, steps,
-                               xla_dump)
+from roberta_jax.train import (
+    chips,
+    hlo_traffic,
+    masking,
+    metrics,
+    optimizer,
+    pretrain,
+    runtime,
+    sharding,
+    steps,
+    xla_dump,
+)
 
 # Cloud TPU accelerator types (`v5p-128`) as chips in a slice's standard shape. v4 and v5p count
 # TensorCores (two per chip) and are 3-D tori; v5e and v6e count chips and are 2-D.
