@@ -109,3 +109,21 @@ def test_mask_is_the_same_on_any_mesh():
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "same on every mesh" in out.stdout
+
+
+def test_the_backward_pass_redraws_the_mask_from_the_key(capsys):
+    """The gradient is the mask's (what autodiff of the masked select gives), and the only residual the
+    backward pass keeps is the key: no mask or random words of the input's shape."""
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from roberta_jax.model.dropout import dropout
+
+    x, key = jax.random.normal(jax.random.key(5), (4, 64, 96), jnp.bfloat16), jax.random.key(6)
+    weights = jnp.linspace(-1, 1, 96, dtype=jnp.bfloat16)
+    mask, keep_prob = keep_mask(key, x.shape, 0.1)
+    grad = jax.grad(lambda x: jnp.sum(dropout(x * 3, key, 0.1) * weights).astype(jnp.float32))(x)
+    expected = jax.grad(lambda x: jnp.sum(jnp.where(mask, x * 3 / keep_prob, 0) * weights).astype(jnp.float32))(x)
+    np.testing.assert_array_equal(np.asarray(grad, np.float32), np.asarray(expected, np.float32))
+    print_saved_residuals(lambda x: jnp.sum(dropout(x * 3, key, 0.1)), x)
+    saved = capsys.readouterr().out
+    assert "key<fry>[]" in saved and "[4,64,96]" not in saved, saved

@@ -129,6 +129,33 @@ def test_remat_gives_the_same_loss_and_gradients(policy):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
 
 
+def test_gelu_keeps_its_input_and_dropout_its_key_for_the_backward_pass(capsys):
+    """Autodiff alone keeps GELU's erfc and exp terms, [B, L, ffn] each, and every dropout mask; an encoder
+    layer keeps the FFN's pre-activation alone of its [B, L, ffn] arrays, and no mask."""
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from roberta_jax.model.attention import AttentionMask
+    from roberta_jax.model.layers import RobertaLayer
+
+    config = preset("micro", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0)
+    layer = RobertaLayer(config, dtype=jnp.bfloat16, implementation="xla")
+    x = jax.random.normal(jax.random.key(0), (2, 16, config.hidden_size), jnp.bfloat16)
+    params = layer.init(jax.random.key(1), x, AttentionMask(None, None))
+
+    def loss(x):
+        out = layer.apply(params, x, AttentionMask(None, None), deterministic=False,
+                          rngs={"dropout": jax.random.key(2)})
+        return jnp.sum(out.astype(jnp.float32))
+
+    print_saved_residuals(loss, x)
+    saved = [line for line in capsys.readouterr().out.splitlines() if "[2,16," in line]
+    made_by = {line.split(" output of ")[1].split()[0] for line in saved if " output of " in line}
+    assert not made_by & {"erfc", "exp", "ge", "lt"}, saved
+    assert not any(line.startswith(("bool[", "pred[", "u32[", "u16[")) for line in saved), saved
+    ffn = [line for line in saved if f"[2,16,{config.intermediate_size}]" in line]
+    assert len(ffn) == 1 and ffn[0].startswith("bf16["), ffn
+
+
 def test_unknown_remat_policy_names_the_policies():
     ids, mask = padded_batch()
     message = r"remat='some' is not a policy; choose from \['dots', 'full', 'none', 'offload'\]"

@@ -13,10 +13,16 @@ the array is sharded over, like partitionable Threefry itself.
 16 bits resolve the rate to 1/65536: an element is kept when its lane is at least
 `round(rate * 65536)`, and kept values are scaled by the exact keep probability that implies
 (0.899994 for rate 0.1), so the expected output still equals the input.
+
+The backward pass draws the mask again from the key (`dropout`'s custom VJP) rather than keeping it:
+left to autodiff, every dropout site writes its mask (and XLA its random words) to HBM in the forward
+pass and reads it back in the backward, about a byte per element each way at ~25 sites per step. The
+hash is integer arithmetic on the vector units, which the matmul-bound step has to spare.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -54,6 +60,29 @@ def keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> tuple[jax.
     return _uniform16(rng, tuple(shape)) >= threshold, (65536 - threshold) / 65536
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dropout(x: jax.Array, rng: jax.Array, rate: float) -> jax.Array:
+    """x with the elements of `keep_mask(rng, x.shape, rate)` kept and scaled by the keep probability,
+    the others zero; 0 < rate < 1. Its gradient redraws the mask from `rng`."""
+    return _apply_mask(x, rng, rate)
+
+
+def _apply_mask(x: jax.Array, rng: jax.Array, rate: float) -> jax.Array:
+    mask, keep_prob = keep_mask(rng, x.shape, rate)
+    return jnp.where(mask, x / keep_prob, jnp.zeros_like(x))
+
+
+def _dropout_forward(x, rng, rate):
+    return _apply_mask(x, rng, rate), rng  # the key is the only residual
+
+
+def _dropout_backward(rate, rng, cotangent):
+    return _apply_mask(cotangent, rng, rate), None
+
+
+dropout.defvjp(_dropout_forward, _dropout_backward)
+
+
 class Dropout(nn.Module):
     """Drop-in for `nn.Dropout(rate)(x, deterministic)`, drawing its mask with `keep_mask`.
 
@@ -69,5 +98,4 @@ class Dropout(nn.Module):
             return x
         if self.rate >= 1.0:
             return jnp.zeros_like(x)
-        mask, keep_prob = keep_mask(self.make_rng(self.rng_collection), x.shape, self.rate)
-        return jnp.where(mask, x / keep_prob, jnp.zeros_like(x))
+        return dropout(x, self.make_rng(self.rng_collection), self.rate)

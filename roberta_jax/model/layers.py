@@ -24,7 +24,11 @@ from roberta_jax.model.dropout import Dropout
 
 Dtype = Any
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+# Each keeps only its input for the backward pass (`jax.checkpoint`) and recomputes the rest there:
+# autodiff of the exact GELU would keep its erfc term as well, a second [B, L, ffn] array written to
+# HBM in the forward pass and read back in the backward; the recomputation is elementwise work that
+# fuses into the backward's own.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {name: jax.checkpoint(fn) for name, fn in {
     # HF "gelu" is the exact erf form; "gelu_new" is the tanh approximation.
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
@@ -33,7 +37,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
     "tanh": jnp.tanh,
-}
+}.items()}
 
 
 def dense(config: RobertaConfig, features: int, axes: tuple[str, str], dtype, param_dtype, name):
