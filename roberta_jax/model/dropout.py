@@ -34,11 +34,12 @@ from jax.extend.random import threefry2x32_p
 LANES = 4  # 16-bit uniforms per threefry2x32 hash (two 32-bit words)
 
 
-def _uniform16(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """uint32 array of `shape` holding independent uniform integers in [0, 65536)."""
+def _uniform16(rng: jax.Array, shape: tuple[int, ...]) -> list[jax.Array] | None:
+    """`LANES` uint32 arrays of `shape` with its last axis divided by `LANES`, holding independent uniform
+    integers in [0, 65536): lane i of group j is element `LANES * j + i` along the last axis. None where
+    the key is not Threefry's or the last axis does not split into lanes."""
     if str(rng.dtype) != "key<fry>" or not shape or shape[-1] % LANES:  # key<fry>: threefry2x32
-        # Other generators, or a last axis that does not split into lanes: one draw per element.
-        return jax.random.bits(rng, shape, jnp.uint16).astype(jnp.uint32)
+        return None
     k1, k2 = jax.random.key_data(rng)
     groups = (*shape[:-1], shape[-1] // LANES)
     # Counter words: the row (the leading axes flattened, row-major) and the column of the group,
@@ -50,14 +51,22 @@ def _uniform16(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     column = jax.lax.broadcasted_iota(jnp.uint32, groups, len(shape) - 1)
     y1, y2 = threefry2x32_p.bind(k1, k2, row, column)
     low = np.uint32(0xFFFF)
-    lanes = jnp.stack([y1 & low, y1 >> 16, y2 & low, y2 >> 16], axis=-1)
-    return lanes.reshape(shape)
+    return [y1 & low, y1 >> 16, y2 & low, y2 >> 16]
 
 
 def keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> tuple[jax.Array, float]:
     """bool mask of `shape` (True = keep) and the exact probability of keeping an element."""
     threshold = round(rate * 65536)
-    return _uniform16(rng, tuple(shape)) >= threshold, (65536 - threshold) / 65536
+    shape = tuple(shape)
+    lanes = _uniform16(rng, shape)
+    if lanes is None:  # other generators, or a last axis that does not split into lanes: a draw per element
+        keep = jax.random.bits(rng, shape, jnp.uint16) >= threshold
+    else:
+        # Each lane is compared before the lanes are interleaved: XLA computes the hashes of every dropout
+        # site ahead of their consumers and keeps what they give in HBM, a byte per element this way
+        # where the 16-bit lanes in their uint32 words took four.
+        keep = jnp.stack([lane >= threshold for lane in lanes], axis=-1).reshape(shape)
+    return keep, (65536 - threshold) / 65536
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

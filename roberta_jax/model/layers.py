@@ -163,6 +163,30 @@ class RobertaEmbeddings(nn.Module):
         return self.word_embeddings.attend(x)
 
 
+class HeadsProjection(nn.Module):
+    """`dense` to the hidden size with its output split into heads, [B, L, H] -> [B, L, N, D]: the same
+    parameters (kernel [H, H] on ("embed", "heads"), bias [H]), the matmul written with the heads as their
+    own output dimensions. XLA then lays its result out heads-first for the TPU attention kernel, where a
+    [B, L, H] result reshaped into heads was copied into that layout and its gradient copied back: 11 GB
+    of HBM traffic per microbatch of roberta-base on the v6e-64 plan."""
+
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(c.initializer_range),
+                                                                     ("embed", "heads")),
+                            (x.shape[-1], c.hidden_size), self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads",)),
+                          (c.hidden_size,), self.param_dtype)
+        heads = (c.num_attention_heads, c.head_dim)
+        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+        return jnp.einsum("blh,hnd->blnd", x, kernel.reshape(-1, *heads)) + bias.reshape(heads)
+
+
 class RobertaSelfAttention(nn.Module):
     """Multi-head attention: q/k/v projections and `jax.nn.dot_product_attention` or the TPU kernel.
 
@@ -188,11 +212,7 @@ class RobertaSelfAttention(nn.Module):
         """
         c = self.config
         b, length, _ = x.shape
-        proj = functools.partial(dense, c, c.hidden_size, ("embed", "heads"), self.dtype, self.param_dtype)
-        q, k, v = (
-            proj(name=n)(x).reshape(b, length, c.num_attention_heads, c.head_dim)
-            for n in ("query", "key", "value")
-        )
+        q, k, v = (HeadsProjection(c, self.dtype, self.param_dtype, name=n)(x) for n in ("query", "key", "value"))
         dropout = 0.0 if deterministic else c.attention_probs_dropout_prob
         if dropout > 0.0 or self.is_mutable_collection("intermediates"):
             scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / jnp.sqrt(c.head_dim)
