@@ -197,6 +197,8 @@ def test_activation_accounting_is_korthikantis_formula():
     config = preset("base")  # roberta-base, 8 rows of 512: 2.8 GB with the scores, 1.3 GB fused
     assert aot.activation_bytes(config, 8, 512, scores_written=True) == 12 * 512 * 8 * 768 * (34 + 5 * 12 * 512 / 768)
     assert aot.activation_bytes(config, 8, 512, scores_written=False) == 12 * 512 * 8 * 768 * 34
+    # heads of 64 read by the TPU kernel heads-first fill half of its 128 lanes: q, k, v kept take twice 6sbh
+    assert aot.activation_bytes(config, 8, 512, scores_written=False, lane_padded=True) == 12 * 512 * 8 * 768 * 40
     no_dropout = preset("base", attention_probs_dropout_prob=0.0)
     assert aot.activation_bytes(no_dropout, 8, 512, scores_written=True) == 12 * 512 * 8 * (34 * 768 + 4 * 12 * 512)
 

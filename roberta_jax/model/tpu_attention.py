@@ -30,8 +30,6 @@ from jax.sharding import Mesh, PartitionSpec
 
 # The name of the kernel's saved output and log-sum-exp (`jax.ad_checkpoint.checkpoint_name`).
 RESIDUALS = "splash_residuals"
-# The name of the scaled, heads-first q, k, v the kernel reads, kept for its backward pass too.
-INPUTS = "splash_inputs"
 # Run the kernel in the Pallas interpreter instead of compiling it for a TPU (tests on CPU set this).
 INTERPRET = False
 # Query and key block lengths tried in order: the largest that divides the row length is used.
@@ -133,19 +131,20 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, segments: tuple | None, is
                                       block_kv_dq=block),
         head_shards=1, q_seq_shards=1, interpret=INTERPRET, residual_checkpoint_name=RESIDUALS,
     )
+    # The scaled, heads-first copies the kernel reads [b, n, L, D] are made outside the checkpoint, so they are
+    # what it keeps as its inputs, with the kernel's output and log-sum-exp: q, k, v as they came are not
+    # kept beside them, and the backward pass does not make the copies again (reading q, k, v and writing
+    # them padded, a head of 64 filling half of the TPU's 128 lanes: 3.6 GB of HBM traffic per microbatch
+    # of roberta-base on the v6e-64 plan).
     q = q * jnp.asarray(1 / np.sqrt(d), q.dtype)
+    heads_first = [x.transpose(0, 2, 1, 3) for x in (q, k, v)]
 
-    def one_example(q, k, v, ids):  # [L, n, D] each, ids None or ([L], [L])
-        heads_first = [jax.ad_checkpoint.checkpoint_name(x.transpose(1, 0, 2), INPUTS) for x in (q, k, v)]
-        ids = None if ids is None else splash.SegmentIds(*ids)
-        return kernel(*heads_first, segment_ids=ids).transpose(1, 0, 2)
+    def one_example(q, k, v, ids):  # [n, L, D] each, ids None or ([L], [L])
+        return kernel(q, k, v, segment_ids=None if ids is None else splash.SegmentIds(*ids))
 
-    # Keep the scaled, heads-first q, k, v the kernel reads and its output and log-sum-exp for the backward
-    # pass. Recomputing the copies there instead reads q, k, v and writes them again, padded (a head of 64
-    # fills half of the TPU's 128 lanes in that layout): 3.6 GB more HBM traffic per microbatch of
-    # roberta-base on the v6e-64 plan, for 1.7 GiB less memory.
-    keep = jax.checkpoint_policies.save_only_these_names(RESIDUALS, INPUTS)
-    return _residuals_made_at_once(jax.checkpoint(jax.vmap(one_example), policy=keep))(q, k, v, segments)
+    keep = jax.checkpoint_policies.save_only_these_names(RESIDUALS)
+    out = _residuals_made_at_once(jax.checkpoint(jax.vmap(one_example), policy=keep))(*heads_first, segments)
+    return out.transpose(0, 2, 1, 3)
 
 
 def _residuals_made_at_once(fn):

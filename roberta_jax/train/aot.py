@@ -134,7 +134,8 @@ class CompiledSteps:
     def activation_bytes(self, report: StepReport) -> int:
         """`activation_bytes` of this step's model and rows per chip, for the attention `report` ran."""
         return activation_bytes(self.model.config, self.rows_per_device, self.length,
-                                scores_written=report.attention == "xla")
+                                scores_written=report.attention == "xla",
+                                lane_padded=report.attention == "splash" and self.model.config.head_dim % 128 != 0)
 
 
 def compile_steps(config, devices: list, dump_dir: str | None = None, eval_step: bool = True,
@@ -316,16 +317,19 @@ def roofline(report: StepReport, chip: chips.Chip, tokens_per_step: int, num_dev
     )
 
 
-def activation_bytes(c: RobertaConfig, rows: int, length: int, scores_written: bool) -> int:
+def activation_bytes(c: RobertaConfig, rows: int, length: int, scores_written: bool,
+                     lane_padded: bool = False) -> int:
     """What a backward pass must keep of an encoder's activations for `rows` rows of `length` on one
     chip, in 16-bit (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
     Models", section 4.1): s·b·h·(34 + 5·a·s/h) bytes per layer. The 34·s·b·h are the layer's inputs,
     projections, FFN activations, LayerNorm inputs and 1-byte dropout masks; the 5·a·s²·b are the
     attention scores and softmax (2 bytes each) and their 1-byte dropout mask. A fused attention kernel
     keeps none of them (`scores_written=False`), and without attention dropout there is no mask (4).
+    The TPU kernel reads q, k, v heads-first, where a head narrower than the 128 lanes of a vector register
+    is padded to fill them (`lane_padded`): its kept q, k, v take twice their 6·s·b·h.
     The MLM head and embeddings are left out: they are small beside the layers at the masked slots."""
     h, heads, layers = c.hidden_size, c.num_attention_heads, c.num_hidden_layers
-    per_layer = 34 * length * rows * h
+    per_layer = (34 + (6 if lane_padded else 0)) * length * rows * h
     if scores_written:
         per_score = 5 if c.attention_probs_dropout_prob > 0 else 4
         per_layer += per_score * heads * length * length * rows
