@@ -3,6 +3,7 @@ jax.distributed processes stopped as one by a SIGTERM to one of them."""
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -14,8 +15,10 @@ from tests.train_runs import free_port, losses, run_train, wait_for_step
 
 
 def kill_self(signum=signal.SIGTERM):
-    """The signal delivered to this process; its Python handler runs before the next line."""
-    os.kill(os.getpid(), signum)
+    """The signal delivered to this thread, the main one: its Python handler runs before the next line.
+    (`os.kill` lets the kernel hand a process signal to any of its threads, and on a loaded machine the
+    main thread then ran a few lines before the handler.)"""
+    signal.pthread_kill(threading.get_ident(), signum)
 
 
 # -- the handler, in-process ---------------------------------------------------------------------------------
