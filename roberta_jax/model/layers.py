@@ -40,18 +40,18 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {name: jax.checkpoint
 }.items()}
 
 
+def dense_inits(config: RobertaConfig, axes: tuple[str, str]):
+    """(kernel_init, bias_init) as HF initialises a linear layer: normal(initializer_range), zero bias;
+    with the kernel's logical `axes` and the bias's (the output axis)."""
+    return (nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes),
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]))
+
+
 def dense(config: RobertaConfig, features: int, axes: tuple[str, str], dtype, param_dtype, name):
-    """`nn.Dense` initialised as HF does (normal(initializer_range), zero bias), with logical axes."""
-    return nn.Dense(
-        features,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.normal(config.initializer_range), axes
-        ),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
-        name=name,
-    )
+    """`nn.Dense` initialised as HF does (`dense_inits`), with logical axes."""
+    kernel_init, bias_init = dense_inits(config, axes)
+    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, bias_init=bias_init,
+                    name=name)
 
 
 def layer_norm(config: RobertaConfig, dtype, param_dtype, name):
@@ -177,11 +177,9 @@ class HeadsProjection(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(c.initializer_range),
-                                                                     ("embed", "heads")),
-                            (x.shape[-1], c.hidden_size), self.param_dtype)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads",)),
-                          (c.hidden_size,), self.param_dtype)
+        kernel_init, bias_init = dense_inits(c, ("embed", "heads"))
+        kernel = self.param("kernel", kernel_init, (x.shape[-1], c.hidden_size), self.param_dtype)
+        bias = self.param("bias", bias_init, (c.hidden_size,), self.param_dtype)
         heads = (c.num_attention_heads, c.head_dim)
         x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
         return jnp.einsum("blh,hnd->blnd", x, kernel.reshape(-1, *heads)) + bias.reshape(heads)
